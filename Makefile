@@ -1,0 +1,85 @@
+# imgstream — the two commands are `make up` and `make test`; everything else is a convenience.
+# All set-up (system packages, the venv, JVM artifacts) happens here, idempotently.
+
+SHELL       := /bin/bash
+PYTHON      ?= python3.11
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STATE       := .stack
+STACKCTL    := $(PY) local-stack/stackctl.py
+JVM_POMS    := $(wildcard local-stack/jvm/pom.xml local-stack/jvm/*/pom.xml)
+PYTEST_ARGS ?=
+
+.PHONY: up down status logs test unit clean deps venv jars bench demo flink-savepoint flink-redeploy help
+
+help:
+	@echo "make up      install what is missing, start the whole local stack, run a small demo ingest"
+	@echo "make test    the whole test suite (unit, integration, e2e) on the local stack"
+	@echo "make down    stop everything the stack started (by pid file)"
+	@echo "make status  pid, port and health of each component"
+	@echo "make logs C=<component>  follow one component's log"
+	@echo "make clean   stop and wipe the state folder ($(STATE)/data, logs)"
+	@echo "make bench   run the benchmarks in bench/"
+
+## --- set-up -----------------------------------------------------------------------------------
+
+deps: $(STATE)/.system-deps venv jars
+
+# PostgreSQL 15 server binaries come from Debian's packages.
+$(STATE)/.system-deps:
+	@mkdir -p $(STATE)
+	@if [ ! -x /usr/lib/postgresql/15/bin/postgres ] || ! command -v ss >/dev/null || ! command -v mvn >/dev/null; then \
+	  echo "[deps] installing postgresql-15, iproute2, maven from apt"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 iproute2 maven >/dev/null; \
+	fi
+	@touch $@
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
+	@echo "[deps] building $(VENV) from requirements.txt"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --upgrade pip
+	@$(VENV)/bin/pip install -q -r requirements.txt
+	@$(VENV)/bin/pip install -q --no-deps -e .
+	@touch $@
+
+jars: $(STATE)/lib/.resolved
+
+# JVM components are pinned in local-stack/jvm/**/pom.xml and copied into an ignored folder.
+$(STATE)/lib/.resolved: $(JVM_POMS)
+	@echo "[deps] resolving JVM artifacts with Maven (first run downloads ~200 MB)"
+	@rm -rf $(STATE)/lib && mkdir -p $(STATE)/lib
+	@mvn -B -q -f local-stack/jvm/pom.xml -Dstack.lib=$(CURDIR)/$(STATE)/lib package
+	@touch $@
+
+## --- the stack ----------------------------------------------------------------------------------
+
+up: deps
+	@$(STACKCTL) up
+
+down:
+	@if [ -x $(PY) ]; then $(STACKCTL) down; else echo "nothing to stop (no venv)"; fi
+
+status: venv
+	@$(STACKCTL) status
+
+logs: venv
+	@$(STACKCTL) logs $(C)
+
+clean: down
+	@rm -rf $(STATE)/data $(STATE)/logs $(STATE)/run $(STATE)/conf $(STATE)/env
+	@echo "wiped $(STATE)/data and logs (kept resolved jars in $(STATE)/lib and secrets)"
+
+## --- tests -------------------------------------------------------------------------------------
+
+# Starts whatever part of the stack is not running, runs all three tiers, then stops only what
+# it started. pytest's exit code (5 = no tests collected) is passed through, so it fails loudly.
+test: deps
+	@$(STACKCTL) with-stack -- $(PY) -m pytest -ra --timeout=900 tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+
+unit: venv
+	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+bench: deps
+	@$(STACKCTL) with-stack -- bash -c 'for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done'

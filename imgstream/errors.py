@@ -1,0 +1,109 @@
+"""Errors as data: one root exception with a stable machine-readable ``code``.
+
+Codes are part of the public contract (clients switch on them); messages are for humans.
+Mapping a code to an HTTP status happens in exactly one place per service
+(see :data:`HTTP_STATUS`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+class ImgstreamError(Exception):
+    """Root of every error imgstream raises on purpose.
+
+    ``code`` is stable and documented; ``message`` names the offending input;
+    ``details`` carries structured context (the field, the limit, the part index...).
+    """
+
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.details: dict[str, Any] = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body every service returns: ``{"error": {"code", "message", ...}}``."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        body.update(self.details)
+        return {"error": body}
+
+
+class BadRequest(ImgstreamError):
+    code = "bad_request"
+
+
+class Unauthorized(ImgstreamError):
+    code = "unauthorized"
+
+
+class Forbidden(ImgstreamError):
+    code = "forbidden"
+
+
+class NotFound(ImgstreamError):
+    code = "not_found"
+
+
+class PayloadTooLarge(ImgstreamError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ImgstreamError):
+    code = "unsupported_media_type"
+
+
+class CorruptImage(ImgstreamError):
+    code = "corrupt_image"
+
+
+class ImageTooLarge(ImgstreamError):
+    """Over the pixel limit (a decompression bomb or simply too big to process)."""
+
+    code = "image_too_large"
+
+
+class RateLimited(ImgstreamError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+
+class InvalidEvent(ImgstreamError):
+    """An event that failed schema validation or cleaning; it goes to the dead-letter topic."""
+
+    code = "invalid_event"
+
+
+class Unavailable(ImgstreamError):
+    """A dependency (S3, Kafka, PostgreSQL...) is not reachable right now; retry later."""
+
+    code = "unavailable"
+
+
+#: The single code -> HTTP status table shared by the HTTP services.
+HTTP_STATUS: Mapping[str, int] = {
+    BadRequest.code: 400,
+    Unauthorized.code: 401,
+    Forbidden.code: 403,
+    NotFound.code: 404,
+    PayloadTooLarge.code: 413,
+    UnsupportedMediaType.code: 415,
+    CorruptImage.code: 422,
+    ImageTooLarge.code: 422,
+    InvalidEvent.code: 422,
+    RateLimited.code: 429,
+    Unavailable.code: 503,
+    ImgstreamError.code: 500,
+}
+
+
+def http_status(error: ImgstreamError) -> int:
+    """HTTP status for an error, 500 for codes that have no mapping."""
+    return HTTP_STATUS.get(error.code, 500)

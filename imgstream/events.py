@@ -1,0 +1,126 @@
+"""The ``image.uploaded`` event: its versioned schema, a typed view of it, and (de)serialisation.
+
+The JSON Schema in ``schemas/image_uploaded.v1.json`` is the contract between the upload
+gateway (producer) and the Flink jobs (consumer). Everything here is pure: no framework imports.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Mapping
+
+from imgstream.errors import InvalidEvent
+
+SCHEMA_VERSION = 1
+EVENT_TYPE = "image.uploaded"
+#: Topic names are part of the public surface.
+TOPIC_UPLOADED = "images.uploaded"
+TOPIC_DEAD_LETTER = "images.dlq"
+
+#: Namespace for image ids derived from (producer, Idempotency-Key): a retry with the same key
+#: yields the same id without the gateway storing anything.
+IMAGE_ID_NAMESPACE = uuid.UUID("5b0f3f4e-8d4c-4f0e-9a57-3c1d2f0b7a11")
+
+
+@lru_cache(maxsize=None)
+def schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """The JSON Schema of ``image.uploaded`` at ``version``."""
+    text = resources.files("imgstream.schemas").joinpath(f"image_uploaded.v{version}.json").read_text()
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def image_id_for(producer: str, idempotency_key: str | None) -> str:
+    """Deterministic id for an idempotent upload, a random one otherwise."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(IMAGE_ID_NAMESPACE, f"{producer}\x00{idempotency_key}"))
+
+
+def format_time(ts: datetime) -> str:
+    """UTC ISO-8601 with milliseconds and a ``Z``: the one time format on the wire."""
+    if ts.tzinfo is None:
+        raise ValueError("naive datetime")
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO-8601 timestamp that carries a zone; naive timestamps are refused."""
+    ts = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    if ts.tzinfo is None:
+        raise ValueError(f"timestamp without zone: {text!r}")
+    return ts.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageUploaded:
+    """One upload, as the gateway publishes it."""
+
+    image_id: str
+    producer: str
+    sha256: str
+    phash: str
+    size: int
+    content_type: str
+    width: int
+    height: int
+    storage_key: str
+    received_at: str
+    idempotency_key: str | None = None
+    gateway: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    event_type: str = EVENT_TYPE
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ImageUploaded":
+        """Build from an already validated mapping (see :func:`validate`)."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def validate(data: Any) -> dict[str, Any]:
+    """Validate a decoded event against its schema version; raise :class:`InvalidEvent` with the reason."""
+    import jsonschema  # local import keeps module import cheap on Flink workers that never validate
+
+    if not isinstance(data, dict):
+        raise InvalidEvent("event is not a JSON object", reason="not_an_object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise InvalidEvent(f"unknown schema_version {version!r}", reason="unknown_version")
+    validator = _validator(version)
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        first = errors[0]
+        where = "/".join(str(p) for p in first.path) or "(root)"
+        raise InvalidEvent(f"{where}: {first.message}", reason="schema", field=where)
+    try:
+        parse_time(data["received_at"])
+    except ValueError as exc:
+        raise InvalidEvent(f"received_at: {exc}", reason="schema", field="received_at") from None
+    return data
+
+
+@lru_cache(maxsize=None)
+def _validator(version: int) -> Any:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema(version), format_checker=jsonschema.FormatChecker())
+
+
+def decode(raw: bytes) -> ImageUploaded:
+    """Decode and validate one event from its Kafka value bytes."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent(f"not JSON: {exc}", reason="not_json") from None
+    return ImageUploaded.from_dict(validate(data))

@@ -1,0 +1,148 @@
+"""Health checks of the local stack: each one a real request to the component.
+
+Every check returns ``None`` when healthy or a short reason string when not, and never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from typing import Awaitable, Callable
+
+from imgstream.config import StackConfig
+
+Check = Callable[[StackConfig], Awaitable[str | None]]
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _http_json(url: str, timeout: float = 3.0) -> object:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback only
+        return json.loads(resp.read())
+
+
+async def kafka(cfg: StackConfig) -> str | None:
+    """A metadata request: the broker lists its topics and reports a controller."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.kafka.bootstrap_servers, request_timeout_ms=3000)
+    try:
+        await asyncio.wait_for(admin.start(), 5)
+        await asyncio.wait_for(admin.list_topics(), 5)
+        return None
+    except BaseException as exc:  # noqa: BLE001 - any failure is "unhealthy" with its reason
+        return _reason(exc)
+    finally:
+        try:
+            await admin.close()
+        except Exception:  # noqa: BLE001 - closing a half-started client may fail; nothing to do
+            pass
+
+
+def _cql_query(cfg: StackConfig) -> str | None:
+    from cassandra.cluster import Cluster  # scylla-driver
+
+    cluster = Cluster(list(cfg.cassandra.hosts), port=cfg.cassandra.port, connect_timeout=3,
+                      control_connection_timeout=3, protocol_version=5)
+    try:
+        session = cluster.connect()
+        row = session.execute("SELECT release_version FROM system.local", timeout=5).one()
+        return None if row is not None else "system.local returned no row"
+    except Exception as exc:  # noqa: BLE001
+        return _reason(exc)
+    finally:
+        cluster.shutdown()
+
+
+async def cassandra(cfg: StackConfig) -> str | None:
+    """A CQL query against ``system.local``."""
+    return await asyncio.to_thread(_cql_query, cfg)
+
+
+async def postgres(cfg: StackConfig) -> str | None:
+    """``SELECT 1`` as the imgstream role over TCP."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(str(cfg.postgres.dsn), timeout=3)
+    except Exception as exc:  # noqa: BLE001
+        return _reason(exc)
+    try:
+        value = await conn.fetchval("SELECT 1", timeout=3)
+        return None if value == 1 else f"SELECT 1 returned {value!r}"
+    finally:
+        await conn.close()
+
+
+async def postgres_server(dsn_admin: str) -> str | None:
+    """``SELECT 1`` as the bootstrap superuser (before the imgstream role exists)."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(dsn_admin, timeout=3)
+    except Exception as exc:  # noqa: BLE001
+        return _reason(exc)
+    try:
+        await conn.fetchval("SELECT 1", timeout=3)
+        return None
+    finally:
+        await conn.close()
+
+
+async def s3(cfg: StackConfig) -> str | None:
+    """``ListBuckets`` with the stack's credentials."""
+    from aiobotocore.session import get_session
+    from botocore.config import Config
+
+    session = get_session()
+    config = Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1},
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required")
+    try:
+        async with session.create_client(
+            "s3", endpoint_url=cfg.s3.endpoint_url, region_name=cfg.s3.region,
+            aws_access_key_id=str(cfg.s3.access_key), aws_secret_access_key=str(cfg.s3.secret_key),
+            config=config,
+        ) as client:
+            await client.list_buckets()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return _reason(exc)
+
+
+async def connect(cfg: StackConfig) -> str | None:
+    """``GET /connectors`` on the Kafka Connect REST API."""
+    try:
+        body = await asyncio.to_thread(_http_json, f"{cfg.connect_rest}/connectors")
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        return _reason(exc)
+    return None if isinstance(body, list) else f"unexpected body {body!r:.80}"
+
+
+async def flink(cfg: StackConfig) -> str | None:
+    """``GET /overview``: at least one TaskManager registered and a free slot."""
+    try:
+        body = await asyncio.to_thread(_http_json, f"{cfg.flink_rest}/overview")
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        return _reason(exc)
+    if not isinstance(body, dict):
+        return "unexpected /overview body"
+    if int(body.get("taskmanagers", 0)) < 1:
+        return "no TaskManager registered yet"
+    if int(body.get("slots-available", 0)) < 1:
+        return f"no free task slot ({body.get('slots-total', 0)} in all)"
+    return None
+
+
+async def http_ok(url: str) -> str | None:
+    """A plain ``GET`` that must answer 200 (the project's own services' /healthz)."""
+    try:
+        await asyncio.to_thread(_http_json, url)
+        return None
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        return _reason(exc)

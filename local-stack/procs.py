@@ -1,0 +1,198 @@
+"""Process supervision for the local stack: start detached, track by pid file, stop by pid.
+
+A pid file holds ``<pid> <start-time-in-clock-ticks>``; a process counts as ours only if both
+match ``/proc/<pid>/stat``, so a recycled pid is never signalled. Nothing here looks processes
+up by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # field 22 (starttime); the command name in field 2 may contain spaces, so split after ')'
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # zombie: exited, not yet reaped
+        return None
+    return int(fields[19])
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """A process started by the stack, as recorded in its pid file."""
+
+    name: str
+    pid: int
+    start_ticks: int
+
+    def alive(self) -> bool:
+        return _start_ticks(self.pid) == self.start_ticks
+
+    def rss_mib(self) -> float | None:
+        """Resident memory of the process and its children (the JVM, postgres backends)."""
+        total = 0
+        for pid in [self.pid, *_descendants(self.pid)]:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+        return total / 1024 if total else None
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+class PidFiles:
+    """The ``run/`` folder of the state directory: one pid file per component."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def read(self, name: str) -> Tracked | None:
+        try:
+            pid_text, ticks_text = self.path(name).read_text().split()
+            return Tracked(name, int(pid_text), int(ticks_text))
+        except (OSError, ValueError):
+            return None
+
+    def running(self, name: str) -> Tracked | None:
+        """The tracked process if it is still the one we started, else ``None`` (stale file removed)."""
+        tracked = self.read(name)
+        if tracked is None:
+            return None
+        if tracked.alive():
+            return tracked
+        self.path(name).unlink(missing_ok=True)
+        return None
+
+    def write(self, name: str, pid: int) -> Tracked:
+        ticks = _start_ticks(pid)
+        if ticks is None:
+            raise RuntimeError(f"{name}: process {pid} exited immediately")
+        self.path(name).write_text(f"{pid} {ticks}\n")
+        return Tracked(name, pid, ticks)
+
+
+def spawn(
+    pids: PidFiles,
+    name: str,
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str],
+    cwd: Path,
+    user: str | None = None,
+) -> Tracked:
+    """Start ``argv`` detached in its own session, output appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {name}: {' '.join(argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+            user=user,
+        )
+    return pids.write(name, proc.pid)
+
+
+def stop(pids: PidFiles, name: str, *, sig: int = signal.SIGTERM, grace: float = 30.0) -> str:
+    """Signal the tracked process, wait up to ``grace`` s, then SIGKILL its group. Returns what happened.
+
+    Once the main process is gone, any child left in its process group (a Flink Python worker,
+    say) is killed too, so no stray process outlives ``make down``.
+    """
+    tracked = pids.running(name)
+    if tracked is None:
+        pids.path(name).unlink(missing_ok=True)
+        return "not running"
+    try:
+        os.kill(tracked.pid, sig)
+    except ProcessLookupError:
+        pass
+    result = f"killed after {grace:.0f}s"
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not tracked.alive():
+            result = "stopped"
+            break
+        time.sleep(0.2)
+    try:
+        os.killpg(tracked.pid, signal.SIGKILL)  # the group is ours: started with its own session
+    except (ProcessLookupError, PermissionError):
+        pass
+    pids.path(name).unlink(missing_ok=True)
+    return result
+
+
+def port_holder(port: int) -> str | None:
+    """Describe the process listening on 127.0.0.1/any ``port`` (``None`` if the port is free)."""
+    try:
+        out = subprocess.run(
+            ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    if out:
+        # users:(("java",pid=123,fd=45))
+        if "pid=" in out:
+            pid = out.split("pid=", 1)[1].split(",", 1)[0]
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
+            except OSError:
+                cmd = "?"
+            return f"pid {pid}: {cmd}"
+        return out.splitlines()[0]
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            return "an unknown process"
+    return None
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        data = path.read_bytes()[-20000:].decode(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(data.splitlines()[-lines:])
