@@ -361,7 +361,8 @@ def _cassandra_argv(ctx: Context) -> list[str]:
 def cql_statements(text: str) -> list[str]:
     """Split a CQL script on ``;`` at line ends, dropping ``--``/``//`` comment lines."""
     lines = [ln for ln in text.splitlines() if not ln.strip().startswith(("--", "//"))]
-    return [s.strip() for s in "\n".join(lines).split(";\n") if s.strip().rstrip(";").strip()]
+    statements = (s.strip().rstrip(";").strip() for s in "\n".join(lines).split(";\n"))
+    return [s for s in statements if s]
 
 
 #: CQL scripts applied (idempotently: CREATE ... IF NOT EXISTS) after the keyspace exists.
@@ -383,7 +384,7 @@ def _cassandra_apply(ctx: Context) -> None:
             if path.exists():
                 session.set_keyspace(cfg.keyspace)
                 for statement in cql_statements(path.read_text()):
-                    session.execute(statement.rstrip(";"), timeout=60)
+                    session.execute(statement, timeout=60)
     finally:
         cluster.shutdown()
 

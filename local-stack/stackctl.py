@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,11 @@ import procs  # noqa: E402
 from components import BY_NAME, COMPONENTS, Component, Context, Paths  # noqa: E402
 
 POLL_INTERVAL = 1.0
+
+# Client libraries log every refused connection while a server is still starting; the poll
+# loop reports the reason itself.
+for _noisy in ("aiokafka", "kafka", "cassandra"):
+    logging.getLogger(_noisy).setLevel(logging.CRITICAL)
 
 
 def _out(msg: str) -> None:

@@ -1,0 +1,44 @@
+"""Shared fixtures: where the local stack is.
+
+Integration and e2e tests need the real services; they FAIL (never skip) when the stack is not
+up, naming the command that brings it up. Unit tests need nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from imgstream.config import StackConfig, load_env_file
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO).parts
+        if len(parts) > 1 and parts[1] in ("integration", "e2e"):
+            item.add_marker(getattr(pytest.mark, parts[1]))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def stack_env() -> dict[str, str]:
+    """The stack's endpoints: ``.stack/env`` overlaid with any IMGSTREAM_* variables already set."""
+    env_file = REPO / ".stack" / "env"
+    if not env_file.exists():
+        pytest.fail("the local stack is not up (no .stack/env): run `make up`, or run the suite with `make test`")
+    values = load_env_file(env_file)
+    values.update({k: v for k, v in os.environ.items() if k.startswith("IMGSTREAM_")})
+    return values
+
+
+@pytest.fixture(scope="session")
+def stack_config(stack_env: dict[str, str]) -> StackConfig:
+    return StackConfig.from_env(stack_env)

@@ -1,0 +1,109 @@
+"""The local stack's supervisor pieces, without starting any real service."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "local-stack"))
+
+import components  # noqa: E402
+import procs  # noqa: E402
+import stackctl  # noqa: E402
+
+
+def test_render_fills_placeholders_and_refuses_unknown(tmp_path, monkeypatch):
+    monkeypatch.setattr(components, "TEMPLATES", tmp_path)
+    (tmp_path / "t.conf").write_text("port=${port}\nkeep=${file:/x:y}\n")
+    out = components.render("t.conf", tmp_path / "out" / "t.conf", {"port": 9092})
+    assert out.read_text() == "port=9092\nkeep=${file:/x:y}\n"  # config-provider syntax untouched
+    (tmp_path / "bad.conf").write_text("a=${missing}\n")
+    with pytest.raises(KeyError, match="missing"):
+        components.render("bad.conf", tmp_path / "bad.out", {})
+
+
+def test_cql_statements_split_and_skip_comments():
+    text = "-- a comment\nCREATE TABLE a (x int PRIMARY KEY);\n// another\nCREATE TABLE b (\n  y int PRIMARY KEY\n);\n"
+    assert components.cql_statements(text) == ["CREATE TABLE a (x int PRIMARY KEY)", "CREATE TABLE b (\n  y int PRIMARY KEY\n)"]
+
+
+def test_every_template_renders_with_the_values_the_stack_passes(tmp_path):
+    ctx = components.Context(paths=components.Paths.for_repo(tmp_path), s3_secret="s", java="/bin/true")
+    (tmp_path / ".stack" / "lib" / "kafka").mkdir(parents=True)
+    components._connect_prepare(ctx)
+    components._cassandra_prepare(ctx)
+    components._s3_prepare(ctx)
+    worker = (tmp_path / ".stack" / "conf" / "connect" / "worker.properties").read_text()
+    assert "listeners=http://127.0.0.1:8083" in worker
+    yaml_text = (tmp_path / ".stack" / "conf" / "cassandra" / "cassandra.yaml").read_text()
+    assert "cdc_enabled: true" in yaml_text and "${" not in yaml_text
+    assert oct(os.stat(tmp_path / ".stack" / "conf" / "s3" / "s3proxy.conf").st_mode & 0o777) == "0o600"
+
+
+def test_kafka_cluster_id_has_kafka_uuid_shape():
+    cid = components._kafka_uuid()
+    assert len(cid) == 22 and "=" not in cid
+
+
+def test_pid_file_tracks_a_live_process_and_forgets_a_dead_one(tmp_path):
+    pids = procs.PidFiles(tmp_path)
+    tracked = procs.spawn(pids, "sleeper", ["sleep", "30"], log_path=tmp_path / "s.log", env=os.environ, cwd=tmp_path)
+    assert pids.running("sleeper") == tracked
+    assert procs.stop(pids, "sleeper", grace=5) == "stopped"
+    assert pids.running("sleeper") is None
+    assert not pids.path("sleeper").exists()
+
+
+def test_a_recycled_pid_is_not_ours(tmp_path):
+    pids = procs.PidFiles(tmp_path)
+    # our own pid, but with a start time that is not ours: must not count as the component
+    pids.path("ghost").write_text(f"{os.getpid()} 1\n")
+    assert pids.running("ghost") is None
+    assert procs.stop(pids, "ghost") == "not running"
+
+
+def test_stop_escalates_to_sigkill_when_term_is_ignored(tmp_path):
+    pids = procs.PidFiles(tmp_path)
+    ready = tmp_path / "ready"
+    tracked = procs.spawn(pids, "stubborn", ["bash", "-c", f"trap '' TERM; touch {ready}; sleep 60 & wait"],
+                          log_path=tmp_path / "s.log", env=os.environ, cwd=tmp_path)
+    deadline = time.monotonic() + 10
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert procs.stop(pids, "stubborn", grace=1) == "killed after 1s"
+    assert not tracked.alive()
+
+
+def test_port_holder_names_the_process_listening():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        holder = procs.port_holder(port)
+        assert holder is not None and str(os.getpid()) in holder
+    assert procs.port_holder(port) is None
+
+
+def test_up_refuses_to_start_when_a_port_is_taken(tmp_path, monkeypatch, capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        fake = components.Component("fake", (port,), "x", "0", argv=lambda ctx: ["true"], health=None)  # type: ignore[arg-type]
+        monkeypatch.setattr(stackctl, "COMPONENTS", (fake,))
+        stack = stackctl.Stack(root=tmp_path)
+        assert stack.up() == 2
+    out = capsys.readouterr().out
+    assert f"port {port} needed by fake is taken by pid {os.getpid()}" in out
+    assert "nothing was started" in out
+    assert not (tmp_path / ".stack" / "run" / "fake.pid").exists()
+
+
+def test_log_tail_of_missing_file_says_so(tmp_path):
+    assert "no log" in procs.log_tail(tmp_path / "nope.log")
