@@ -574,7 +574,7 @@ async def _flink_jm_health(ctx: Context) -> str | None:
 
 # --- the table -------------------------------------------------------------------------------------
 
-COMPONENTS: tuple[Component, ...] = (
+CORE: tuple[Component, ...] = (
     Component("postgres", (PORTS["postgres"],), f"postgresql://imgstream@127.0.0.1:{PORTS['postgres']}/imgstream",
               "shared_buffers 256MB", _pg_argv, _pg_health, _pg_prepare, _pg_bootstrap,
               start_timeout=60, run_as=_pg_run_as()),
@@ -596,4 +596,24 @@ COMPONENTS: tuple[Component, ...] = (
               lambda ctx: health.connect(ctx.config), _connect_prepare, depends=("kafka",), start_timeout=180),
 )
 
+#: Extra idempotent steps run after a component's own bootstrap, by component name (extension
+#: modules append to it: e.g. registering connectors once Kafka Connect is healthy).
+BOOTSTRAP_HOOKS: dict[str, list[Callable[[Context], Awaitable[None]]]] = {}
+
+#: Modules beside this one that add components (each defines ``COMPONENTS: tuple[Component, ...]``),
+#: in start-table order. Imported at the end of this module: they import names defined above.
+EXTENSION_MODULES = ("cdc", "services")
+
+
+def _extensions() -> tuple[Component, ...]:
+    import importlib
+
+    extra: list[Component] = []
+    for name in EXTENSION_MODULES:
+        if (HERE / f"{name}.py").exists():
+            extra.extend(importlib.import_module(name).COMPONENTS)
+    return tuple(extra)
+
+
+COMPONENTS: tuple[Component, ...] = CORE + _extensions()
 BY_NAME = {c.name: c for c in COMPONENTS}

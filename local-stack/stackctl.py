@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import procs  # noqa: E402
-from components import BY_NAME, COMPONENTS, Component, Context, Paths  # noqa: E402
+from components import BOOTSTRAP_HOOKS, BY_NAME, COMPONENTS, Component, Context, Paths  # noqa: E402
 
 POLL_INTERVAL = 1.0
 
@@ -87,6 +87,8 @@ class Stack:
                 return
             if comp.bootstrap is not None:
                 await comp.bootstrap(self.ctx)
+            for hook in BOOTSTRAP_HOOKS.get(comp.name, []):
+                await hook(self.ctx)
             _out(f"  healthy  {comp.name:<18} after {time.monotonic() - t0:5.1f}s")
         except Exception as exc:  # noqa: BLE001 - reported with the component's name and log
             failed[comp.name] = f"{type(exc).__name__}: {exc}"
