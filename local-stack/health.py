@@ -69,11 +69,11 @@ async def postgres(cfg: StackConfig) -> str | None:
     import asyncpg
 
     try:
-        conn = await asyncpg.connect(str(cfg.postgres.dsn), timeout=3)
+        conn = await asyncpg.connect(str(cfg.postgres.dsn), timeout=8)
     except Exception as exc:  # noqa: BLE001
         return _reason(exc)
     try:
-        value = await conn.fetchval("SELECT 1", timeout=3)
+        value = await conn.fetchval("SELECT 1", timeout=8)
         return None if value == 1 else f"SELECT 1 returned {value!r}"
     finally:
         await conn.close()
@@ -84,11 +84,11 @@ async def postgres_server(dsn_admin: str) -> str | None:
     import asyncpg
 
     try:
-        conn = await asyncpg.connect(dsn_admin, timeout=3)
+        conn = await asyncpg.connect(dsn_admin, timeout=8)
     except Exception as exc:  # noqa: BLE001
         return _reason(exc)
     try:
-        await conn.fetchval("SELECT 1", timeout=3)
+        await conn.fetchval("SELECT 1", timeout=8)
         return None
     finally:
         await conn.close()
@@ -100,7 +100,7 @@ async def s3(cfg: StackConfig) -> str | None:
     from botocore.config import Config
 
     session = get_session()
-    config = Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1},
+    config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1},
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required")
     try:
