@@ -48,9 +48,8 @@ jars: $(STATE)/lib/.resolved
 
 # JVM components are pinned in local-stack/jvm/**/pom.xml and copied into an ignored folder.
 $(STATE)/lib/.resolved: $(JVM_POMS)
-	@echo "[deps] resolving JVM artifacts with Maven (first run downloads ~200 MB)"
-	@rm -rf $(STATE)/lib && mkdir -p $(STATE)/lib
-	@mvn -B -q -f local-stack/jvm/pom.xml -Dstack.lib=$(CURDIR)/$(STATE)/lib package
+	@echo "[deps] resolving JVM artifacts with Maven (first run downloads several hundred MB)"
+	@python3 local-stack/sync_jars.py
 	@touch $@
 
 ## --- the stack ----------------------------------------------------------------------------------
