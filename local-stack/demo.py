@@ -42,6 +42,9 @@ async def ingest(ctx: Context) -> None:
                        "Content-Type": "application/octet-stream"}
             async with http.post(url, data=path.read_bytes(), headers=headers) as resp:
                 key = str(resp.status)
+                if resp.status >= 300:
+                    error = (await resp.json()).get("error", {})
+                    key = f"{resp.status} {error.get('code', '?')} ({path.name})"
                 counts[key] = counts.get(key, 0) + 1
         hostile = {"not-an-image.jpg": b"hello, I am text", "script.svg": b"<svg onload='alert(1)'/>"}
         for name, body in hostile.items():

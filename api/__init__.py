@@ -1,0 +1,1 @@
+"""Deployable HTTP services. Each sub-package is one service; they share only the ``imgstream`` library."""

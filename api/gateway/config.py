@@ -1,0 +1,134 @@
+"""Gateway configuration: named limits with their reasons, and a frozen config read once from env."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Mapping
+
+from imgstream.config import KafkaConfig, S3Config
+from imgstream.events import TOPIC_UPLOADED
+from imgstream.imaging import MAX_PIXELS
+from imgstream.tokens import DEFAULT_KEYS_FILE, keys_file_from_env
+
+#: Largest single image body. A 48 MP phone JPEG at maximum quality is about 20 MB; nothing a camera
+#: or phone produces as a still image is larger, while every byte admitted occupies a spool file
+#: and a decode worker. Bigger bodies are mistakes (video, RAW) or abuse.
+MAX_UPLOAD_BYTES: Final = 25 * 1024 * 1024
+
+#: Largest multipart request body (sum of its parts). Four maximum-size images or dozens of
+#: ordinary ones; caps how long one request can hold a connection and a worker.
+MAX_REQUEST_BYTES: Final = 100 * 1024 * 1024
+
+#: Most parts in one multipart request. Enough to amortise a request's overhead over a batch of
+#: phone photos, few enough that one slow batch cannot monopolise the decode workers; every part
+#: gets its own receipt or error, so the response stays readable.
+MAX_PARTS: Final = 32
+
+#: Bodies up to this size stay in memory while spooled; larger ones go to a temporary file. 1 MiB
+#: holds a typical web image whole, and bounds memory to 1 MiB per in-flight upload.
+SPOOL_MEMORY_BYTES: Final = 1024 * 1024
+
+#: A client that sends nothing for this long is stalled or hostile (slowloris); its connection and
+#: spool are released. Mobile networks stall for seconds, not tens of seconds.
+IDLE_READ_TIMEOUT: Final = 15.0
+
+#: Whole-body deadline: MAX_UPLOAD_BYTES at ~2 Mbit/s, a slow but honest uplink, takes about 100 s.
+REQUEST_TIMEOUT: Final = 120.0
+
+#: On SIGTERM, in-flight uploads get this long to finish before they are cancelled; below the
+#: usual 30-60 s grace period of process supervisors and Kubernetes.
+SHUTDOWN_TIMEOUT: Final = 25.0
+
+#: After an early error (413/415 mid-body) the server keeps reading and discarding for at most this
+#: long, so a client still sending can read the error instead of a connection reset; it bounds
+#: what an over-limit body can make us read.
+LINGER_SECONDS: Final = 1.0
+
+#: Per-producer rate limit per gateway instance: sustained images/s and burst. Set well under
+#: one instance's measured capacity (docs/gateway.md), so one producer cannot starve the others.
+RATE_PER_SECOND: Final = 50.0
+RATE_BURST: Final = 100.0
+
+#: Read size from the socket: large enough that hashing and scanning run in few, big C calls.
+READ_CHUNK: Final = 256 * 1024
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway needs, built once by :meth:`from_env` at the entry point."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    s3: S3Config = field(default_factory=S3Config)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    topic: str = TOPIC_UPLOADED
+    keys_file: Path = DEFAULT_KEYS_FILE
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_parts: int = MAX_PARTS
+    max_pixels: int = MAX_PIXELS
+    spool_memory_bytes: int = SPOOL_MEMORY_BYTES
+    spool_dir: str | None = None
+    idle_read_timeout: float = IDLE_READ_TIMEOUT
+    request_timeout: float = REQUEST_TIMEOUT
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT
+    linger_seconds: float = LINGER_SECONDS
+    rate_per_second: float = RATE_PER_SECOND
+    rate_burst: float = RATE_BURST
+    inspect_workers: int = 2
+    gateway_id: str = "gateway"
+    ensure_topic: bool = True
+    topic_partitions: int = 3
+    ensure_bucket: bool = True
+    s3_checksum: bool = True
+    reuse_port: bool = False
+    startup_timeout: float = 60.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, prefix: str = "IMGSTREAM_GATEWAY_") -> "GatewayConfig":
+        """Read ``IMGSTREAM_GATEWAY_*`` (plus the shared ``IMGSTREAM_S3_*``, ``IMGSTREAM_KAFKA_*`` and
+        ``IMGSTREAM_TOKEN_KEYS_FILE``); every variable is optional except the S3 credentials."""
+        env = os.environ if env is None else env
+
+        def get(name: str, default: object) -> str:
+            return env.get(prefix + name, str(default))
+
+        host = get("HOST", cls.host)
+        port = int(get("PORT", cls.port))
+        return cls(
+            host=host,
+            port=port,
+            s3=S3Config.from_env(env),
+            kafka=KafkaConfig.from_env(env),
+            topic=get("TOPIC", cls.topic),
+            keys_file=keys_file_from_env(env),
+            max_upload_bytes=int(get("MAX_UPLOAD_BYTES", cls.max_upload_bytes)),
+            max_request_bytes=int(get("MAX_REQUEST_BYTES", cls.max_request_bytes)),
+            max_parts=int(get("MAX_PARTS", cls.max_parts)),
+            max_pixels=int(get("MAX_PIXELS", cls.max_pixels)),
+            spool_memory_bytes=int(get("SPOOL_MEMORY_BYTES", cls.spool_memory_bytes)),
+            spool_dir=env.get(prefix + "SPOOL_DIR") or None,
+            idle_read_timeout=float(get("IDLE_TIMEOUT", cls.idle_read_timeout)),
+            request_timeout=float(get("REQUEST_TIMEOUT", cls.request_timeout)),
+            shutdown_timeout=float(get("SHUTDOWN_TIMEOUT", cls.shutdown_timeout)),
+            linger_seconds=float(get("LINGER_SECONDS", cls.linger_seconds)),
+            rate_per_second=float(get("RATE", cls.rate_per_second)),
+            rate_burst=float(get("BURST", cls.rate_burst)),
+            inspect_workers=int(get("WORKERS", os.cpu_count() or 2)),
+            gateway_id=get("ID", f"{socket.gethostname()}:{port}"),
+            ensure_topic=_bool(get("ENSURE_TOPIC", "true")),
+            topic_partitions=int(get("TOPIC_PARTITIONS", cls.topic_partitions)),
+            ensure_bucket=_bool(get("ENSURE_BUCKET", "true")),
+            s3_checksum=_bool(get("S3_CHECKSUM", "true")),
+            reuse_port=_bool(get("REUSE_PORT", "false")),
+            startup_timeout=float(get("STARTUP_TIMEOUT", cls.startup_timeout)),
+            log_level=get("LOG_LEVEL", cls.log_level).upper(),
+        )

@@ -1,0 +1,343 @@
+"""Object storage: the :class:`ObjectStore` port, its S3 adapter (aiobotocore) and an in-memory fake.
+
+The adapter is thin on purpose: key layout lives in :mod:`imgstream.receipts`, checks in
+:mod:`imgstream.imaging`. Every failure to reach the store surfaces as
+:class:`imgstream.errors.Unavailable` so callers map it to one HTTP status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import IO, Any, AsyncIterator, Final, Mapping, Protocol, runtime_checkable
+
+from imgstream.config import S3Config
+from imgstream.errors import Unavailable
+
+Body = bytes | IO[bytes]
+
+#: Bodies from this size up go through a multipart upload: S3 accepts single PUTs up to 5 GB, but
+#: a multipart upload bounds what is held in memory at once to one part and lets a failed part be
+#: retried alone. 8 MiB is the AWS CLI's default threshold and part size.
+MULTIPART_THRESHOLD: Final = 8 * 1024 * 1024
+#: Part size (S3's minimum is 5 MiB for every part but the last).
+MULTIPART_PART_SIZE: Final = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """Metadata of one stored object."""
+
+    key: str
+    size: int
+    etag: str = ""
+    content_type: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    last_modified: datetime | None = None
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """What the services need from an object store. ``put`` returns once the object is durable."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise :class:`Unavailable` unless the store (and its bucket) answers."""
+
+    async def ensure_bucket(self) -> None: ...
+
+    async def put(self, key: str, body: Body, *, size: int, content_type: str = "application/octet-stream",
+                  metadata: Mapping[str, str] | None = None, sha256: str | None = None) -> None: ...
+
+    async def head(self, key: str) -> ObjectInfo | None: ...
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]: ...
+
+
+def _read_all(body: Body) -> bytes:
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    body.seek(0)
+    return body.read()
+
+
+class MemoryObjectStore:
+    """In-memory :class:`ObjectStore` for unit tests, with failure injection.
+
+    Set ``unavailable`` to make every call fail as if the store were down, or ``fail_puts`` to a
+    number of upcoming ``put`` calls that should fail.
+    """
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, ObjectInfo]] = {}
+        self.unavailable = False
+        self.fail_puts = 0
+        self.put_calls = 0
+        self.started = False
+        self.closed = False
+
+    def _check(self) -> None:
+        if self.unavailable:
+            raise Unavailable("object store unavailable (injected)")
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def ping(self) -> None:
+        self._check()
+
+    async def ensure_bucket(self) -> None:
+        self._check()
+
+    async def put(self, key: str, body: Body, *, size: int, content_type: str = "application/octet-stream",
+                  metadata: Mapping[str, str] | None = None, sha256: str | None = None) -> None:
+        self._check()
+        self.put_calls += 1
+        if self.fail_puts:
+            self.fail_puts -= 1
+            raise Unavailable("object store put failed (injected)")
+        data = _read_all(body)
+        if len(data) != size:
+            raise ValueError(f"body is {len(data)} bytes, declared {size}")
+        await asyncio.sleep(0)  # a real store yields here; keep interleavings honest
+        self.objects[key] = (data, ObjectInfo(key, len(data), etag=f'"{len(data)}"', content_type=content_type,
+                                              metadata=dict(metadata or {}),
+                                              last_modified=datetime.now(timezone.utc)))
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        self._check()
+        entry = self.objects.get(key)
+        return entry[1] if entry else None
+
+    async def get(self, key: str) -> bytes | None:
+        self._check()
+        entry = self.objects.get(key)
+        return entry[0] if entry else None
+
+    async def delete(self, key: str) -> None:
+        self._check()
+        self.objects.pop(key, None)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        self._check()
+        for key in sorted(self.objects):
+            if key.startswith(prefix):
+                yield self.objects[key][1]
+
+
+def _read_part(body: IO[bytes], size: int) -> tuple[bytes, str]:
+    chunk = body.read(size)
+    return chunk, base64.b64encode(hashlib.md5(chunk).digest()).decode()
+
+
+def _not_found(exc: Any) -> bool:
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+
+
+class S3ObjectStore:
+    """:class:`ObjectStore` on any S3-compatible server, with aiobotocore.
+
+    ``start()`` opens one pooled client for the life of the process. Options that matter:
+
+    * ``request_checksum_calculation`` / ``response_checksum_validation`` = ``when_required``:
+      botocore >= 1.36 otherwise adds CRC checksums that s3proxy (and other S3 look-alikes) reject.
+    * path-style addressing: local servers have no wildcard DNS for virtual-hosted buckets.
+    * ``payload_signing``: over plain HTTP botocore SHA-256-hashes every body to sign it. Callers
+      that already know the body's SHA-256 can turn that off and pass ``sha256=`` to ``put``,
+      which then travels as ``x-amz-checksum-sha256`` for the server to verify.
+    """
+
+    def __init__(self, config: S3Config, *, max_pool_connections: int = 64, connect_timeout: float = 5.0,
+                 read_timeout: float = 30.0, payload_signing: bool = True,
+                 send_sha256_checksum: bool = False,
+                 multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = MULTIPART_PART_SIZE) -> None:
+        self.config = config
+        self.bucket = config.bucket
+        self.max_pool_connections = max_pool_connections
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.payload_signing = payload_signing
+        self.send_sha256_checksum = send_sha256_checksum
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return f"S3ObjectStore(endpoint={self.config.endpoint_url!r}, bucket={self.bucket!r})"
+
+    @property
+    def client(self) -> Any:
+        """The underlying aiobotocore client (for callers that need a raw S3 call)."""
+        if self._client is None:
+            raise RuntimeError("S3ObjectStore.start() was not awaited")
+        return self._client
+
+    async def start(self) -> None:
+        try:
+            from aiobotocore.config import AioConfig
+            from aiobotocore.session import get_session
+        except ImportError as exc:  # pragma: no cover - depends on the venv
+            raise RuntimeError("S3ObjectStore needs aiobotocore: pip install aiobotocore") from exc
+        if self._client is not None:
+            return
+        config = AioConfig(
+            signature_version="s3v4",
+            s3={"addressing_style": "path", "payload_signing_enabled": self.payload_signing},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            max_pool_connections=self.max_pool_connections,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            retries={"max_attempts": 3, "mode": "standard"},
+        )
+        stack = contextlib.AsyncExitStack()
+        self._client = await stack.enter_async_context(
+            get_session().create_client(
+                "s3",
+                endpoint_url=self.config.endpoint_url,
+                region_name=self.config.region,
+                aws_access_key_id=str(self.config.access_key),
+                aws_secret_access_key=str(self.config.secret_key),
+                config=config,
+            )
+        )
+        self._stack = stack
+
+    async def close(self) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+        self._stack = None
+        self._client = None
+
+    @contextlib.asynccontextmanager
+    async def _errors(self, action: str) -> AsyncIterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise Unavailable(f"object store {action} failed: {error.get('Code')} {error.get('Message', '')}".strip(),
+                              dependency="s3") from exc
+        except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+            raise Unavailable(f"object store {action} failed: {exc}", dependency="s3") from exc
+
+    async def ping(self) -> None:
+        async with self._errors("health check"):
+            await self.client.head_bucket(Bucket=self.bucket)
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket unless it exists (idempotent)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as exc:
+            if not _not_found(exc):
+                raise Unavailable(f"object store bucket check failed: {exc}", dependency="s3") from exc
+        async with self._errors("create bucket"):
+            try:
+                await self.client.create_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou",
+                                                                       "BucketAlreadyExists"):
+                    raise
+
+    async def put(self, key: str, body: Body, *, size: int, content_type: str = "application/octet-stream",
+                  metadata: Mapping[str, str] | None = None, sha256: str | None = None) -> None:
+        """Store ``body`` (bytes, or a seekable binary file read from its start) under ``key``.
+
+        Single PUT below the multipart threshold, multipart upload above it. Returns once the
+        server acknowledged the whole object.
+        """
+        extra: dict[str, Any] = {"ContentType": content_type, "Metadata": dict(metadata or {})}
+        if size >= self.multipart_threshold and not isinstance(body, (bytes, bytearray, memoryview)):
+            await self._put_multipart(key, body, extra)
+            return
+        if sha256 and self.send_sha256_checksum:
+            extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            body.seek(0)
+        async with self._errors(f"put {key}"):
+            await self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=size, **extra)
+
+    async def _put_multipart(self, key: str, body: IO[bytes], extra: Mapping[str, Any]) -> None:
+        async with self._errors(f"multipart put {key}"):
+            created = await self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
+            upload_id = created["UploadId"]
+            try:
+                parts = []
+                body.seek(0)
+                number = 1
+                while True:
+                    # One part in memory at a time, read (and MD5-summed, so the server verifies
+                    # every part) off the event loop.
+                    chunk, md5 = await asyncio.to_thread(_read_part, body, self.part_size)
+                    if not chunk:
+                        break
+                    answer = await self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                           PartNumber=number, Body=chunk, ContentMD5=md5)
+                    parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+                    number += 1
+                await self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                            MultipartUpload={"Parts": parts})
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                raise
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        from botocore.exceptions import ClientError
+
+        async with self._errors(f"head {key}"):
+            try:
+                answer = await self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if _not_found(exc):
+                    return None
+                raise
+        return ObjectInfo(key=key, size=int(answer.get("ContentLength", 0)), etag=answer.get("ETag", ""),
+                          content_type=answer.get("ContentType", ""), metadata=answer.get("Metadata", {}),
+                          last_modified=answer.get("LastModified"))
+
+    async def get(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        async with self._errors(f"get {key}"):
+            try:
+                answer = await self.client.get_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if _not_found(exc):
+                    return None
+                raise
+            async with answer["Body"] as stream:
+                data: bytes = await stream.read()
+        return data
+
+    async def delete(self, key: str) -> None:
+        async with self._errors(f"delete {key}"):
+            await self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        async with self._errors(f"list {prefix!r}"):
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(key=item["Key"], size=int(item.get("Size", 0)), etag=item.get("ETag", ""),
+                                     last_modified=item.get("LastModified"))

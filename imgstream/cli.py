@@ -1,0 +1,198 @@
+"""The ``imgstream`` command line.
+
+Commands register themselves with :func:`command`; more can be added without editing this file
+through the ``imgstream.commands`` entry-point group: each entry point names a callable that
+receives the ``argparse`` sub-parsers object and adds its commands, e.g. in ``setup.cfg``::
+
+    [options.entry_points]
+    imgstream.commands =
+        stack = local_stack.cli:register
+
+A command's parser sets ``handler`` (``args -> exit status``) with ``set_defaults``.
+
+Built in: ``imgstream token create|rotate|retire|keys|verify|init``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from imgstream.errors import Unauthorized
+from imgstream.tokens import (
+    DEFAULT_TTL,
+    KEYS_FILE_ENV,
+    ROLE_ANALYST,
+    ROLE_PRODUCER,
+    KeyRing,
+    ensure_key_file,
+    keys_file_from_env,
+    parse_ttl,
+)
+
+Handler = Callable[[argparse.Namespace], int]
+Configure = Callable[[argparse.ArgumentParser, Mapping[str, str]], None]
+
+#: Entry-point group through which other packages (the local stack, jobs) add commands.
+ENTRY_POINT_GROUP = "imgstream.commands"
+
+_COMMANDS: dict[str, tuple[str, Configure]] = {}
+
+
+def command(name: str, help: str) -> Callable[[Configure], Configure]:
+    """Register a top-level command: ``configure(parser, env)`` adds its arguments and handler."""
+
+    def register(configure: Configure) -> Configure:
+        if name in _COMMANDS:
+            raise ValueError(f"command {name!r} registered twice")
+        _COMMANDS[name] = (help, configure)
+        return configure
+
+    return register
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The full parser: built-in commands plus those contributed through entry points."""
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(prog="imgstream", description="imgstream: a streaming image platform")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, configure) in sorted(_COMMANDS.items()):
+        configure(sub.add_parser(name, help=help_text, description=help_text), env)
+    for plugin in entry_points(group=ENTRY_POINT_GROUP):
+        plugin.load()(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns (and, as a console script, exits with) its status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except (ValueError, OSError) as exc:
+        print(f"imgstream {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+# --- imgstream token ... -----------------------------------------------------------------------
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    ring = ensure_key_file(args.keys_file)
+    role, name = (ROLE_PRODUCER, args.producer) if args.producer else (ROLE_ANALYST, args.analyst)
+    ttl = parse_ttl(args.ttl) if args.ttl else DEFAULT_TTL
+    token = ring.issue(name, role, ttl=ttl)
+    expires = ring.verify(token).expires_at
+    print(f"{role} token for {name!r}, signed by key {ring.active}, expires {_utc(expires)}", file=sys.stderr)
+    print(token)  # the only line on stdout: TOKEN=$(imgstream token create --producer x)
+    return 0
+
+
+def _token_rotate(args: argparse.Namespace) -> int:
+    ring = ensure_key_file(args.keys_file)
+    rotated = ring.rotated()
+    if args.retire_previous:
+        for kid in ring.key_ids:
+            rotated = rotated.retired(kid)
+    rotated.save(args.keys_file)
+    kept = [k for k in rotated.key_ids if k != rotated.active]
+    print(f"new active key {rotated.active}; still verifying: {', '.join(kept) or 'nothing else'}", file=sys.stderr)
+    print(rotated.active)
+    return 0
+
+
+def _token_retire(args: argparse.Namespace) -> int:
+    ring = KeyRing.load(args.keys_file)
+    ring.retired(args.kid).save(args.keys_file)
+    print(f"retired {args.kid}: tokens it signed no longer verify", file=sys.stderr)
+    return 0
+
+
+def _token_keys(args: argparse.Namespace) -> int:
+    ring = KeyRing.load(args.keys_file)
+    for kid in ring.key_ids:
+        key = ring.key(kid)
+        assert key is not None
+        print(f"{kid}\t{key.created_at}\t{'active' if kid == ring.active else 'verify-only'}")
+    return 0
+
+
+def _token_verify(args: argparse.Namespace) -> int:
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token
+    try:
+        principal = KeyRing.load(args.keys_file).verify(token)
+    except Unauthorized as exc:
+        print(f"invalid: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps({"name": principal.name, "role": principal.role, "key_id": principal.key_id,
+                      "expires_at": _utc(principal.expires_at)}))
+    return 0
+
+
+def _token_init(args: argparse.Namespace) -> int:
+    existed = Path(args.keys_file).exists()
+    ring = ensure_key_file(args.keys_file)
+    print(f"{'using existing' if existed else 'created'} key file {args.keys_file} (active key {ring.active})",
+          file=sys.stderr)
+    return 0
+
+
+@command("token", help="create, verify and rotate bearer tokens")
+def _configure_token(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    keys_file = keys_file_from_env(env)
+
+    def keys_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--keys-file", type=Path, default=keys_file,
+                       help=f"signing key file (default ${KEYS_FILE_ENV} or {keys_file})")
+
+    sub = parser.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+
+    create = sub.add_parser("create", help="print a new token (the last line of stdout)")
+    who = create.add_mutually_exclusive_group(required=True)
+    who.add_argument("--producer", metavar="NAME", help="a token that may upload as NAME and read NAME's stats")
+    who.add_argument("--analyst", metavar="NAME", help="a token that may read every producer's statistics")
+    create.add_argument("--ttl", help=f"lifetime, e.g. 3600, 12h, 30d (default {DEFAULT_TTL.days}d)")
+    keys_option(create)
+    create.set_defaults(handler=_token_create)
+
+    rotate = sub.add_parser("rotate", help="make a new signing key active; old keys keep verifying")
+    rotate.add_argument("--retire-previous", action="store_true",
+                        help="also drop every previous key: all existing tokens stop working")
+    keys_option(rotate)
+    rotate.set_defaults(handler=_token_rotate)
+
+    retire = sub.add_parser("retire", help="drop a (non-active) key: the tokens it signed stop working")
+    retire.add_argument("kid")
+    keys_option(retire)
+    retire.set_defaults(handler=_token_retire)
+
+    keys = sub.add_parser("keys", help="list key ids (never secrets)")
+    keys_option(keys)
+    keys.set_defaults(handler=_token_keys)
+
+    verify = sub.add_parser("verify", help="check a token and print whom it speaks for")
+    verify.add_argument("token", help="the token, or - to read it from stdin")
+    keys_option(verify)
+    verify.set_defaults(handler=_token_verify)
+
+    init = sub.add_parser("init", help="create the key file with a random key if it does not exist")
+    keys_option(init)
+    init.set_defaults(handler=_token_init)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Operations: health, readiness, metrics, OpenAPI, logs, config, graceful shutdown, the spool."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from api.gateway.app import GATEWAY, create_app, server_options
+from api.gateway.config import MAX_PARTS, MAX_UPLOAD_BYTES, GatewayConfig
+from api.gateway.ingest import Spool
+from api.gateway.logs import JsonFormatter
+from imgstream.adapters.kafka import MemoryEventPublisher
+from imgstream.adapters.s3 import MemoryObjectStore
+from imgstream.errors import PayloadTooLarge
+from imgstream.tokens import KeyRing
+from tests.fixtures import images as fx
+from tests.fixtures.gateway import Harness, gateway_factory, gw  # noqa: F401  (fixtures)
+
+
+async def test_healthz(gw: Harness) -> None:
+    response = await gw.client.get("/healthz")
+    assert response.status == 200 and (await response.json())["status"] == "ok"
+
+
+async def test_readyz_reflects_each_dependency_and_draining(gw: Harness) -> None:
+    ready = await gw.client.get("/readyz")
+    assert ready.status == 200 and (await ready.json())["checks"] == {"s3": "ok", "kafka": "ok"}
+    gw.store.unavailable = True
+    body = await (await gw.client.get("/readyz")).json()
+    assert body["status"] == "unavailable" and body["checks"]["s3"] != "ok" and body["checks"]["kafka"] == "ok"
+    gw.store.unavailable = False
+    gw.publisher.unavailable = True
+    response = await gw.client.get("/readyz")
+    assert response.status == 503 and (await response.json())["checks"]["kafka"] != "ok"
+    gw.publisher.unavailable = False
+    gw.client.server.app[GATEWAY].draining = True
+    response = await gw.client.get("/readyz")
+    assert response.status == 503 and (await response.json())["status"] == "draining"
+
+
+async def test_metrics_count_requests_bytes_outcomes_and_latency(gw: Harness) -> None:
+    data = fx.real("rocket.jpg")
+    await gw.upload(data)
+    await gw.upload(fx.svg_bare())
+    text = await (await gw.client.get("/metrics")).text()
+    assert 'imgstream_gateway_requests_total{method="POST",route="/v1/images",status="201"} 1.0' in text
+    assert 'imgstream_gateway_requests_total{method="POST",route="/v1/images",status="415"} 1.0' in text
+    assert 'imgstream_gateway_images_total{outcome="stored"} 1.0' in text
+    assert 'imgstream_gateway_images_total{outcome="unsupported_media_type"} 1.0' in text
+    assert gw.metric("imgstream_gateway_stored_bytes_total") == len(data)
+    assert gw.metric("imgstream_gateway_received_bytes_total") == len(data) + len(fx.svg_bare())
+    assert gw.metric("imgstream_gateway_request_duration_seconds_count", route="/v1/images", method="POST") == 2
+    assert gw.metric("imgstream_gateway_requests_in_flight") == 0
+    for stage in ("receive", "inspect", "store", "publish"):
+        assert gw.metric("imgstream_gateway_stage_duration_seconds_count", stage=stage) >= 1, stage
+
+
+async def test_openapi_documents_the_upload_contract(gw: Harness) -> None:
+    doc = await (await gw.client.get("/openapi.json")).json()
+    assert doc["openapi"].startswith("3.")
+    responses = doc["paths"]["/v1/images"]["post"]["responses"]
+    assert {"200", "201", "400", "401", "413", "415", "422", "429"} <= set(responses)
+    assert str(MAX_UPLOAD_BYTES) in doc["info"]["description"]
+    assert {"/healthz", "/readyz", "/metrics", "/openapi.json"} <= set(doc["paths"])
+
+
+async def test_request_id_is_echoed_or_made_up(gw: Harness) -> None:
+    given = await gw.client.get("/healthz", headers={"X-Request-Id": "abc-123"})
+    assert given.headers["X-Request-Id"] == "abc-123"
+    made = await gw.client.get("/healthz", headers={"X-Request-Id": "bad id with spaces"})
+    assert made.headers["X-Request-Id"] != "bad id with spaces" and len(made.headers["X-Request-Id"]) == 32
+
+
+class SlowStore(MemoryObjectStore):
+    """A store whose put takes a while, so a shutdown can start while an upload is in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.put_started = asyncio.Event()
+
+    async def put(self, key, body, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self.put_started.set()
+        await asyncio.sleep(0.5)
+        await super().put(key, body, **kwargs)
+
+
+class OrderedPublisher(MemoryEventPublisher):
+    async def close(self) -> None:
+        self.records_at_close = len(self.records)
+        await super().close()
+
+
+async def test_graceful_shutdown_finishes_in_flight_uploads(unused_tcp_port: int) -> None:
+    """The sequence api.gateway.__main__ runs on SIGTERM, with one upload whose body is still
+    streaming in and one already being stored when the signal arrives."""
+    config = GatewayConfig(port=unused_tcp_port, shutdown_timeout=10)
+    store, publisher, ring = SlowStore(), OrderedPublisher(), KeyRing.generate()
+    app = create_app(config, store, publisher, ring)
+    runner = web.AppRunner(app, **server_options(config))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", unused_tcp_port)
+    await site.start()
+    assert store.started and publisher.started
+    url = f"http://127.0.0.1:{unused_tcp_port}/v1/images"
+    headers = {"Authorization": f"Bearer {ring.issue('alice', 'producer')}"}
+    data = fx.real("hubble_deep_field.jpg")
+    first_chunk_sent = asyncio.Event()
+
+    async def slow_body():
+        for i in range(0, len(data), 50_000):
+            yield data[i : i + 50_000]
+            first_chunk_sent.set()
+            await asyncio.sleep(0.1)
+
+    async with aiohttp.ClientSession() as session:
+        storing = asyncio.create_task(session.post(url, data=fx.real("rocket.jpg"), headers=headers))
+        await asyncio.wait_for(store.put_started.wait(), 10)
+        streaming = asyncio.create_task(session.post(url, data=slow_body(), headers=headers))
+        await asyncio.wait_for(first_chunk_sent.wait(), 10)
+
+        await site.stop()
+        assert await app[GATEWAY].drain(config.shutdown_timeout)
+        await runner.cleanup()
+
+        for task in (storing, streaming):
+            response = await task
+            assert response.status == 201, await response.text()
+    assert publisher.closed and publisher.records_at_close == 2  # flushed after the last event
+    assert store.closed
+
+
+async def test_drain_gives_up_after_its_timeout(gw: Harness) -> None:
+    gateway = gw.client.server.app[GATEWAY]
+    gateway._uploads, _ = 1, gateway._idle.clear()  # an upload that never ends
+    assert await gateway.drain(0.05) is False
+    assert gateway.draining
+
+
+async def test_upload_outcomes_are_logged_as_structured_records(gw: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="imgstream.gateway")
+    await gw.upload_parts([("file", "ok.jpg", fx.real("rocket.jpg")), ("file", "bad.svg", fx.svg_bare())])
+    await gw.upload(fx.truncated_jpeg())
+    by_msg: dict[str, list[logging.LogRecord]] = {}
+    for record in caplog.records:
+        by_msg.setdefault(record.getMessage(), []).append(record)
+    (stored,) = by_msg["image stored"]
+    assert stored.producer == "alice" and len(stored.sha256) == 64  # type: ignore[attr-defined]
+    rejected = by_msg["image rejected"]
+    assert [(r.code, r.part, r.file) for r in rejected] == [  # type: ignore[attr-defined]
+        ("unsupported_media_type", 1, "bad.svg"), ("corrupt_image", None, None)]
+    requests = by_msg["request"]
+    assert {r.status for r in requests} == {200, 422}  # type: ignore[attr-defined]
+    for record in caplog.records:
+        json.loads(JsonFormatter().format(record))  # every record renders as one JSON line
+
+
+def test_json_log_lines_carry_extra_fields() -> None:
+    record = logging.LogRecord("imgstream.gateway", logging.INFO, __file__, 1, "image stored", (), None)
+    record.image_id = "abc"
+    record.size = 12
+    line = json.loads(JsonFormatter().format(record))
+    assert line["msg"] == "image stored" and line["image_id"] == "abc" and line["size"] == 12
+    assert line["level"] == "INFO" and line["ts"].endswith("+00:00")
+
+
+def test_config_from_env_reads_once_with_defaults(tmp_path: Path) -> None:
+    env = {"IMGSTREAM_S3_ACCESS_KEY": "k", "IMGSTREAM_S3_SECRET_KEY": "TOPSECRET-VALUE", "IMGSTREAM_GATEWAY_PORT": "18080",
+           "IMGSTREAM_GATEWAY_MAX_PARTS": "7", "IMGSTREAM_GATEWAY_RATE": "0",
+           "IMGSTREAM_TOKEN_KEYS_FILE": str(tmp_path / "k.json"), "IMGSTREAM_GATEWAY_ENSURE_TOPIC": "no"}
+    config = GatewayConfig.from_env(env)
+    assert (config.host, config.port, config.max_parts, config.rate_per_second) == ("127.0.0.1", 18080, 7, 0.0)
+    assert config.keys_file == tmp_path / "k.json" and config.ensure_topic is False
+    assert config.max_upload_bytes == MAX_UPLOAD_BYTES and GatewayConfig().max_parts == MAX_PARTS
+    assert "TOPSECRET-VALUE" not in repr(config)
+    with pytest.raises(KeyError):
+        GatewayConfig.from_env({})  # S3 credentials are required
+
+
+def test_spool_keeps_small_bodies_in_memory_and_rolls_big_ones_to_disk() -> None:
+    small = Spool(max_bytes=10**7, memory_bytes=200_000)
+    small.write(fx.real("rocket.jpg"))
+    small.finish()
+    assert small.in_memory and small.body() == fx.real("rocket.jpg")
+    big = Spool(max_bytes=10**7, memory_bytes=50_000)
+    data = fx.real("hubble_deep_field.jpg")
+    for i in range(0, len(data), 30_000):
+        big.write(data[i : i + 30_000])
+    summary = big.finish()
+    assert not big.in_memory and summary.size == len(data)
+    body = big.body()
+    assert isinstance(body, io.IOBase) or hasattr(body, "read")
+    assert body.read() == data  # type: ignore[union-attr]
+    big.close()
+    over = Spool(max_bytes=1000, memory_bytes=500)
+    with pytest.raises(PayloadTooLarge):
+        over.write(fx.real("rocket.jpg"))
