@@ -198,6 +198,8 @@ class Context:
             "IMGSTREAM_PG_DSN": f"postgresql://imgstream@127.0.0.1:{PORTS['postgres']}/imgstream",
             "IMGSTREAM_FLINK_REST": f"http://127.0.0.1:{PORTS['flink_rest']}",
             "IMGSTREAM_CONNECT_REST": f"http://127.0.0.1:{PORTS['connect']}",
+            "IMGSTREAM_GATEWAY_URL": f"http://127.0.0.1:{PORTS['gateway']}",
+            "IMGSTREAM_STATS_URL": f"http://127.0.0.1:{PORTS['stats_api']}",
             "IMGSTREAM_FLINK_KAFKA_JAR": str(next(iter(sorted((p.lib / "flink").glob("flink-sql-connector-kafka-*.jar"))), "")),
             "IMGSTREAM_STATE_DIR": str(p.state),
             "IMGSTREAM_TOKEN_KEYS_FILE": str(p.secrets / "token-keys.json"),
