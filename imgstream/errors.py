@@ -67,6 +67,18 @@ class ImageTooLarge(ImgstreamError):
     code = "image_too_large"
 
 
+class RequestTimeout(ImgstreamError):
+    """The client did not send its body in time (stalled or trickling): the request is dropped."""
+
+    code = "request_timeout"
+
+
+class Conflict(ImgstreamError):
+    """The request contradicts an earlier one (an Idempotency-Key reused for other content)."""
+
+    code = "conflict"
+
+
 class RateLimited(ImgstreamError):
     code = "rate_limited"
 
@@ -93,6 +105,8 @@ HTTP_STATUS: Mapping[str, int] = {
     Unauthorized.code: 401,
     Forbidden.code: 403,
     NotFound.code: 404,
+    RequestTimeout.code: 408,
+    Conflict.code: 409,
     PayloadTooLarge.code: 413,
     UnsupportedMediaType.code: 415,
     CorruptImage.code: 422,

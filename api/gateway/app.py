@@ -28,6 +28,7 @@ from imgstream.errors import (
     BadRequest,
     Forbidden,
     ImgstreamError,
+    RequestTimeout,
     PayloadTooLarge,
     RateLimited,
     Unauthorized,
@@ -271,7 +272,7 @@ class Gateway:
                     async with asyncio.timeout(self.config.idle_read_timeout):
                         part = await self._guarded(reader.next())
                 except TimeoutError:
-                    raise BadRequest(f"client sent nothing for {self.config.idle_read_timeout:g} s",
+                    raise RequestTimeout(f"client sent nothing for {self.config.idle_read_timeout:g} s",
                                      reason="timeout") from None
                 if part is None:
                     break
@@ -328,7 +329,7 @@ class Gateway:
             started = time.perf_counter()
             summary = await receive(spool, read, idle_timeout=self.config.idle_read_timeout, deadline=deadline)
             self.metrics.stage.labels("receive").observe(time.perf_counter() - started)
-        except (PayloadTooLarge, UnsupportedMediaType, BadRequest) as exc:
+        except (PayloadTooLarge, UnsupportedMediaType, BadRequest, RequestTimeout) as exc:
             spool.close()
             if budget.exhausted or exc.details.get("reason") in _REQUEST_LEVEL_REASONS:
                 raise  # the request itself is over its budget or broken: stop reading it
@@ -364,13 +365,13 @@ class Gateway:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise BadRequest("request body not received in time", reason="timeout")
+                raise RequestTimeout("request body not received in time", reason="timeout")
             try:
                 async with asyncio.timeout(min(left, self.config.idle_read_timeout)):
                     if not await read():
                         return
             except TimeoutError:
-                raise BadRequest(f"client sent nothing for {self.config.idle_read_timeout:g} s",
+                raise RequestTimeout(f"client sent nothing for {self.config.idle_read_timeout:g} s",
                                  reason="timeout") from None
 
     @staticmethod

@@ -22,7 +22,7 @@ from typing import IO, Any, Awaitable, Callable, Final
 from imgstream import imaging
 from imgstream.adapters.kafka import EventPublisher
 from imgstream.adapters.s3 import MULTIPART_THRESHOLD, ObjectStore
-from imgstream.errors import BadRequest, Unavailable
+from imgstream.errors import BadRequest, Conflict, RequestTimeout, Unavailable
 from imgstream.events import ImageUploaded, format_time
 from imgstream.imaging import StreamInspector, StreamSummary
 from imgstream.receipts import ReceiptStore, build_receipt, image_key
@@ -100,23 +100,23 @@ async def receive(spool: Spool, read: Callable[[], Awaitable[bytes]], *, idle_ti
     """Pull chunks from ``read`` (``b""`` at the end) into ``spool`` until the end of the body.
 
     Raises what the inspector raises (413/415 as soon as the bytes show it), and
-    :class:`BadRequest` when the client stalls for ``idle_timeout`` seconds or the body is not
+    :class:`RequestTimeout` when the client stalls for ``idle_timeout`` seconds or the body is not
     complete by ``deadline`` (a ``time.monotonic()`` value).
     """
     while True:
         left = deadline - time.monotonic()
         wait = min(idle_timeout, left)
         if wait <= 0:
-            raise BadRequest("request body not received in time; upload faster or in smaller parts",
+            raise RequestTimeout("request body not received in time; upload faster or in smaller parts",
                              reason="timeout")
         try:
             async with asyncio.timeout(wait):
                 chunk = await read()
         except TimeoutError:
             if wait < idle_timeout:
-                raise BadRequest("request body not received in time; upload faster or in smaller parts",
+                raise RequestTimeout("request body not received in time; upload faster or in smaller parts",
                                  reason="timeout") from None
-            raise BadRequest(f"client sent nothing for {idle_timeout:g} s", reason="timeout") from None
+            raise RequestTimeout(f"client sent nothing for {idle_timeout:g} s", reason="timeout") from None
         if not chunk:
             return spool.finish()
         spool.write(chunk)
@@ -156,8 +156,8 @@ class Ingestor:
             previous = await self.receipts.get(producer, image_id)
             if previous is not None:
                 if previous.get("sha256") != summary.sha256:
-                    raise BadRequest("Idempotency-Key was already used for a different image; use a new key "
-                                     "for new content", reason="idempotency_key_reused")
+                    raise Conflict("Idempotency-Key was already used for a different image; use a new key "
+                                   "for new content", reason="idempotency_key_reused")
                 self.metrics.images.labels("replayed").inc()
                 return Outcome(previous, replayed=True)
 

@@ -103,7 +103,9 @@ def openapi_document(config: GatewayConfig) -> dict[str, Any]:
                                 "content": {"application/json": {"schema": {
                                     "type": "object", "properties": {"results": {
                                         "type": "array", "items": {"$ref": "#/components/schemas/PartResult"}}}}}}},
-                        "400": _error("Malformed request (empty body, bad multipart, bad Idempotency-Key, timeout)"),
+                        "400": _error("Malformed request (empty body, bad multipart, bad Idempotency-Key)"),
+                        "408": _error("The client did not send the body in time"),
+                        "409": _error("Idempotency-Key already used for different bytes"),
                         "401": _error("Missing or invalid bearer token"),
                         "403": _error("The token may not upload (analyst token)"),
                         "413": _error("Body over the size limit (refused from Content-Length when declared)"),

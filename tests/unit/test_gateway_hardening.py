@@ -195,7 +195,7 @@ async def test_stalled_client_is_dropped_after_the_idle_timeout(gateway_factory)
         answer = await asyncio.wait_for(reader.read(65536), 10)
     finally:
         writer.close()
-    assert answer.startswith(b"HTTP/1.1 400")
+    assert answer.startswith(b"HTTP/1.1 408")
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert body["error"]["reason"] == "timeout"
     assert gw.store.objects == {}
@@ -211,7 +211,7 @@ async def test_trickling_client_hits_the_request_deadline(gateway_factory) -> No
             await asyncio.sleep(0.05)
 
     response = await gw.client.post("/v1/images", data=trickle(), headers=gw.auth())
-    assert response.status == 400
+    assert response.status == 408
     assert (await response.json())["error"]["reason"] == "timeout"
 
 

@@ -86,7 +86,7 @@ async def test_idempotent_retry_gets_the_same_receipt_and_no_second_event(gw: Ha
 async def test_idempotency_key_reused_for_other_bytes_is_refused(gw: Harness) -> None:
     await gw.upload(fx.unique_jpeg("a"), **{"Idempotency-Key": "k1"})
     response = await gw.upload(fx.unique_jpeg("b"), **{"Idempotency-Key": "k1"})
-    assert response.status == 400
+    assert response.status == 409
     assert (await response.json())["error"]["reason"] == "idempotency_key_reused"
     assert len(gw.events()) == 1
 
