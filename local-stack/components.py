@@ -325,7 +325,8 @@ def _connect_prepare(ctx: Context) -> None:
 
 def _connect_argv(ctx: Context) -> list[str]:
     conf = ctx.paths.conf / "connect"
-    return [ctx.java, f"-Xms256m", f"-Xmx{CONNECT_HEAP}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+    return [ctx.java, "-Xms256m", f"-Xmx{CONNECT_HEAP}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            "-Duser.timezone=UTC",  # the JDBC sink writes zone-less timestamps: make them UTC everywhere
             f"-Dlog4j2.configurationFile={conf / 'log4j2.properties'}",
             "-cp", classpath(ctx.paths.lib / "kafka"),
             "org.apache.kafka.connect.cli.ConnectDistributed", str(conf / "worker.properties")]

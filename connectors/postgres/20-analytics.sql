@@ -1,0 +1,109 @@
+-- Documented views for SQL analysts and the stats API (docs/analytics.md), over the tables the
+-- CDC sink replicates (10-replicated.sql). Idempotent (CREATE OR REPLACE); applied at every
+-- `make up` as role imgstream. All times are timestamptz; roll-ups are by UTC hour/day.
+
+CREATE SCHEMA IF NOT EXISTS analytics;
+
+-- One row per upload (and per rejected event) with its processing result.
+CREATE OR REPLACE VIEW analytics.images AS
+SELECT image_id, producer, status, duplicate_of, duplicate_kind, distance,
+       sha256, phash, size, content_type, width, height, storage_key,
+       received_at, lateness, reject_reason, reject_error, processed_at,
+       cdc_applied_at AS replicated_at
+FROM public.images;
+
+-- Minute windows per producer and content type, as the Flink job last wrote them.
+-- is_final: the window will not change any more (the watermark passed it plus allowed lateness).
+CREATE OR REPLACE VIEW analytics.upload_stats AS
+SELECT window_start, window_end, producer, content_type,
+       uploads, bytes, accepted, duplicates_exact, duplicates_near, duplicates, rejected,
+       late_events, revision, final AS is_final, updated_at
+FROM public.upload_stats;
+
+-- How far event time has been finalised: the end of the newest final minute window.
+CREATE INDEX IF NOT EXISTS upload_stats_final_window_end_idx ON public.upload_stats (window_end) WHERE final;
+
+-- Hour and day roll-ups of the minute windows (sums; an hour/day is final once every minute
+-- window in it is final and the newest final window ends at or after its end).
+CREATE OR REPLACE VIEW analytics.upload_stats_hourly AS
+WITH watermark AS (SELECT max(window_end) AS final_until FROM public.upload_stats WHERE final)
+SELECT date_trunc('hour', s.window_start, 'UTC') AS window_start,
+       date_trunc('hour', s.window_start, 'UTC') + interval '1 hour' AS window_end,
+       s.producer, s.content_type,
+       sum(s.uploads)::bigint AS uploads, sum(s.bytes)::bigint AS bytes,
+       sum(s.accepted)::bigint AS accepted,
+       sum(s.duplicates_exact)::bigint AS duplicates_exact, sum(s.duplicates_near)::bigint AS duplicates_near,
+       sum(s.duplicates)::bigint AS duplicates, sum(s.rejected)::bigint AS rejected,
+       sum(s.late_events)::bigint AS late_events,
+       (bool_and(s.final) AND coalesce(min(w.final_until), '-infinity')
+            >= date_trunc('hour', s.window_start, 'UTC') + interval '1 hour') AS is_final,
+       count(*) AS minute_windows, max(s.updated_at) AS updated_at
+FROM public.upload_stats s CROSS JOIN watermark w
+GROUP BY 1, 2, s.producer, s.content_type;
+
+CREATE OR REPLACE VIEW analytics.upload_stats_daily AS
+WITH watermark AS (SELECT max(window_end) AS final_until FROM public.upload_stats WHERE final)
+SELECT date_trunc('day', s.window_start, 'UTC') AS window_start,
+       date_trunc('day', s.window_start, 'UTC') + interval '1 day' AS window_end,
+       s.producer, s.content_type,
+       sum(s.uploads)::bigint AS uploads, sum(s.bytes)::bigint AS bytes,
+       sum(s.accepted)::bigint AS accepted,
+       sum(s.duplicates_exact)::bigint AS duplicates_exact, sum(s.duplicates_near)::bigint AS duplicates_near,
+       sum(s.duplicates)::bigint AS duplicates, sum(s.rejected)::bigint AS rejected,
+       sum(s.late_events)::bigint AS late_events,
+       (bool_and(s.final) AND coalesce(min(w.final_until), '-infinity')
+            >= date_trunc('day', s.window_start, 'UTC') + interval '1 day') AS is_final,
+       count(*) AS minute_windows, max(s.updated_at) AS updated_at
+FROM public.upload_stats s CROSS JOIN watermark w
+GROUP BY 1, 2, s.producer, s.content_type;
+
+-- Every duplicate with what it duplicates (the original's producer and arrival time).
+CREATE OR REPLACE VIEW analytics.duplicates AS
+SELECT d.image_id, d.duplicate_of, d.duplicate_kind, d.distance, d.producer, d.sha256,
+       d.received_at, d.processed_at,
+       o.producer AS original_producer, o.received_at AS original_received_at
+FROM public.duplicates d
+LEFT JOIN public.images o ON o.image_id = d.duplicate_of;
+
+-- Events that arrived after their window was final (counted in no minute window).
+CREATE OR REPLACE VIEW analytics.late_events AS
+SELECT window_start, image_id, producer, content_type, status, duplicate_kind, size,
+       received_at, watermark, behind_ms, processed_at
+FROM public.late_events;
+
+-- Freshness: per replicated table, the newest change applied (its Cassandra write time) and
+-- how far that is behind now. Under steady traffic behind_seconds is the replication delay;
+-- an idle table shows the time since its last change.
+CREATE OR REPLACE FUNCTION analytics.freshness()
+RETURNS TABLE (table_name text, newest_change_at timestamptz, newest_applied_at timestamptz,
+               behind_seconds double precision)
+LANGUAGE sql STABLE AS $$
+    SELECT t.table_name, n.cdc_ts, n.cdc_applied_at, extract(epoch FROM now() - n.cdc_ts)::double precision
+    FROM (VALUES ('images'), ('duplicates'), ('upload_stats'), ('late_events')) AS t(table_name)
+    LEFT JOIN LATERAL (
+        SELECT cdc_ts, cdc_applied_at FROM public.images WHERE t.table_name = 'images'
+            AND cdc_ts IS NOT NULL ORDER BY cdc_ts DESC LIMIT 1
+    ) ni ON true
+    LEFT JOIN LATERAL (
+        SELECT cdc_ts, cdc_applied_at FROM public.duplicates WHERE t.table_name = 'duplicates'
+            AND cdc_ts IS NOT NULL ORDER BY cdc_ts DESC LIMIT 1
+    ) nd ON true
+    LEFT JOIN LATERAL (
+        SELECT cdc_ts, cdc_applied_at FROM public.upload_stats WHERE t.table_name = 'upload_stats'
+            AND cdc_ts IS NOT NULL ORDER BY cdc_ts DESC LIMIT 1
+    ) nu ON true
+    LEFT JOIN LATERAL (
+        SELECT cdc_ts, cdc_applied_at FROM public.late_events WHERE t.table_name = 'late_events'
+            AND cdc_ts IS NOT NULL ORDER BY cdc_ts DESC LIMIT 1
+    ) nl ON true
+    CROSS JOIN LATERAL (
+        SELECT coalesce(ni.cdc_ts, nd.cdc_ts, nu.cdc_ts, nl.cdc_ts) AS cdc_ts,
+               coalesce(ni.cdc_applied_at, nd.cdc_applied_at, nu.cdc_applied_at, nl.cdc_applied_at) AS cdc_applied_at
+    ) n
+$$;
+
+CREATE OR REPLACE VIEW analytics.freshness AS SELECT * FROM analytics.freshness();
+
+GRANT USAGE ON SCHEMA analytics TO analyst;
+GRANT SELECT ON ALL TABLES IN SCHEMA analytics TO analyst;
+GRANT EXECUTE ON FUNCTION analytics.freshness() TO analyst;
