@@ -37,7 +37,7 @@ ROLE_ANALYST: Final = "analyst"
 ROLES: Final = frozenset({ROLE_PRODUCER, ROLE_ANALYST})
 
 #: Producer/analyst names: the same rule as the event schema's ``producer`` field.
-NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # anchored for OpenAPI; match with fullmatch ("$" lets "\n" in)
 
 #: Where the local stack keeps the key file (relative to the repository root) and the variable
 #: that overrides it. Read by entry points only.
@@ -109,7 +109,7 @@ class Principal:
 
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a valid producer/analyst name, else raise ``ValueError``."""
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise ValueError(
             f"invalid name {name!r}: 1-64 characters, letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -275,7 +275,7 @@ def _claims(payload: str) -> dict[str, Any]:
     if (
         not isinstance(claims, dict)
         or not isinstance(claims.get("sub"), str)
-        or not NAME_PATTERN.match(claims["sub"])
+        or not NAME_PATTERN.fullmatch(claims["sub"])
         or claims.get("role") not in ROLES
         or not isinstance(claims.get("exp"), int)
     ):

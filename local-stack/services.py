@@ -35,9 +35,10 @@ def _healthz(port: int):  # noqa: ANN202
     return check
 
 
-def _service_env(prefix: str, port: int):  # noqa: ANN202
+def _service_env(prefix: str, port: int, **extra: str):  # noqa: ANN202
     def env(ctx: Context) -> dict[str, str]:
-        return {f"{prefix}PORT": str(port), f"{prefix}HOST": "127.0.0.1", "PYTHONPATH": str(ctx.paths.root)}
+        return {f"{prefix}PORT": str(port), f"{prefix}HOST": "127.0.0.1", "PYTHONPATH": str(ctx.paths.root),
+                **extra}
 
     return env
 
@@ -62,7 +63,9 @@ if (ROOT / "api" / "stats" / "__main__.py").exists():
         "stats-api", (PORTS["stats_api"],), f"http://127.0.0.1:{PORTS['stats_api']}/v1/stats/summary", "-",
         _python_module("api.stats"), _healthz(PORTS["stats_api"]), _ensure_token_keys,
         depends=("postgres",), start_timeout=60,
-        extra_env=_service_env("IMGSTREAM_STATS_", PORTS["stats_api"]),
+        # The API only reads: it connects as the read-only analyst role.
+        extra_env=_service_env("IMGSTREAM_STATS_", PORTS["stats_api"],
+                               IMGSTREAM_STATS_PG_DSN=f"postgresql://analyst@127.0.0.1:{PORTS['postgres']}/imgstream"),
     ))
 
 COMPONENTS: tuple[Component, ...] = tuple(_services)

@@ -1,0 +1,1 @@
+"""The stats API: the analysts' numbers over HTTP (aiohttp + asyncpg over the analytics views)."""
