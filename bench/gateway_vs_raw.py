@@ -26,8 +26,6 @@ import dataclasses
 import json
 import os
 import resource
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from imgstream.adapters.kafka import KafkaEventPublisher, TopicSpec, ensure_topics  # noqa: E402
 from imgstream.adapters.s3 import S3ObjectStore  # noqa: E402
 from imgstream.config import StackConfig, load_env_file  # noqa: E402
+from imgstream.service import ServiceNotReady, ServiceProcess, start_service  # noqa: E402
 from imgstream.tokens import KeyRing, ensure_key_file  # noqa: E402
 from tests.fixtures.images import sized_jpeg, with_comment  # noqa: E402
 
@@ -157,38 +156,18 @@ async def drive(count: int, concurrency: int, one: Callable[[int], Awaitable[boo
     return latencies, errors, time.perf_counter() - started
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def start_gateway(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    port = free_port()
+async def start_gateway(env: dict[str, str], workdir: Path) -> tuple[ServiceProcess, Path]:
     keys = workdir / "token-keys.json"
     ensure_key_file(keys)
-    child_env = {**os.environ, **env, "IMGSTREAM_GATEWAY_PORT": str(port), "IMGSTREAM_GATEWAY_TOPIC": GATEWAY_TOPIC,
-                 "IMGSTREAM_S3_BUCKET": BENCH_BUCKET, "IMGSTREAM_TOKEN_KEYS_FILE": str(keys),
-                 "IMGSTREAM_GATEWAY_RATE": "0", "IMGSTREAM_GATEWAY_LOG_LEVEL": "WARNING",
-                 "PYTHONPATH": str(REPO)}
-    log = open(workdir / "gateway.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "api.gateway"], cwd=REPO, env=child_env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    async with aiohttp.ClientSession() as session:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"gateway exited: {(workdir / 'gateway.log').read_text()[-2000:]}")
-            try:
-                async with session.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        return proc, url, keys
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("gateway not ready after 90 s")
-            await asyncio.sleep(0.2)
+    child_env = {**env, "IMGSTREAM_GATEWAY_TOPIC": GATEWAY_TOPIC, "IMGSTREAM_S3_BUCKET": BENCH_BUCKET,
+                 "IMGSTREAM_TOKEN_KEYS_FILE": str(keys), "IMGSTREAM_GATEWAY_RATE": "0",
+                 "IMGSTREAM_GATEWAY_LOG_LEVEL": "WARNING"}
+    try:
+        service = await start_service("api.gateway", cwd=REPO, env=child_env, port_variable="IMGSTREAM_GATEWAY_PORT",
+                                      log=workdir / "gateway.log", ready_path="/readyz", timeout=90)
+    except ServiceNotReady as exc:
+        raise SystemExit(str(exc)) from None
+    return service, keys
 
 
 def uniquify(base: bytes, tag: str, i: int) -> bytes:
@@ -249,12 +228,12 @@ async def main(args: argparse.Namespace) -> int:
     await publisher.start()
 
     workdir = Path(tempfile.mkdtemp(prefix="imgstream-bench-"))
-    proc = None
+    service = None
     if args.gateway_url:
         url, token, pid = args.gateway_url, args.token, None
     else:
-        proc, url, keys = await start_gateway(env, workdir)
-        token, pid = KeyRing.load(keys).issue("bench", "producer"), proc.pid
+        service, keys = await start_gateway(env, workdir)
+        url, token, pid = service.url, KeyRing.load(keys).issue("bench", "producer"), service.pid
 
     from urllib.parse import urlsplit
 
@@ -283,9 +262,8 @@ async def main(args: argparse.Namespace) -> int:
                           f"p50 {result.pct(0.5):7.1f} ms, errors {result.errors}", flush=True)
     finally:
         await publisher.close()
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+        if service is not None:
+            service.stop(60)
 
     rows = []
     print()

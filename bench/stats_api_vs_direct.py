@@ -24,10 +24,7 @@ import dataclasses
 import json
 import os
 import resource
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +43,7 @@ from api.stats.config import StatsConfig  # noqa: E402
 from api.stats.pool import open_pool  # noqa: E402
 from imgstream import statsquery as sq  # noqa: E402
 from imgstream.config import StackConfig, load_env_file  # noqa: E402
+from imgstream.service import ServiceNotReady, ServiceProcess, start_service, uvloop_factory  # noqa: E402
 from imgstream.tokens import KeyRing, ensure_key_file  # noqa: E402
 
 BENCH_DAY = datetime(2004, 2, 1, tzinfo=timezone.utc)
@@ -235,35 +233,14 @@ async def direct_round(pool: asyncpg.Pool, endpoint: Endpoint, seconds: float, c
 # --- the API process ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def start_api(env: dict[str, str], keys: Path, pool_max: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc_env = {**os.environ, **env, "IMGSTREAM_STATS_PORT": str(port), "IMGSTREAM_TOKEN_KEYS_FILE": str(keys),
-                "IMGSTREAM_STATS_POOL_MAX": str(pool_max), "IMGSTREAM_STATS_POOL_MIN": str(pool_max),
-                "PYTHONPATH": str(REPO)}  # default log level: every request logged, as in production
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "api.stats"], cwd=REPO, env=proc_env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"stats API exited:\n{log.read_text()}")
-            try:
-                async with session.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        return proc, url
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"stats API not ready in time:\n{log.read_text()}")
+async def start_api(env: dict[str, str], keys: Path, pool_max: int, log: Path) -> ServiceProcess:
+    api_env = {**env, "IMGSTREAM_TOKEN_KEYS_FILE": str(keys), "IMGSTREAM_STATS_POOL_MAX": str(pool_max),
+               "IMGSTREAM_STATS_POOL_MIN": str(pool_max)}  # default log level: every request logged, as in production
+    try:
+        return await start_service("api.stats", cwd=REPO, env=api_env, port_variable="IMGSTREAM_STATS_PORT", log=log,
+                                   ready_path="/readyz", timeout=60)
+    except ServiceNotReady as exc:
+        raise SystemExit(str(exc)) from None
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -271,7 +248,7 @@ async def main(args: argparse.Namespace) -> int:
     stack = StackConfig.from_env(env)
     config = StatsConfig.from_env({**env, "IMGSTREAM_STATS_POOL_MAX": str(args.pool)})
     owner = await asyncpg.connect(str(stack.postgres.dsn))
-    proc = None
+    api = None
     workdir = Path(tempfile.mkdtemp(prefix="bench-stats-"))
     try:
         print(f"loading the bench data set ({len(PRODUCERS)} producers x {len(CONTENT_TYPES)} types x 3 days of "
@@ -282,7 +259,8 @@ async def main(args: argparse.Namespace) -> int:
         else:
             keys = workdir / "token-keys.json"
             ensure_key_file(keys)
-            proc, url = await start_api(env, keys, args.pool, workdir / "stats.log")
+            api = await start_api(env, keys, args.pool, workdir / "stats.log")
+            url = api.url
             token = KeyRing.load(keys).issue("bench-analyst", "analyst", ttl=timedelta(hours=1))
         headers = {"Authorization": f"Bearer {token}"}
         # The very pool the API opens: same size, session settings and release behaviour.
@@ -298,7 +276,7 @@ async def main(args: argparse.Namespace) -> int:
                     for mode in ("api", "direct"):
                         if mode == "api":
                             r = await api_round(session, url, headers, endpoint, args.seconds, args.concurrency,
-                                                proc.pid if proc else None)
+                                                api.pid if api else None)
                         else:
                             r = await direct_round(pool, endpoint, args.seconds, args.concurrency)
                         results.setdefault((endpoint.name, mode), Result(mode, endpoint.name)).add(r)
@@ -307,7 +285,7 @@ async def main(args: argparse.Namespace) -> int:
             floor = Result("api", floor_endpoint.name)
             for _ in range(args.rounds):
                 floor.add(await api_round(session, url, {}, floor_endpoint, args.seconds, args.concurrency,
-                                          proc.pid if proc else None))
+                                          api.pid if api else None))
         await pool.close()
         print(f"\nconcurrency {args.concurrency}, pool {args.pool}, {args.rounds} x {args.seconds:g} s per mode, "
               f"{os.cpu_count()} cores shared with the stack\n")
@@ -338,12 +316,8 @@ async def main(args: argparse.Namespace) -> int:
             Path(args.json).write_text(json.dumps(report, indent=2))
         return 1 if any(r["api_errors"] for r in report) else 0
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if api is not None:
+            api.stop(20)
         if not args.keep:
             await drop_data(owner)
         await owner.close()
@@ -361,12 +335,8 @@ def cli() -> int:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the bench data set")
     args = parser.parse_args()
-    try:  # the same event loop for both sides (and the one the API process runs on)
-        import uvloop
-        factory = uvloop.new_event_loop
-    except ImportError:
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
+    # the same event loop for both sides (and the one the API process runs on)
+    with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
         return runner.run(main(args))
 
 

@@ -1,8 +1,10 @@
-"""What every imgstream HTTP service shares: JSON logs, the error body, request ids, route names.
+"""What every imgstream HTTP service shares: JSON logs, the error body, request ids, route names,
+the request metrics and log line (:func:`observe_middleware`), health and readiness answers.
 
 A thin adapter over aiohttp (the services are aiohttp apps); no domain logic lives here. The
 error body is :meth:`imgstream.errors.ImgstreamError.to_dict` and the status comes from the one
-:data:`imgstream.errors.HTTP_STATUS` table, so every service answers errors the same way.
+:data:`imgstream.errors.HTTP_STATUS` table, so every service answers errors the same way. How a
+service runs as a process lives in :mod:`imgstream.service`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import logging
 import math
 import re
 import sys
+import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Final
+from typing import Any, Awaitable, Callable, Final, Mapping, Sequence
 
 import orjson
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from imgstream.errors import ImgstreamError, RateLimited, Unauthorized, Unavailable, http_status
 
@@ -35,6 +40,9 @@ REQUEST_ID: Final = web.RequestKey("request_id", str)
 HTTP_CODES: Final = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                      405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout",
                      413: "payload_too_large", 415: "unsupported_media_type", 431: "bad_request"}
+
+#: Routes polled by load balancers and Prometheus: counted in the metrics, not logged per request.
+QUIET_ROUTES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged.
 _STANDARD: Final = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
@@ -94,7 +102,7 @@ def error_response(exc: ImgstreamError, dumps: Callable[[Any], str] = json.dumps
     return response
 
 
-def errors_middleware(logger: logging.Logger = log) -> Any:
+def errors_middleware(logger: logging.Logger = log) -> Middleware:
     """Turn :class:`ImgstreamError` and aiohttp's own HTTP errors into the JSON error body; any
     other exception is logged with its traceback and answered ``500 internal_error`` (no details
     leak to the client)."""
@@ -120,3 +128,107 @@ def errors_middleware(logger: logging.Logger = log) -> Any:
             return web.json_response({"error": {"code": "internal_error", "message": "internal error"}}, status=500)
 
     return errors
+
+
+class HttpMetrics:
+    """The request metrics every service exports, on a registry of the app's own (so tests can build
+    many apps in one process): ``<namespace>_requests`` (by route, method and status),
+    ``<namespace>_request_duration_seconds`` and ``<namespace>_requests_in_flight``.
+
+    A service subclasses it to add metrics of its own to :attr:`registry`.
+    """
+
+    def __init__(self, namespace: str, latency_buckets: Sequence[float],
+                 registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(f"{namespace}_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram(f"{namespace}_request_duration_seconds", "HTTP request latency",
+                                 ["route", "method"], buckets=latency_buckets, registry=r)
+        self.in_flight = Gauge(f"{namespace}_requests_in_flight", "HTTP requests being served", registry=r)
+        # Label children are looked up once and kept: ``labels()`` costs a lock and a tuple hash per
+        # call, twice per request; the label sets are bounded (routes x methods x statuses), so the
+        # cache is too.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one served request and its latency."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.latency.labels(route, method))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+def observe_middleware(metrics: HttpMetrics, logger: logging.Logger, *,
+                       log_fields: Callable[[web.Request, str], Mapping[str, Any]] | None = None,
+                       on_response: Callable[[web.Request, web.StreamResponse], None] | None = None,
+                       quiet_routes: frozenset[str] = QUIET_ROUTES) -> Middleware:
+    """The outermost middleware of a service: gives each request its id (:func:`request_id`, echoed
+    as ``X-Request-Id``), keeps :class:`HttpMetrics` and logs one ``request`` line per request
+    (``request_id, method, path, status, duration_ms, remote`` plus ``log_fields(request, route)``),
+    except for ``quiet_routes``. ``on_response`` may adjust each response before it is sent.
+
+    Place it before :func:`errors_middleware`, so error answers are counted with their status.
+    """
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = request_id(request)
+        request[REQUEST_ID] = rid
+        started = time.perf_counter()
+        metrics.in_flight.inc()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            response.headers["X-Request-Id"] = rid
+            if on_response is not None:
+                on_response(request, response)
+            return response
+        finally:
+            metrics.in_flight.dec()
+            elapsed = time.perf_counter() - started
+            route = route_name(request)
+            metrics.request(route, request.method, status, elapsed)
+            if route not in quiet_routes:
+                fields = {"request_id": rid, "method": request.method, "path": request.path, "status": status,
+                          "duration_ms": round(elapsed * 1000, 2), "remote": request.remote}
+                if log_fields is not None:
+                    fields.update(log_fields(request, route))
+                logger.info("request", extra=fields)
+
+    return observe
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    """``GET /healthz``: the process serves HTTP (liveness; no dependency is checked)."""
+    return web.json_response({"status": "ok"})
+
+
+async def check(probe: Callable[[], Awaitable[str | None]], timeout: float) -> str:
+    """One readiness check: ``"ok"`` when ``probe()`` returns nothing within ``timeout`` seconds,
+    else what it returned, the :class:`~imgstream.errors.Unavailable` message or ``"timed out"``."""
+    try:
+        problem = await asyncio.wait_for(probe(), timeout)
+    except (Unavailable, TimeoutError) as exc:
+        return str(exc) or "timed out"
+    return problem or "ok"
+
+
+def readiness(checks: Mapping[str, str], *, draining: bool) -> web.Response:
+    """``GET /readyz``: 200 ``ready`` when every check is ``"ok"`` and the service is not draining,
+    else 503 ``draining`` or ``unavailable``; the checks are in the body either way."""
+    ready = not draining and all(v == "ok" for v in checks.values())
+    body = {"status": "ready" if ready else ("draining" if draining else "unavailable"), "checks": dict(checks)}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+def metrics_response(registry: CollectorRegistry) -> web.Response:
+    """``GET /metrics``: ``registry`` in the Prometheus text format."""
+    response = web.Response(body=generate_latest(registry))
+    response.headers[hdrs.CONTENT_TYPE] = CONTENT_TYPE_LATEST
+    return response

@@ -159,6 +159,10 @@ def stop(pids: PidFiles, name: str, *, sig: int = signal.SIGTERM, grace: float =
         os.killpg(tracked.pid, signal.SIGKILL)  # the group is ours: started with its own session
     except (ProcessLookupError, PermissionError):
         pass
+    # SIGKILL is delivered asynchronously: report only once the process is really gone.
+    kill_deadline = time.monotonic() + 10
+    while tracked.alive() and time.monotonic() < kill_deadline:
+        time.sleep(0.05)
     pids.path(name).unlink(missing_ok=True)
     return result
 

@@ -6,48 +6,42 @@ finish (up to ``IMGSTREAM_GATEWAY_SHUTDOWN_TIMEOUT`` seconds), then flushes Kafk
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import sys
-import time
-
-from aiohttp import web
 
 from imgstream.adapters.kafka import KafkaEventPublisher, TopicSpec, ensure_topics
 from imgstream.adapters.s3 import S3ObjectStore
 from imgstream.errors import Unavailable
+from imgstream.httpkit import configure_logging
 from imgstream.imaging import configure_pillow
+from imgstream.service import retry_until, run_service, serve_until_signal
 from imgstream.tokens import ReloadingKeyRing, ensure_key_file
 
 from api.gateway.app import GATEWAY, create_app, server_options
 from api.gateway.config import GatewayConfig
-from api.gateway.logs import configure_logging
 
 log = logging.getLogger("imgstream.gateway")
+
+#: Loggers kept at WARNING or above: aiokafka and botocore are chatty at INFO about reconnects we
+#: already report ourselves; the observe middleware logs every request, so no access log.
+QUIET_LOGGERS = ("aiokafka", "botocore", "aiobotocore", "aiohttp.access")
 
 
 async def _connect(config: GatewayConfig, store: S3ObjectStore, publisher: KafkaEventPublisher) -> None:
     """Start the dependencies, retrying until ``startup_timeout`` (the stack may still be coming up)."""
-    deadline = time.monotonic() + config.startup_timeout
-    delay = 0.5
-    while True:
-        try:
-            await store.start()
-            if config.ensure_bucket:
-                await store.ensure_bucket()
-            else:
-                await store.ping()
-            if config.ensure_topic:
-                await ensure_topics(config.kafka, [TopicSpec(config.topic, config.topic_partitions)])
-            await publisher.start()
-            return
-        except Unavailable as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("dependencies not reachable yet, retrying", extra={"error": str(exc), "retry_in_s": delay})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+
+    async def attempt() -> None:
+        await store.start()
+        if config.ensure_bucket:
+            await store.ensure_bucket()
+        else:
+            await store.ping()
+        if config.ensure_topic:
+            await ensure_topics(config.kafka, [TopicSpec(config.topic, config.topic_partitions)])
+        await publisher.start()
+
+    await retry_until(attempt, timeout=config.startup_timeout, retry_on=(Unavailable,), logger=log,
+                      message="dependencies not reachable yet, retrying")
 
 
 async def serve(config: GatewayConfig) -> None:
@@ -63,39 +57,25 @@ async def serve(config: GatewayConfig) -> None:
     keyring = ReloadingKeyRing(config.keys_file)
     await _connect(config, store, publisher)
     app = create_app(config, store, publisher, keyring)
-    runner = web.AppRunner(app, handle_signals=False, **server_options(config))
-    await runner.setup()
-    # reuse_port lets several gateway processes (one per core) share the port on one host.
-    site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_port=config.reuse_port or None)
-    await site.start()
-    log.info("listening", extra={"url": f"http://{config.host}:{config.port}", "topic": config.topic,
-                                 "bucket": config.s3.bucket, "keys_file": str(config.keys_file)})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("signal received: draining")
-    await site.stop()  # no new connections; established ones keep streaming their bodies
-    finished = await app[GATEWAY].drain(config.shutdown_timeout)
-    log.info("in-flight uploads finished" if finished else "shutdown timeout: cancelling unfinished uploads")
-    await runner.cleanup()  # on_shutdown, close idle connections, close Kafka (flush) and S3
+
+    async def drain() -> None:
+        # The listening socket is closed; established connections keep streaming their bodies.
+        finished = await app[GATEWAY].drain(config.shutdown_timeout)
+        log.info("in-flight uploads finished" if finished else "shutdown timeout: cancelling unfinished uploads")
+
+    # After drain, the runner's cleanup closes idle connections, Kafka (flush) and S3.
+    await serve_until_signal(app, host=config.host, port=config.port, logger=log, server_options=server_options(config),
+                             reuse_port=config.reuse_port, drain=drain,
+                             listening={"topic": config.topic, "bucket": config.s3.bucket,
+                                        "keys_file": str(config.keys_file)})
     log.info("stopped")
 
 
 def main() -> int:
     """Entry point: ``.venv/bin/python -m api.gateway``."""
     config = GatewayConfig.from_env()
-    configure_logging(config.log_level)
-    try:
-        asyncio.run(serve(config))
-    except Unavailable as exc:
-        log.error("cannot start: a dependency is unreachable", extra={"error": str(exc)})
-        return 2
-    except (OSError, ValueError) as exc:
-        log.error("cannot start", extra={"error": str(exc)})
-        return 2
-    return 0
+    configure_logging(config.log_level, quiet=QUIET_LOGGERS)
+    return run_service(lambda: serve(config), log, unreachable="cannot start: a dependency is unreachable")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import logging
 import math
 import re
 import time
-import uuid
 from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
@@ -19,7 +18,6 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BodyPartReader
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from imgstream import imaging
 from imgstream.adapters.kafka import EventPublisher
@@ -31,12 +29,11 @@ from imgstream.errors import (
     RequestTimeout,
     PayloadTooLarge,
     RateLimited,
-    Unauthorized,
-    Unavailable,
     UnsupportedMediaType,
     http_status,
 )
 from imgstream.events import image_id_for
+from imgstream.httpkit import check, errors_middleware, healthz, metrics_response, observe_middleware, readiness
 from imgstream.ratelimit import RateLimiter
 from imgstream.tokens import Principal, bearer_token
 
@@ -50,12 +47,10 @@ log = logging.getLogger("imgstream.gateway")
 #: Idempotency keys: 1-200 visible ASCII characters (a UUID is the usual choice). 200, not the
 #: schema's 255, leaves room for the "#<part>" suffix of multipart parts.
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: How long /readyz waits for each dependency before calling it unreachable.
 _READY_TIMEOUT = 3.0
-#: Per-request state: the request id, whether the client waits for "100 Continue", and whether
-#: part of the body was left unread (then the connection must close after the response).
-REQUEST_ID = web.RequestKey("request_id", str)
+#: Per-request state: whether the client waits for "100 Continue", and whether part of the body
+#: was left unread (then the connection must close after the response).
 EXPECTS_CONTINUE = web.RequestKey("expects_continue", bool)
 BODY_UNREAD = web.RequestKey("body_unread", bool)
 #: Errors while reading a part that mean the request, not just the part, cannot go on.
@@ -289,10 +284,7 @@ class Gateway:
             answered = [r if isinstance(r, dict) else await r for r in results]
         if not answered:
             raise BadRequest("multipart body has no parts: send one or more parts named 'file'")
-        response = web.json_response({"results": answered}, status=200)
-        if request.get(BODY_UNREAD):
-            response.force_close()
-        return response
+        return web.json_response({"results": answered}, status=200)
 
     async def take_part(self, part: Any, index: int, principal: Principal, key: str | None, budget: _Budget,
                         deadline: float) -> dict[str, Any] | asyncio.Task[dict[str, Any]]:
@@ -393,56 +385,16 @@ class Gateway:
 
     # -- operations ---------------------------------------------------------------------------------
 
-    async def healthz(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"status": "ok"})
-
     async def readyz(self, request: web.Request) -> web.StreamResponse:
-        async def check(probe: Callable[[], Awaitable[None]]) -> str:
-            try:
-                await asyncio.wait_for(probe(), _READY_TIMEOUT)
-            except (Unavailable, TimeoutError) as exc:
-                return str(exc) or "timed out"
-            return "ok"
-
-        s3, kafka = await asyncio.gather(check(self.store.ping), check(self.publisher.ping))
-        checks = {"s3": s3, "kafka": kafka}
-        ready = not self.draining and all(v == "ok" for v in checks.values())
-        body = {"status": "ready" if ready else ("draining" if self.draining else "unavailable"), "checks": checks}
-        return web.json_response(body, status=200 if ready else 503)
+        s3, kafka = await asyncio.gather(check(self.store.ping, _READY_TIMEOUT),
+                                         check(self.publisher.ping, _READY_TIMEOUT))
+        return readiness({"s3": s3, "kafka": kafka}, draining=self.draining)
 
     async def metrics_endpoint(self, request: web.Request) -> web.StreamResponse:
-        response = web.Response(body=generate_latest(self.metrics.registry))
-        response.headers[hdrs.CONTENT_TYPE] = CONTENT_TYPE_LATEST
-        return response
+        return metrics_response(self.metrics.registry)
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(openapi_document(self.config))
-
-
-def error_response(exc: ImgstreamError, request: web.Request | None = None) -> web.Response:
-    """The JSON error body and headers for ``exc`` (the one place codes become statuses)."""
-    status = http_status(exc)
-    response = web.json_response(exc.to_dict(), status=status)
-    if isinstance(exc, RateLimited):
-        response.headers[hdrs.RETRY_AFTER] = str(max(1, math.ceil(exc.retry_after)))
-    elif isinstance(exc, Unauthorized):
-        response.headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="imgstream"'
-    elif isinstance(exc, Unavailable):
-        response.headers[hdrs.RETRY_AFTER] = "1"
-    if request is not None and request.get(BODY_UNREAD):
-        response.force_close()  # the rest of the body is not read: the connection cannot be reused
-    return response
-
-
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
-               415: "unsupported_media_type"}
-
-
-def _route(request: web.Request) -> str:
-    route = request.match_info.route
-    resource = getattr(route, "resource", None)
-    return resource.canonical if resource is not None else "unmatched"
 
 
 def create_app(config: GatewayConfig, store: ObjectStore, publisher: EventPublisher, keyring: TokenVerifier, *,
@@ -460,53 +412,11 @@ def create_app(config: GatewayConfig, store: ObjectStore, publisher: EventPublis
     gateway = Gateway(config, store, publisher, keyring, limiter=limiter, metrics=metrics, executor=executor,
                       clock=clock)
 
-    @web.middleware
-    async def observe(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                      ) -> web.StreamResponse:
-        given = request.headers.get("X-Request-Id", "")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        request[REQUEST_ID] = request_id
-        started = time.perf_counter()
-        metrics.in_flight.inc()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            response.headers["X-Request-Id"] = request_id
-            if gateway.draining:
-                response.force_close()  # keep-alive clients reconnect, to an instance that stays
-            return response
-        finally:
-            metrics.in_flight.dec()
-            elapsed = time.perf_counter() - started
-            route = _route(request)
-            metrics.requests.labels(route, request.method, str(status)).inc()
-            metrics.latency.labels(route, request.method).observe(elapsed)
-            if route not in ("/healthz", "/readyz", "/metrics"):
-                log.info("request", extra={"request_id": request_id, "method": request.method, "path": request.path,
-                                           "status": status, "duration_ms": round(elapsed * 1000, 2),
-                                           "remote": request.remote})
-
-    @web.middleware
-    async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                     ) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ImgstreamError as exc:
-            return error_response(exc, request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            code = _HTTP_CODES.get(exc.status, "http_error")
-            response = web.json_response({"error": {"code": code, "message": exc.reason}}, status=exc.status,
-                                         headers={k: v for k, v in exc.headers.items()
-                                                  if k not in (hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH)})
-            return response
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("unhandled error", extra={"request_id": request.get(REQUEST_ID), "path": request.path})
-            return web.json_response({"error": {"code": "internal_error", "message": "internal error"}}, status=500)
+    def on_response(request: web.Request, response: web.StreamResponse) -> None:
+        # Close the connection when part of the request body was left unread (it cannot be
+        # reused) and while draining (keep-alive clients reconnect, to an instance that stays).
+        if request.get(BODY_UNREAD) or gateway.draining:
+            response.force_close()
 
     async def expect(request: web.Request) -> None:
         # Defer "100 Continue" until the handler has checked the headers (token, rate, size):
@@ -515,10 +425,11 @@ def create_app(config: GatewayConfig, store: ObjectStore, publisher: EventPublis
             raise web.HTTPExpectationFailed(text="only 'Expect: 100-continue' is supported")
         request[EXPECTS_CONTINUE] = True
 
-    app = web.Application(middlewares=[observe, errors], client_max_size=1024)
+    observe = observe_middleware(metrics, log, on_response=on_response)
+    app = web.Application(middlewares=[observe, errors_middleware(log)], client_max_size=1024)
     app[GATEWAY] = gateway
     app.router.add_post("/v1/images", gateway.post_images, expect_handler=expect)
-    app.router.add_get("/healthz", gateway.healthz)
+    app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", gateway.readyz)
     app.router.add_get("/metrics", gateway.metrics_endpoint)
     app.router.add_get("/openapi.json", gateway.openapi)

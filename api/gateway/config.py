@@ -11,6 +11,7 @@ from typing import Final, Mapping
 from imgstream.config import KafkaConfig, S3Config
 from imgstream.events import TOPIC_UPLOADED
 from imgstream.imaging import MAX_PIXELS
+from imgstream.service import EnvReader
 from imgstream.tokens import DEFAULT_KEYS_FILE, keys_file_from_env
 
 #: Largest single image body. A 48 MP phone JPEG at maximum quality is about 20 MB; nothing a camera
@@ -56,10 +57,6 @@ RATE_BURST: Final = 100.0
 READ_CHUNK: Final = 256 * 1024
 
 
-def _bool(text: str) -> bool:
-    return text.strip().lower() in ("1", "true", "yes", "on")
-
-
 @dataclass(frozen=True)
 class GatewayConfig:
     """Everything the gateway needs, built once by :meth:`from_env` at the entry point."""
@@ -97,38 +94,34 @@ class GatewayConfig:
         """Read ``IMGSTREAM_GATEWAY_*`` (plus the shared ``IMGSTREAM_S3_*``, ``IMGSTREAM_KAFKA_*`` and
         ``IMGSTREAM_TOKEN_KEYS_FILE``); every variable is optional except the S3 credentials."""
         env = os.environ if env is None else env
-
-        def get(name: str, default: object) -> str:
-            return env.get(prefix + name, str(default))
-
-        host = get("HOST", cls.host)
-        port = int(get("PORT", cls.port))
+        read = EnvReader(env, prefix)
+        port = read.integer("PORT", cls.port)
         return cls(
-            host=host,
+            host=read.text("HOST", cls.host),
             port=port,
             s3=S3Config.from_env(env),
             kafka=KafkaConfig.from_env(env),
-            topic=get("TOPIC", cls.topic),
+            topic=read.text("TOPIC", cls.topic),
             keys_file=keys_file_from_env(env),
-            max_upload_bytes=int(get("MAX_UPLOAD_BYTES", cls.max_upload_bytes)),
-            max_request_bytes=int(get("MAX_REQUEST_BYTES", cls.max_request_bytes)),
-            max_parts=int(get("MAX_PARTS", cls.max_parts)),
-            max_pixels=int(get("MAX_PIXELS", cls.max_pixels)),
-            spool_memory_bytes=int(get("SPOOL_MEMORY_BYTES", cls.spool_memory_bytes)),
-            spool_dir=env.get(prefix + "SPOOL_DIR") or None,
-            idle_read_timeout=float(get("IDLE_TIMEOUT", cls.idle_read_timeout)),
-            request_timeout=float(get("REQUEST_TIMEOUT", cls.request_timeout)),
-            shutdown_timeout=float(get("SHUTDOWN_TIMEOUT", cls.shutdown_timeout)),
-            linger_seconds=float(get("LINGER_SECONDS", cls.linger_seconds)),
-            rate_per_second=float(get("RATE", cls.rate_per_second)),
-            rate_burst=float(get("BURST", cls.rate_burst)),
-            inspect_workers=int(get("WORKERS", os.cpu_count() or 2)),
-            gateway_id=get("ID", f"{socket.gethostname()}:{port}"),
-            ensure_topic=_bool(get("ENSURE_TOPIC", "true")),
-            topic_partitions=int(get("TOPIC_PARTITIONS", cls.topic_partitions)),
-            ensure_bucket=_bool(get("ENSURE_BUCKET", "true")),
-            s3_checksum=_bool(get("S3_CHECKSUM", "true")),
-            reuse_port=_bool(get("REUSE_PORT", "false")),
-            startup_timeout=float(get("STARTUP_TIMEOUT", cls.startup_timeout)),
-            log_level=get("LOG_LEVEL", cls.log_level).upper(),
+            max_upload_bytes=read.integer("MAX_UPLOAD_BYTES", cls.max_upload_bytes),
+            max_request_bytes=read.integer("MAX_REQUEST_BYTES", cls.max_request_bytes),
+            max_parts=read.integer("MAX_PARTS", cls.max_parts),
+            max_pixels=read.integer("MAX_PIXELS", cls.max_pixels),
+            spool_memory_bytes=read.integer("SPOOL_MEMORY_BYTES", cls.spool_memory_bytes),
+            spool_dir=read.optional("SPOOL_DIR"),
+            idle_read_timeout=read.number("IDLE_TIMEOUT", cls.idle_read_timeout),
+            request_timeout=read.number("REQUEST_TIMEOUT", cls.request_timeout),
+            shutdown_timeout=read.number("SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
+            linger_seconds=read.number("LINGER_SECONDS", cls.linger_seconds),
+            rate_per_second=read.number("RATE", cls.rate_per_second),
+            rate_burst=read.number("BURST", cls.rate_burst),
+            inspect_workers=read.integer("WORKERS", os.cpu_count() or 2),
+            gateway_id=read.text("ID", f"{socket.gethostname()}:{port}"),
+            ensure_topic=read.flag("ENSURE_TOPIC", cls.ensure_topic),
+            topic_partitions=read.integer("TOPIC_PARTITIONS", cls.topic_partitions),
+            ensure_bucket=read.flag("ENSURE_BUCKET", cls.ensure_bucket),
+            s3_checksum=read.flag("S3_CHECKSUM", cls.s3_checksum),
+            reuse_port=read.flag("REUSE_PORT", cls.reuse_port),
+            startup_timeout=read.number("STARTUP_TIMEOUT", cls.startup_timeout),
+            log_level=read.text("LOG_LEVEL", cls.log_level).upper(),
         )

@@ -25,11 +25,10 @@ from urllib.parse import urlencode
 import asyncpg
 import orjson
 from aiohttp import hdrs, web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from imgstream import statsquery as sq
 from imgstream.errors import Forbidden, Unavailable
-from imgstream.httpkit import REQUEST_ID, errors_middleware, request_id, route_name
+from imgstream.httpkit import check, errors_middleware, healthz, metrics_response, observe_middleware, readiness
 from imgstream.tokens import Principal, bearer_token
 
 from api.stats.config import MAX_BODY_BYTES, StatsConfig
@@ -337,33 +336,23 @@ class StatsApi:
 
     # -- operations ---------------------------------------------------------------------------------
 
-    async def healthz(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"status": "ok"})
+    healthz = staticmethod(healthz)
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
-        checks = {"postgres": await self._check_postgres()}
-        ready = not self.draining and all(v == "ok" for v in checks.values())
-        body = {"status": "ready" if ready else ("draining" if self.draining else "unavailable"), "checks": checks}
-        return web.json_response(body, status=200 if ready else 503)
+        return readiness({"postgres": await check(self._missing_relations, _READY_TIMEOUT)}, draining=self.draining)
 
-    async def _check_postgres(self) -> str:
-        """``ok`` when PostgreSQL answers and the analytics views the API reads exist."""
+    async def _missing_relations(self) -> str | None:
+        """``None`` when PostgreSQL answers and the analytics views the API reads exist."""
         sql = sq.Sql("readyz", "SELECT array_agg(name) FILTER (WHERE to_regclass(name) IS NULL) AS missing "
                                "FROM unnest($1::text[]) AS name", (list(_REQUIRED_RELATIONS),))
-        try:
-            rows = await asyncio.wait_for(self.fetch(sql), _READY_TIMEOUT)
-        except (Unavailable, TimeoutError) as exc:
-            return str(exc) or "timed out"
-        missing = rows[0]["missing"]
-        return f"missing: {', '.join(missing)}" if missing else "ok"
+        missing = (await self.fetch(sql))[0]["missing"]
+        return f"missing: {', '.join(missing)}" if missing else None
 
     async def metrics_endpoint(self, request: web.Request) -> web.StreamResponse:
         for state, getter in (("open", "get_size"), ("idle", "get_idle_size"), ("max", "get_max_size")):
             if hasattr(self.pool, getter):
                 self.metrics.pool_size.labels(state).set(getattr(self.pool, getter)())
-        response = web.Response(body=generate_latest(self.metrics.registry))
-        response.headers[hdrs.CONTENT_TYPE] = CONTENT_TYPE_LATEST
-        return response
+        return metrics_response(self.metrics.registry)
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(openapi_document(self.config))
@@ -385,7 +374,6 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/metrics", "metrics_endpoint"),
     ("GET", "/openapi.json", "openapi"),
 )
-_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def create_app(config: StatsConfig, pool: Pool, keyring: TokenVerifier | None = None, *,
@@ -403,32 +391,12 @@ def create_app(config: StatsConfig, pool: Pool, keyring: TokenVerifier | None = 
     metrics = metrics or StatsMetrics()
     api = StatsApi(config, pool, keyring, metrics=metrics, clock=clock)
 
-    @web.middleware
-    async def observe(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                      ) -> web.StreamResponse:
-        rid = request_id(request)
-        request[REQUEST_ID] = rid
-        started = time.perf_counter()
-        metrics.in_flight.inc()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            response.headers["X-Request-Id"] = rid
-            return response
-        finally:
-            metrics.in_flight.dec()
-            elapsed = time.perf_counter() - started
-            route = route_name(request)
-            metrics.request(route, request.method, status, elapsed)
-            if route not in _QUIET_ROUTES:
-                principal = request.get(PRINCIPAL)
-                log.info("request", extra={
-                    "request_id": rid, "method": request.method, "route": route, "path": request.path,
-                    "status": status, "duration_ms": round(elapsed * 1000, 2), "remote": request.remote,
-                    "principal": principal.name if principal else None,
-                    "role": principal.role if principal else None})
+    def log_fields(request: web.Request, route: str) -> dict[str, Any]:
+        principal = request.get(PRINCIPAL)
+        return {"route": route, "principal": principal.name if principal else None,
+                "role": principal.role if principal else None}
 
+    observe = observe_middleware(metrics, log, log_fields=log_fields)
     app = web.Application(middlewares=[observe, errors_middleware(log)], client_max_size=MAX_BODY_BYTES)
     app[STATS] = api
     for method, path, handler in ROUTES:

@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from imgstream.adapters.postgres import PoolLimits
 from imgstream.config import PostgresConfig, Secret
+from imgstream.service import EnvReader
 from imgstream.tokens import DEFAULT_KEYS_FILE, keys_file_from_env
 
 #: Connections per process. Every request holds one connection for one or two short statements
@@ -73,27 +74,24 @@ class StatsConfig:
         """Read ``IMGSTREAM_STATS_*`` plus the shared ``IMGSTREAM_PG_DSN`` and
         ``IMGSTREAM_TOKEN_KEYS_FILE``; every variable is optional."""
         env = os.environ if env is None else env
-
-        def get(name: str, default: object) -> str:
-            return env.get(prefix + name, str(default))
-
+        read = EnvReader(env, prefix)
+        # A DSN of its own (e.g. the read-only analyst role) if given, else the stack's.
+        own_dsn = read.optional("PG_DSN")
         config = cls(
-            host=get("HOST", cls.host),
-            port=int(get("PORT", cls.port)),
-            # A DSN of its own (e.g. the read-only analyst role) if given, else the stack's.
-            postgres=PostgresConfig(dsn=Secret(env[prefix + "PG_DSN"])) if env.get(prefix + "PG_DSN")
-            else PostgresConfig.from_env(env),
-            pool_min=int(get("POOL_MIN", cls.pool_min)),
-            pool_max=int(get("POOL_MAX", cls.pool_max)),
-            statement_timeout=float(get("STATEMENT_TIMEOUT", cls.statement_timeout)),
-            acquire_timeout=float(get("ACQUIRE_TIMEOUT", cls.acquire_timeout)),
-            connect_timeout=float(get("CONNECT_TIMEOUT", cls.connect_timeout)),
+            host=read.text("HOST", cls.host),
+            port=read.integer("PORT", cls.port),
+            postgres=PostgresConfig(dsn=Secret(own_dsn)) if own_dsn else PostgresConfig.from_env(env),
+            pool_min=read.integer("POOL_MIN", cls.pool_min),
+            pool_max=read.integer("POOL_MAX", cls.pool_max),
+            statement_timeout=read.number("STATEMENT_TIMEOUT", cls.statement_timeout),
+            acquire_timeout=read.number("ACQUIRE_TIMEOUT", cls.acquire_timeout),
+            connect_timeout=read.number("CONNECT_TIMEOUT", cls.connect_timeout),
             keys_file=keys_file_from_env(env),
-            freshness_ttl=float(get("FRESHNESS_TTL", cls.freshness_ttl)),
-            closed_max_age=int(get("CLOSED_MAX_AGE", cls.closed_max_age)),
-            startup_timeout=float(get("STARTUP_TIMEOUT", cls.startup_timeout)),
-            shutdown_timeout=float(get("SHUTDOWN_TIMEOUT", cls.shutdown_timeout)),
-            log_level=get("LOG_LEVEL", cls.log_level).upper(),
+            freshness_ttl=read.number("FRESHNESS_TTL", cls.freshness_ttl),
+            closed_max_age=read.integer("CLOSED_MAX_AGE", cls.closed_max_age),
+            startup_timeout=read.number("STARTUP_TIMEOUT", cls.startup_timeout),
+            shutdown_timeout=read.number("SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
+            log_level=read.text("LOG_LEVEL", cls.log_level).upper(),
         )
         if not 1 <= config.pool_min <= config.pool_max:
             raise ValueError(f"{prefix}POOL_MIN/POOL_MAX: need 1 <= min ({config.pool_min}) <= max ({config.pool_max})")

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import AsyncIterator
@@ -18,68 +14,28 @@ import aiohttp
 import pytest_asyncio
 
 from imgstream.config import StackConfig
-from imgstream.tokens import KeyRing, ensure_key_file
+from imgstream.tokens import KeyRing
 from tests.fixtures import images as fx
+from tests.fixtures.services import RunningService, running_service
 from tests.fixtures.stack import it_bucket, it_topic  # noqa: F401  (fixtures)
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Process:
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, keys: Path) -> None:
-        self.proc, self.url, self.keys = proc, url, keys
-
-    def token(self, producer: str = "proc-producer") -> str:
-        return KeyRing.load(self.keys).issue(producer, "producer")
+PRODUCER = "proc-producer"
 
 
 @pytest_asyncio.fixture
 async def gateway_process(stack_env: dict[str, str], it_bucket: StackConfig, it_topic: str,
-                          tmp_path: Path) -> AsyncIterator[Process]:
-    port = free_port()
-    keys = tmp_path / "token-keys.json"
-    ensure_key_file(keys)
-    env = {**os.environ, **stack_env, "IMGSTREAM_GATEWAY_PORT": str(port), "IMGSTREAM_GATEWAY_TOPIC": it_topic,
-           "IMGSTREAM_S3_BUCKET": it_bucket.s3.bucket, "IMGSTREAM_TOKEN_KEYS_FILE": str(keys),
-           "IMGSTREAM_GATEWAY_SHUTDOWN_TIMEOUT": "20", "PYTHONPATH": str(REPO)}
-    log = open(tmp_path / "gateway.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "api.gateway"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    async with aiohttp.ClientSession() as session:
-        while True:
-            assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
-            try:
-                async with session.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, "gateway not ready in 90 s"
-            await asyncio.sleep(0.2)
-    try:
-        yield Process(proc, url, keys)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
+                          tmp_path: Path) -> AsyncIterator[RunningService]:
+    env = {**stack_env, "IMGSTREAM_GATEWAY_TOPIC": it_topic, "IMGSTREAM_S3_BUCKET": it_bucket.s3.bucket,
+           "IMGSTREAM_GATEWAY_SHUTDOWN_TIMEOUT": "20"}
+    async with running_service("api.gateway", "IMGSTREAM_GATEWAY_PORT", env, tmp_path, ready_path="/readyz",
+                               timeout=90) as gateway:
+        yield gateway
 
 
-async def test_upload_rotation_and_graceful_stop(gateway_process: Process, tmp_path: Path) -> None:
+async def test_upload_rotation_and_graceful_stop(gateway_process: RunningService) -> None:
     gw = gateway_process
     async with aiohttp.ClientSession() as session:
-        old_token = gw.token()
+        old_token = gw.token(PRODUCER, "producer")
         async with session.post(f"{gw.url}/v1/images", data=fx.real("rocket.jpg"),
                                 headers={"Authorization": f"Bearer {old_token}"}) as response:
             assert response.status == 201, await response.text()
@@ -88,7 +44,7 @@ async def test_upload_rotation_and_graceful_stop(gateway_process: Process, tmp_p
         # old ones keep working until their key is retired.
         ring = KeyRing.load(gw.keys).rotated()
         ring.save(gw.keys)
-        new_token = ring.issue("proc-producer", "producer")
+        new_token = ring.issue(PRODUCER, "producer")
         deadline = time.monotonic() + 10
         while True:
             async with session.post(f"{gw.url}/v1/images", data=fx.unique_jpeg("rotated"),
@@ -118,8 +74,8 @@ async def test_upload_rotation_and_graceful_stop(gateway_process: Process, tmp_p
         assert (await response.json())["size"] == len(big)
     assert await asyncio.to_thread(gw.proc.wait, 30) == 0
 
-    lines = [json.loads(line) for line in (tmp_path / "gateway.log").read_text().splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in gw.log.read_text().splitlines() if line.startswith("{")]
     messages = [line["msg"] for line in lines]
     assert "listening" in messages and "signal received: draining" in messages and messages[-1] == "stopped"
     stored = [line for line in lines if line["msg"] == "image stored"]
-    assert len(stored) == 4 and all(line["producer"] == "proc-producer" for line in stored)
+    assert len(stored) == 4 and all(line["producer"] == PRODUCER for line in stored)

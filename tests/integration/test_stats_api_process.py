@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,62 +16,23 @@ from typing import AsyncIterator
 import aiohttp
 import pytest_asyncio
 
-from imgstream.tokens import KeyRing, ensure_key_file
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Process:
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, keys: Path, log: Path) -> None:
-        self.proc, self.url, self.keys, self.log = proc, url, keys, log
-
-    def auth(self, name: str, role: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {KeyRing.load(self.keys).issue(name, role)}"}
+from imgstream.service import free_port
+from imgstream.tokens import KeyRing
+from tests.fixtures.services import REPO, RunningService, running_service
 
 
 @pytest_asyncio.fixture
-async def stats_process(stack_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Process]:
-    port = free_port()
-    keys = tmp_path / "token-keys.json"
-    ensure_key_file(keys)
-    env = {**os.environ, **stack_env, "IMGSTREAM_STATS_PORT": str(port), "IMGSTREAM_TOKEN_KEYS_FILE": str(keys),
-           "IMGSTREAM_STATS_POOL_MAX": "3", "PYTHONPATH": str(REPO)}
-    log_path = tmp_path / "stats.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "api.stats"], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as session:
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                async with session.get(f"{url}/healthz") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, f"stats API not healthy in time:\n{log_path.read_text()}"
-            await _pause()
-    try:
-        yield Process(proc, url, keys, log_path)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+async def stats_process(stack_env: dict[str, str], tmp_path: Path) -> AsyncIterator[RunningService]:
+    async with running_service("api.stats", "IMGSTREAM_STATS_PORT", {**stack_env, "IMGSTREAM_STATS_POOL_MAX": "3"},
+                               tmp_path) as stats:
+        yield stats
 
 
 async def _pause() -> None:
     await asyncio.sleep(0.2)  # between polls of a deadline loop
 
 
-async def test_process_serves_rotates_keys_and_stops_gracefully(stats_process: Process) -> None:
+async def test_process_serves_rotates_keys_and_stops_gracefully(stats_process: RunningService) -> None:
     p = stats_process
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{p.url}/readyz") as response:

@@ -127,13 +127,7 @@ async def test_expect_continue_refuses_before_the_body_is_sent(gateway_factory) 
     gw = await gateway_factory(max_upload_bytes=50_000)
     head = (f"POST /v1/images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gw.token()}\r\n"
             f"Content-Length: 10000000\r\nExpect: 100-continue\r\n\r\n").encode()
-    reader, writer = await asyncio.open_connection(gw.client.server.host, gw.client.server.port)
-    try:
-        writer.write(head)
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(65536), 5)
-    finally:
-        writer.close()
+    answer = await _raw_exchange(gw, head)
     assert answer.startswith(b"HTTP/1.1 413")
     assert b"100 Continue" not in answer
 
@@ -150,13 +144,7 @@ async def test_expect_continue_is_granted_to_a_valid_upload(gw: Harness) -> None
 async def test_expect_continue_with_bad_token_gets_401_not_100(gw: Harness) -> None:
     head = (b"POST /v1/images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n"
             b"Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n")
-    reader, writer = await asyncio.open_connection(gw.client.server.host, gw.client.server.port)
-    try:
-        writer.write(head)
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(65536), 5)
-    finally:
-        writer.close()
+    answer = await _raw_exchange(gw, head)
     assert answer.startswith(b"HTTP/1.1 401")
 
 
@@ -188,13 +176,7 @@ async def test_stalled_client_is_dropped_after_the_idle_timeout(gateway_factory)
     data = fx.real("rocket.jpg")
     head = (f"POST /v1/images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gw.token()}\r\n"
             f"Content-Length: {len(data)}\r\n\r\n").encode()
-    reader, writer = await asyncio.open_connection(gw.client.server.host, gw.client.server.port)
-    try:
-        writer.write(head + data[:1000])  # then nothing
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(65536), 10)
-    finally:
-        writer.close()
+    answer = await _raw_exchange(gw, head, data[:1000])  # then nothing
     assert answer.startswith(b"HTTP/1.1 408")
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert body["error"]["reason"] == "timeout"

@@ -15,10 +15,10 @@ from aiohttp import web
 from api.gateway.app import GATEWAY, create_app, server_options
 from api.gateway.config import MAX_PARTS, MAX_UPLOAD_BYTES, GatewayConfig
 from api.gateway.ingest import Spool
-from api.gateway.logs import JsonFormatter
 from imgstream.adapters.kafka import MemoryEventPublisher
 from imgstream.adapters.s3 import MemoryObjectStore
 from imgstream.errors import PayloadTooLarge
+from imgstream.httpkit import JsonFormatter
 from imgstream.tokens import KeyRing
 from tests.fixtures import images as fx
 from tests.fixtures.gateway import Harness, gateway_factory, gw  # noqa: F401  (fixtures)
@@ -181,6 +181,15 @@ def test_config_from_env_reads_once_with_defaults(tmp_path: Path) -> None:
     assert "TOPSECRET-VALUE" not in repr(config)
     with pytest.raises(KeyError):
         GatewayConfig.from_env({})  # S3 credentials are required
+
+
+def test_config_from_env_names_a_malformed_variable() -> None:
+    env = {"IMGSTREAM_S3_ACCESS_KEY": "k", "IMGSTREAM_S3_SECRET_KEY": "s"}
+    with pytest.raises(ValueError, match="IMGSTREAM_GATEWAY_MAX_PARTS: 'many'"):
+        GatewayConfig.from_env({**env, "IMGSTREAM_GATEWAY_MAX_PARTS": "many"})
+    flags = GatewayConfig.from_env({**env, "IMGSTREAM_GATEWAY_REUSE_PORT": " ON ", "IMGSTREAM_GATEWAY_S3_CHECKSUM": "0",
+                                    "IMGSTREAM_GATEWAY_SPOOL_DIR": ""})
+    assert flags.reuse_port is True and flags.s3_checksum is False and flags.spool_dir is None
 
 
 def test_spool_keeps_small_bodies_in_memory_and_rolls_big_ones_to_disk() -> None:
