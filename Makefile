@@ -10,7 +10,7 @@ STACKCTL    := $(PY) local-stack/stackctl.py
 JVM_POMS    := $(wildcard local-stack/jvm/pom.xml local-stack/jvm/*/pom.xml)
 PYTEST_ARGS ?=
 
-.PHONY: up down status logs test unit clean deps venv jars bench demo flink-savepoint flink-redeploy help
+.PHONY: up down status logs test unit clean deps venv jars bench flink-savepoint flink-redeploy flink-status help
 
 help:
 	@echo "make up      install what is missing, start the whole local stack, run a small demo ingest"
@@ -20,6 +20,7 @@ help:
 	@echo "make logs C=<component>  follow one component's log"
 	@echo "make clean   stop and wipe the state folder ($(STATE)/data, logs)"
 	@echo "make bench   run the benchmarks in bench/"
+	@echo "make flink-savepoint | flink-redeploy | flink-status   operate the pipeline job"
 
 ## --- set-up -----------------------------------------------------------------------------------
 
@@ -79,6 +80,16 @@ test: deps
 
 unit: venv
 	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# Stop the pipeline with a savepoint (path printed), or stop + resume from it (a code upgrade).
+flink-savepoint: venv
+	@$(PY) -m flink_jobs.submit savepoint
+
+flink-redeploy: venv
+	@$(PY) -m flink_jobs.submit redeploy
+
+flink-status: venv
+	@$(PY) -m flink_jobs.submit status
 
 bench: deps
 	@$(STACKCTL) with-stack -- bash -c 'for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done'

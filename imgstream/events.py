@@ -18,7 +18,9 @@ from imgstream.errors import InvalidEvent
 
 SCHEMA_VERSION = 1
 EVENT_TYPE = "image.uploaded"
-#: Topic names are part of the public surface.
+#: Topic names are part of the public surface. Besides ``image.uploaded`` events, the upload
+#: topic carries ``stream.heartbeat`` records (``flink_jobs/heartbeat.py``: event time for idle
+#: partitions); every consumer must skip them (``imgstream.cleaning`` recognises them).
 TOPIC_UPLOADED = "images.uploaded"
 TOPIC_DEAD_LETTER = "images.dlq"
 

@@ -603,6 +603,9 @@ CORE: tuple[Component, ...] = (
 #: modules append to it: e.g. registering connectors once Kafka Connect is healthy).
 BOOTSTRAP_HOOKS: dict[str, list[Callable[[Context], Awaitable[None]]]] = {}
 
+#: Steps run before a running component is stopped by ``make down`` (e.g. savepoint the jobs).
+STOP_HOOKS: dict[str, list[Callable[[Context], None]]] = {}
+
 #: Modules beside this one that add components (each defines ``COMPONENTS: tuple[Component, ...]``),
 #: in start-table order. Imported at the end of this module: they import names defined above.
 EXTENSION_MODULES = ("cdc", "services")

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncio
+import subprocess
+
 import health
-from components import BOOTSTRAP_HOOKS, PORTS, Component, Context
+from components import BOOTSTRAP_HOOKS, PORTS, STOP_HOOKS, Component, Context
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,6 +46,50 @@ def _service_env(prefix: str, port: int, **extra: str):  # noqa: ANN202
     return env
 
 
+#: Where ``make down`` leaves the savepoint of the pipeline job, for the next ``make up`` to resume.
+SAVEPOINT_NOTE = "pipeline.savepoint"
+
+
+def _submit(ctx: Context, *args: str) -> subprocess.CompletedProcess[str]:
+    env = ctx.base_env()
+    env["PYTHONPATH"] = str(ctx.paths.root)
+    return subprocess.run([str(ctx.paths.venv_python), "-m", "flink_jobs.submit", *args], capture_output=True,
+                          text=True, timeout=900, env=env, cwd=ctx.paths.root)
+
+
+def _submit_pipeline_sync(ctx: Context) -> None:
+    """Submit the pipeline unless it runs; resume from the savepoint ``make down`` took, if any."""
+    note = ctx.paths.run / SAVEPOINT_NOTE
+    if note.exists():
+        savepoint = note.read_text().strip()
+        result = _submit(ctx, "resume", savepoint)
+        if result.returncode == 0:
+            note.unlink()
+            print(f"  flink    {result.stdout.strip().splitlines()[-1]} (from {savepoint})", flush=True)
+            return
+        print(f"  WARNING  could not resume the pipeline from {savepoint}; submitting it fresh "
+              f"(its dedup and window state starts empty):\n{result.stdout[-1500:]}{result.stderr[-1500:]}",
+              flush=True)
+        note.unlink()
+    result = _submit(ctx, "run")
+    if result.returncode != 0:
+        raise RuntimeError(f"pipeline submission failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    print(f"  flink    {result.stdout.strip().splitlines()[-1]}", flush=True)
+
+
+async def _submit_pipeline(ctx: Context) -> None:
+    await asyncio.to_thread(_submit_pipeline_sync, ctx)
+
+
+def _savepoint_pipeline(ctx: Context) -> None:
+    """Before the cluster stops: stop the pipeline with a savepoint so no state is lost."""
+    result = _submit(ctx, "savepoint")
+    if result.returncode == 0 and "savepoint " in result.stdout:
+        location = result.stdout.rsplit("savepoint ", 1)[1].strip()
+        (ctx.paths.run / SAVEPOINT_NOTE).write_text(location + "\n")
+        print(f"  flink    pipeline stopped with savepoint {location}", flush=True)
+
+
 async def _demo_ingest(ctx: Context) -> None:
     import demo
 
@@ -67,5 +114,17 @@ if (ROOT / "api" / "stats" / "__main__.py").exists():
         extra_env=_service_env("IMGSTREAM_STATS_", PORTS["stats_api"],
                                IMGSTREAM_STATS_PG_DSN=f"postgresql://analyst@127.0.0.1:{PORTS['postgres']}/imgstream"),
     ))
+
+if (ROOT / "flink_jobs" / "heartbeat.py").exists():
+    # Heartbeats move event time on while nobody uploads, so windows close. The pipeline job is
+    # submitted once this is up: it needs Kafka, Cassandra (schema applied) and a TaskManager.
+    _services.append(Component(
+        "heartbeat", (), "(writes stream.heartbeat into images.uploaded every second)", "-",
+        _python_module("flink_jobs.heartbeat"), lambda ctx: health.kafka(ctx.config),
+        depends=("kafka", "cassandra", "flink-taskmanager"), start_timeout=60,
+        extra_env=lambda ctx: {"PYTHONPATH": str(ctx.paths.root)},
+    ))
+    BOOTSTRAP_HOOKS.setdefault("heartbeat", []).append(_submit_pipeline)
+    STOP_HOOKS.setdefault("flink-taskmanager", []).append(_savepoint_pipeline)  # needs a live TM
 
 COMPONENTS: tuple[Component, ...] = tuple(_services)

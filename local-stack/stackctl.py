@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import procs  # noqa: E402
-from components import BOOTSTRAP_HOOKS, BY_NAME, COMPONENTS, Component, Context, Paths  # noqa: E402
+from components import BOOTSTRAP_HOOKS, BY_NAME, STOP_HOOKS, COMPONENTS, Component, Context, Paths  # noqa: E402
 
 POLL_INTERVAL = 1.0
 
@@ -131,6 +131,12 @@ class Stack:
     def down(self, names: list[str] | None = None) -> int:
         order = [c for c in reversed(COMPONENTS) if not names or c.name in names]
         for comp in order:
+            if self.pids.running(comp.name):
+                for hook in STOP_HOOKS.get(comp.name, []):
+                    try:
+                        hook(self.ctx)
+                    except Exception as exc:  # noqa: BLE001 - stopping goes on; the reason is shown
+                        _out(f"  WARNING  {comp.name}: pre-stop step {hook.__name__} failed: {exc}")
             sig = signal.SIGINT if comp.name == "postgres" else signal.SIGTERM  # postgres: fast shutdown
             result = procs.stop(self.pids, comp.name, sig=sig, grace=45.0)
             if result != "not running":

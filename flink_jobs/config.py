@@ -1,0 +1,142 @@
+"""Typed, frozen configuration of the Flink jobs, read once at the entry point.
+
+Values come from the environment (``IMGSTREAM_*``; the stack writes them into ``.stack/env``)
+and may be overridden by ``--key=value`` arguments (``--checkpoint-interval-ms=5000``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from imgstream.config import CassandraConfig, KafkaConfig
+from imgstream.dedup import (
+    DEFAULT_EXACT_TTL_MS,
+    DEFAULT_NEAR_MAX_DISTANCE,
+    DEFAULT_NEAR_TTL_MS,
+    DEFAULT_REPLAY_TTL_MS,
+    MAX_BAND_CANDIDATES,
+    DedupPolicy,
+)
+from imgstream.events import TOPIC_DEAD_LETTER, TOPIC_UPLOADED
+from imgstream.windows import MINUTE_MS
+
+#: The Kafka connector jar (a shaded fat jar) matching apache-flink 2.2.x.
+KAFKA_CONNECTOR_JAR = "flink-sql-connector-kafka-5.0.0-2.2.jar"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the pipeline job needs; ``from_env`` is called once in ``main``."""
+
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    cassandra: CassandraConfig = field(default_factory=CassandraConfig)
+    #: Job name in the web UI; also the Kafka transactional-id prefix, so it must be unique
+    #: among running jobs (two jobs sharing a prefix fence each other's transactions).
+    job_name: str = "imgstream-pipeline"
+    topic: str = TOPIC_UPLOADED
+    dlq_topic: str = TOPIC_DEAD_LETTER
+    group_id: str = "imgstream-pipeline"
+    #: ``earliest`` on first start; afterwards offsets come from checkpoints/savepoints.
+    startup_mode: str = "group-offsets"
+    #: ``exactly_once`` (transactional; readers use read_committed) or ``at_least_once``.
+    dlq_delivery: str = "exactly_once"
+    parallelism: int = 1
+    checkpoint_interval_ms: int = 10_000
+    #: ``file:///...``; the stack passes ``.stack/state/flink/checkpoints``. Empty = cluster default.
+    checkpoint_dir: str = ""
+    #: Exponential-delay restarts, unbounded: a lost TaskManager may take a minute to return.
+    #: ``rocksdb`` / ``hashmap``; empty = the cluster's default (RocksDB on the local stack).
+    state_backend: str = ""
+    restart_initial_backoff_ms: int = 1_000
+    restart_max_backoff_ms: int = 30_000
+    #: Bounded out-of-orderness of ``received_at`` (gateways' clocks and publish delay).
+    out_of_orderness_ms: int = 5_000
+    #: A Kafka partition silent this long stops holding the watermark back. Heartbeats keep
+    #: every partition alive, so this only matters when the heartbeat process is down; it is
+    #: long because a backpressured (slow, restarting) job must not mistake a backlog for silence.
+    idle_timeout_ms: int = 60_000
+    window_ms: int = MINUTE_MS
+    #: Late events up to this far behind still update their window (a new revision).
+    allowed_lateness_ms: int = 5 * MINUTE_MS
+    near_max_distance: int = DEFAULT_NEAR_MAX_DISTANCE
+    #: ``NAME=SCOPE[,no-near];...`` with ``*`` as default, see ``DedupPolicy.parse_producers``.
+    dedup_policy: str = ""
+    exact_ttl_ms: int = DEFAULT_EXACT_TTL_MS
+    near_ttl_ms: int = DEFAULT_NEAR_TTL_MS
+    replay_ttl_ms: int = DEFAULT_REPLAY_TTL_MS
+    max_band_candidates: int = MAX_BAND_CANDIDATES
+    #: Keyed states cached in each Python worker. Every uncached keyed-state read is a round trip
+    #: to the JVM; band keys are a bounded set (~7 x 2^9), so a large cache keeps them all hot.
+    python_state_cache: int = 100_000
+    #: In-flight Cassandra writes per sink subtask (async I/O capacity).
+    sink_capacity: int = 256
+    sink_timeout_ms: int = 30_000
+    #: Stop at the offsets current at start (benchmarks, batch re-runs).
+    bounded: int = 0
+    #: Extra jars (``file://`` URLs); the Kafka connector is found by :func:`connector_jars`.
+    jars: tuple[str, ...] = ()
+
+    def dedup(self) -> DedupPolicy:
+        default, overrides = DedupPolicy.parse_producers(self.dedup_policy)
+        return DedupPolicy(
+            near_max_distance=self.near_max_distance,
+            default=default,
+            producers=overrides,
+            exact_ttl_ms=self.exact_ttl_ms,
+            near_ttl_ms=self.near_ttl_ms,
+            replay_ttl_ms=self.replay_ttl_ms,
+            max_band_candidates=self.max_band_candidates,
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, argv: Sequence[str] = ()) -> "PipelineConfig":
+        """Build from ``IMGSTREAM_FLINK_<FIELD>`` variables, then ``--field=value`` arguments."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        overrides = _parse_args(argv)
+        for f in fields(cls):
+            if f.name in ("kafka", "cassandra"):
+                continue
+            raw = overrides.get(f.name, env.get(f"IMGSTREAM_FLINK_{f.name.upper()}"))
+            if raw is None:
+                continue
+            if f.name == "jars":
+                values[f.name] = tuple(j for j in raw.split(",") if j)
+            elif f.type in ("int", int):
+                values[f.name] = int(raw)
+            else:
+                values[f.name] = raw
+        config = cls(kafka=KafkaConfig.from_env(env), cassandra=CassandraConfig.from_env(env), **values)  # type: ignore[arg-type]
+        config.dedup()  # validate the policy now, not on a worker
+        return config
+
+
+def _parse_args(argv: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"expected --key=value, got {arg!r}")
+        key, _, value = arg[2:].partition("=")
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def connector_jars(extra: Sequence[str] = (), env: Mapping[str, str] | None = None) -> list[str]:
+    """``file://`` URLs of the Kafka connector: ``IMGSTREAM_FLINK_KAFKA_JAR``, else the jar in
+    ``IMGSTREAM_FLINK_LIB`` or ``.stack/lib/flink``.
+
+    Raises with the jar's name when it is missing, instead of Flink's later
+    "Could not find the Java class".
+    """
+    env = os.environ if env is None else env
+    lib = Path(env.get("IMGSTREAM_FLINK_LIB", Path(__file__).resolve().parent.parent / ".stack" / "lib" / "flink"))
+    jar = Path(env.get("IMGSTREAM_FLINK_KAFKA_JAR") or lib / KAFKA_CONNECTOR_JAR)
+    if not jar.is_file():
+        raise FileNotFoundError(
+            f"Kafka connector jar {KAFKA_CONNECTOR_JAR} not found in {lib}; "
+            "run `make up` (it resolves local-stack/jvm/flink) or set IMGSTREAM_FLINK_LIB"
+        )
+    return [jar.resolve().as_uri(), *extra]

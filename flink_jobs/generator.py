@@ -1,0 +1,152 @@
+"""A deterministic event generator with known truth: duplicates, near duplicates, replays,
+malformed and late events, so loss or double counting shows up as a wrong number.
+
+Used by the job's tests, the end-to-end and fault tests, and ``bench/``. Content is synthetic
+(hashes only): the jobs never read image bytes.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from imgstream.cleaning import Cleaned, Source, clean
+from imgstream.dedup import DedupPolicy, Deduplicator, ImageRef, Verdict
+from imgstream.events import ImageUploaded, format_time, parse_time
+from imgstream.hashing import HASH_BITS, format_hash
+from imgstream.windows import aggregate, from_millis, to_millis, window_start
+
+CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One Kafka value to send, in send order, and what it is."""
+
+    value: bytes
+    kind: str  # original | exact | near | replay | malformed
+    event_time: int | None
+    image_id: str | None
+
+
+@dataclass
+class Truth:
+    """What the job must produce for a plan."""
+
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    images: dict[str, ImageUploaded] = field(default_factory=dict)
+    malformed: int = 0
+
+    def windows(self, window_ms: int) -> dict[tuple[int, str, str], dict[str, int]]:
+        """Upload stats per (window_start, producer, content_type) of the valid images."""
+        groups: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
+        for image_id, verdict in self.verdicts.items():
+            image = self.images[image_id]
+            event_time = _ms(image.received_at)
+            key = (window_start(event_time, window_ms), image.producer, image.content_type)
+            groups.setdefault(key, []).append(
+                {"status": verdict.status, "duplicate_kind": verdict.duplicate_kind, "size": image.size}
+            )
+        return {key: aggregate(records) for key, records in groups.items()}
+
+
+def _ms(text: str) -> int:
+    return to_millis(parse_time(text))
+
+
+def _flip(phash: int, bits: int, rnd: random.Random) -> int:
+    for bit in rnd.sample(range(HASH_BITS), bits):
+        phash ^= 1 << bit
+    return phash
+
+
+def plan(
+    *,
+    seed: int = 7,
+    originals: int = 40,
+    exact_copies: int = 10,
+    near_copies: int = 10,
+    replays: int = 5,
+    malformed: int = 4,
+    producers: tuple[str, ...] = ("alice", "bob"),
+    start_ms: int = 1_767_225_600_000,  # 2026-01-01T00:00:00Z
+    step_ms: int = 1_000,
+    near_bits: int = 3,
+) -> list[Planned]:
+    """Events in send order, event time increasing by ``step_ms``. Copies always come after
+    their original (in time and in order), so the truth does not depend on interleaving.
+    Near copies flip ``near_bits`` bits; unrelated originals are random 64-bit hashes."""
+    rnd = random.Random(seed)
+    out: list[Planned] = []
+    sent: list[ImageUploaded] = []
+    clock = start_ms
+
+    def event(producer: str, sha: str, phash: int, content_type: str) -> ImageUploaded:
+        nonlocal clock
+        clock += step_ms
+        image_id = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
+        return ImageUploaded(
+            image_id=image_id,
+            producer=producer,
+            sha256=sha,
+            phash=format_hash(phash),
+            size=rnd.randint(1_000, 5_000_000),
+            content_type=content_type,
+            width=rnd.randint(1, 4000),
+            height=rnd.randint(1, 4000),
+            storage_key=f"sha256/{sha[:2]}/{sha}",
+            received_at=format_time(from_millis(clock)),
+            gateway="generator",
+        )
+
+    kinds = (
+        ["original"] * originals + ["exact"] * exact_copies + ["near"] * near_copies
+        + ["replay"] * replays + ["malformed"] * malformed
+    )  # fmt: skip
+    first, rest = kinds[: max(1, originals // 4)], kinds[max(1, originals // 4):]
+    rnd.shuffle(rest)
+    for kind in first + rest:
+        if kind != "original" and kind != "malformed" and not sent:
+            kind = "original"
+        if kind == "original":
+            e = event(rnd.choice(producers), f"{rnd.getrandbits(256):064x}", rnd.getrandbits(64), rnd.choice(CONTENT_TYPES))
+        elif kind == "exact":
+            o = rnd.choice(sent)
+            e = event(rnd.choice(producers), o.sha256, int(o.phash, 16), o.content_type)
+        elif kind == "near":
+            o = rnd.choice(sent)
+            e = event(rnd.choice(producers), f"{rnd.getrandbits(256):064x}", _flip(int(o.phash, 16), near_bits, rnd), o.content_type)
+        elif kind == "replay":
+            o = rnd.choice(sent)
+            out.append(Planned(o.to_json(), "replay", None, o.image_id))
+            continue
+        else:
+            clock += step_ms
+            bad = rnd.choice([b"{not json", b"[]", b'{"schema_version": 9}', b'{"schema_version": 1, "producer": "alice"}'])
+            out.append(Planned(bad, "malformed", None, None))
+            continue
+        sent.append(e)
+        out.append(Planned(e.to_json(), kind, _ms(e.received_at), e.image_id))
+    return out
+
+
+def truth(events: Iterable[Planned], policy: DedupPolicy | None = None) -> Truth:
+    """Run the reference :class:`Deduplicator` over the plan in event-time order."""
+    result = Truth()
+    cleaned: list[Cleaned] = []
+    for planned in events:
+        out = clean(planned.value, Source())
+        if isinstance(out, Cleaned):
+            cleaned.append(out)
+        else:
+            result.malformed += 1
+    dedup = Deduplicator(policy)
+    for c in sorted(cleaned, key=lambda c: (c.event_time, c.event.image_id)):
+        e = c.event
+        verdict = dedup.process(ImageRef(e.image_id, e.producer, e.sha256, int(e.phash, 16), c.event_time))
+        if verdict is not None:
+            result.verdicts[e.image_id] = verdict
+            result.images[e.image_id] = e
+    return result

@@ -1,0 +1,81 @@
+"""Heartbeats: a tiny process that writes the current time into every partition of the
+upload topic once a second, so the pipeline's event time advances while no one uploads.
+
+    python -m flink_jobs.heartbeat [--interval-ms=1000] [--topic=images.uploaded]
+
+Why in-band: the job's watermark comes only from records in the topic. A wall-clock ticker
+inside the job would race a backlog after a restart (jumping the watermark past records not
+yet replayed, turning them into too-late events); a heartbeat in the partition is replayed in
+its place, after the records before it. Consumers of the topic recognise heartbeats by
+``event_type == "stream.heartbeat"`` (see ``imgstream.cleaning.HEARTBEAT_TYPE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from datetime import datetime, timezone
+
+from imgstream.cleaning import heartbeat_value
+from imgstream.config import KafkaConfig
+from imgstream.events import TOPIC_UPLOADED
+
+log = logging.getLogger("imgstream.heartbeat")
+
+#: One beat a second bounds how long after the last upload a window can close (plus the
+#: out-of-orderness bound); Kafka absorbs this trivially (a few bytes per partition per second).
+DEFAULT_INTERVAL_MS = 1_000
+
+
+async def beat_once(producer: object, topic: str, partitions: list[int], origin: str) -> None:
+    """Send one heartbeat (now) into each partition and wait for the acks."""
+    value = heartbeat_value(datetime.now(timezone.utc), origin)
+    sends = [await producer.send(topic, value, partition=p) for p in partitions]  # type: ignore[attr-defined]
+    await asyncio.gather(*sends)
+
+
+async def run(bootstrap: str, topic: str, interval_ms: int, stop: asyncio.Event, origin: str = "heartbeat") -> int:
+    """Beat until ``stop`` is set; returns the number of beats. Partitions are re-read each beat."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    beats = 0
+    try:
+        while not stop.is_set():
+            partitions = sorted(await producer.partitions_for(topic))
+            await beat_once(producer, topic, partitions, origin)
+            beats += 1
+            try:
+                await asyncio.wait_for(stop.wait(), interval_ms / 1000)
+            except asyncio.TimeoutError:
+                pass  # next beat
+    finally:
+        await producer.stop()
+    return beats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--topic", default=TOPIC_UPLOADED)
+    parser.add_argument("--interval-ms", type=int, default=DEFAULT_INTERVAL_MS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = KafkaConfig.from_env()
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("beating into %s every %d ms via %s", args.topic, args.interval_ms, config.bootstrap_servers)
+        beats = await run(config.bootstrap_servers, args.topic, args.interval_ms, stop)
+        log.info("stopped after %d beats", beats)
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""The imgstream pipeline job: clean -> replay drop -> exact/near dedup -> windowed statistics.
+
+Topology (operator names as shown in the Flink web UI; ``[key]`` = keyed by)::
+
+    source: Kafka images.uploaded (per-partition watermarks on received_at, in the JVM)
+      -> clean --------------------------------------------> kafka-dead-letters (images.dlq)
+         |  '--> rejected verdicts --------------------------.
+         -> [image_id] replay-drop                            |
+         -> [sha256]   dedup-exact --(band fan-out)--> [band] dedup-near
+                          |                                   |
+                          '--------> [image_id] merge-verdicts <-'
+                                           |
+                          [window|producer|type] window-stats -> cassandra-upload-stats
+                                           '--(every verdict, with its lateness)--> cassandra-images
+                                                (images, duplicates, late_events)
+
+``build`` wires everything from a raw stream and returns the output streams; ``attach_sinks``
+adds the production sinks; ``main`` reads config, builds the Kafka source and runs.
+
+Event time advances only with records in the topic (uploads, and heartbeats that
+``flink_jobs.heartbeat`` writes into every partition), never with wall-clock time inside the
+job: a replay after a failure then meets the same records in the same per-partition order,
+so dedup order, lateness and window contents come out the same.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from pyflink.common import Configuration, Types
+from pyflink.common.serialization import SimpleStringSchema
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream.async_data_stream import AsyncDataStream
+from pyflink.datastream.connectors.base import DeliveryGuarantee, Sink
+from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
+from pyflink.table import StreamTableEnvironment
+from pyflink.common.time import Time
+
+from flink_jobs.cassandra_sink import CassandraWriter, image_writes, window_writes
+from flink_jobs.config import PipelineConfig, connector_jars
+from flink_jobs.functions import (
+    BANDS_TAG,
+    DLQ_TAG,
+    REJECTED_TAG,
+    VERDICTS_TAG,
+    CleanFunction,
+    ExactDedup,
+    MergeVerdicts,
+    NearBand,
+    ReplayFilter,
+    WindowStats,
+    window_key,
+)
+from flink_jobs.rows import VERDICT_FIELDS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DISCARDING_SINK = "org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink"
+
+
+@dataclass(frozen=True)
+class PipelineStreams:
+    """The job's outputs, before sinks: what tests collect and ``attach_sinks`` writes."""
+
+    verdicts: DataStream  # VERDICT_TYPE rows, one per image (and per rejected event), with lateness
+    window_rows: DataStream  # dicts: versions of upload_stats rows
+    dead_letters: DataStream  # JSON strings for the dead-letter topic
+
+
+def _image_id_of(message: tuple) -> str:
+    """Key of a merge message: ``("band", image_id, ...)`` or ``(kind, image, ...)``."""
+    return message[1] if message[0] == "band" else message[1]["image_id"]
+
+
+def build(
+    env: StreamExecutionEnvironment,
+    t_env: StreamTableEnvironment,
+    raw: DataStream,
+    config: PipelineConfig,
+) -> PipelineStreams:
+    """Wire the pipeline on ``raw`` (rows ``value, topic, partition, offset`` with event-time
+    timestamps and watermarks) and return its output streams."""
+    policy = config.dedup()
+
+    cleaned = raw.process(CleanFunction()).name("clean").uid("clean")
+    dead_letters = cleaned.get_side_output(DLQ_TAG)
+    rejected = cleaned.get_side_output(REJECTED_TAG)
+
+    fresh = (
+        cleaned.key_by(lambda image: image["image_id"], key_type=Types.STRING())
+        .process(ReplayFilter(policy))
+        .name("replay-drop")
+        .uid("replay-drop")
+    )
+    exact = (
+        fresh.key_by(lambda image: image["sha256"], key_type=Types.STRING())
+        .process(ExactDedup(policy))
+        .name("dedup-exact")
+        .uid("dedup-exact")
+    )
+    band_results = (
+        exact.get_side_output(BANDS_TAG)
+        .key_by(lambda message: message[0], key_type=Types.STRING())
+        .process(NearBand(policy))
+        .name("dedup-near")
+        .uid("dedup-near")
+    )
+    verdicts = (
+        exact.union(band_results, rejected)
+        .key_by(_image_id_of, key_type=Types.STRING())
+        .process(MergeVerdicts())
+        .name("merge-verdicts")
+        .uid("merge-verdicts")
+    )
+    window_ms = config.window_ms
+    window_rows = (
+        verdicts.key_by(lambda verdict: window_key(verdict, window_ms), key_type=Types.STRING())
+        .process(WindowStats(config.window_ms, config.allowed_lateness_ms))
+        .name("window-stats")
+        .uid("window-stats")
+    )
+    return PipelineStreams(window_rows.get_side_output(VERDICTS_TAG), window_rows, dead_letters)
+
+
+def attach_sinks(streams: PipelineStreams, config: PipelineConfig) -> None:
+    """Cassandra for verdicts and window rows, Kafka for dead letters."""
+    timeout = Time.milliseconds(config.sink_timeout_ms)
+    images = AsyncDataStream.unordered_wait(
+        streams.verdicts,
+        CassandraWriter(config.cassandra, image_writes, config.window_ms, VERDICT_FIELDS),
+        timeout,
+        config.sink_capacity,
+        Types.PICKLED_BYTE_ARRAY(),
+    )
+    images.name("cassandra-images").uid("cassandra-images")
+    images.sink_to(Sink(DISCARDING_SINK)).name("cassandra-images-done").uid("cassandra-images-done")
+    stats = AsyncDataStream.unordered_wait(
+        streams.window_rows,
+        CassandraWriter(config.cassandra, window_writes, config.window_ms),
+        timeout,
+        config.sink_capacity,
+        Types.PICKLED_BYTE_ARRAY(),
+    )
+    stats.name("cassandra-upload-stats").uid("cassandra-upload-stats")
+    stats.sink_to(Sink(DISCARDING_SINK)).name("cassandra-upload-stats-done").uid("cassandra-upload-stats-done")
+    streams.dead_letters.sink_to(dlq_sink(config)).name("kafka-dead-letters").uid("kafka-dead-letters")
+
+
+def dlq_sink(config: PipelineConfig) -> KafkaSink:
+    exactly_once = config.dlq_delivery == "exactly_once"
+    builder = (
+        KafkaSink.builder()
+        .set_bootstrap_servers(config.kafka.bootstrap_servers)
+        .set_record_serializer(
+            KafkaRecordSerializationSchema.builder()
+            .set_topic(config.dlq_topic)
+            .set_value_serialization_schema(SimpleStringSchema())
+            .build()
+        )
+        .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE if exactly_once else DeliveryGuarantee.AT_LEAST_ONCE)
+    )
+    if exactly_once:
+        # The prefix is unique per job (see PipelineConfig.job_name); the timeout must outlive
+        # a checkpoint interval plus a restart.
+        builder = builder.set_transactional_id_prefix(f"{config.job_name}-dlq").set_property(
+            "transaction.timeout.ms", str(max(600_000, 10 * config.checkpoint_interval_ms))
+        )
+    return builder.build()
+
+
+def kafka_source(t_env: StreamTableEnvironment, config: PipelineConfig) -> DataStream:
+    """Raw records of the upload topic as a stream, watermarked per partition in the JVM.
+
+    Event time is ``received_at`` read from the JSON (the Kafka timestamp when unreadable);
+    the watermark of each partition trails its largest event time by the out-of-orderness
+    bound; a partition silent for ``idle_timeout_ms`` stops holding the others back.
+    """
+    lag = f"INTERVAL '{config.out_of_orderness_ms / 1000:.3f}' SECOND"
+    bounded = "\n  'scan.bounded.mode' = 'latest-offset'," if config.bounded else ""
+    t_env.execute_sql(
+        f"""
+CREATE TEMPORARY TABLE raw_uploads (
+  `value` BYTES,
+  `topic` STRING METADATA VIRTUAL,
+  `partition` INT METADATA VIRTUAL,
+  `offset` BIGINT METADATA VIRTUAL,
+  `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+  `event_time` AS COALESCE(
+      TO_TIMESTAMP(REPLACE(REPLACE(JSON_VALUE(CAST(`value` AS STRING), '$.received_at'), 'T', ' '), 'Z', ''),
+                   'yyyy-MM-dd HH:mm:ss.SSS'),
+      CAST(`kafka_ts` AS TIMESTAMP(3))),
+  WATERMARK FOR `event_time` AS `event_time` - {lag}
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '{config.topic}',
+  'properties.bootstrap.servers' = '{config.kafka.bootstrap_servers}',
+  'properties.group.id' = '{config.group_id}',
+  'properties.auto.offset.reset' = 'earliest',
+  'properties.isolation.level' = 'read_committed',
+  'scan.startup.mode' = '{config.startup_mode}',
+  'scan.watermark.idle-timeout' = '{config.idle_timeout_ms} ms',{bounded}
+  'format' = 'raw'
+)"""
+    )
+    query = "SELECT `value`, `topic`, `partition`, `offset`, `event_time` FROM raw_uploads"
+    return t_env.to_data_stream(t_env.sql_query(query))
+
+
+def flink_configuration(config: PipelineConfig, jars: Sequence[str]) -> Configuration:
+    """Job-level Flink settings: checkpointing, restarts, Python worker, jars."""
+    conf = Configuration()
+    conf.set_string("pipeline.name", config.job_name)
+    if jars:
+        conf.set_string("pipeline.jars", ";".join(jars))
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("table.local-time-zone", "UTC")
+    conf.set_string("python.state.cache-size", str(config.python_state_cache))
+    conf.set_string("execution.checkpointing.interval", f"{config.checkpoint_interval_ms} ms")
+    conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
+    conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    if config.checkpoint_dir:
+        conf.set_string("execution.checkpointing.dir", config.checkpoint_dir)
+        conf.set_string("execution.checkpointing.savepoint-dir", config.checkpoint_dir.rstrip("/") + "-savepoints")
+    if config.state_backend:
+        conf.set_string("state.backend.type", config.state_backend)
+    conf.set_string("restart-strategy.type", "exponential-delay")
+    conf.set_string("restart-strategy.exponential-delay.initial-backoff", f"{config.restart_initial_backoff_ms} ms")
+    conf.set_string("restart-strategy.exponential-delay.max-backoff", f"{config.restart_max_backoff_ms} ms")
+    return conf
+
+
+def environment(
+    config: PipelineConfig, jars: Sequence[str], extra: Mapping[str, str] | None = None
+) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
+    """Execution + table environments for ``config``; ``extra`` adds raw Flink settings."""
+    conf = flink_configuration(config, jars)
+    for key, value in (extra or {}).items():
+        conf.set_string(key, value)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(config.parallelism)
+    for package in ("imgstream", "flink_jobs"):
+        # ship the packages to the Python workers (the CLI's -pyfs does the same)
+        if (REPO_ROOT / package / "__init__.py").is_file():
+            env.add_python_file(str(REPO_ROOT / package))
+    return env, StreamTableEnvironment.create(env)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = PipelineConfig.from_env(argv=sys.argv[1:] if argv is None else argv)
+    env, t_env = environment(config, connector_jars(config.jars))
+    streams = build(env, t_env, kafka_source(t_env, config), config)
+    attach_sinks(streams, config)
+    env.execute(config.job_name)
+
+
+if __name__ == "__main__":
+    main()

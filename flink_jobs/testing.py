@@ -1,0 +1,165 @@
+"""Helpers for tests and benchmarks that run the pipeline on the real stack.
+
+An own job instance per run (own topics, consumer group, job name), bounded polls instead of
+sleeps, and Kafka helpers. Imports aiokafka lazily: the job itself never needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
+
+from imgstream.events import parse_time
+
+from flink_jobs import submit
+from flink_jobs.generator import Planned
+
+T = TypeVar("T")
+
+
+async def poll(check: Callable[[], T | None], what: str, deadline_s: float = 240, every_s: float = 2.0) -> T:
+    """Run blocking ``check()`` in a thread until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + deadline_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await asyncio.to_thread(check)
+        if last:
+            return last
+        await asyncio.sleep(every_s)
+    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}; last: {last!r}")
+
+
+async def produce(bootstrap: str, topic: str, values: Iterable[bytes], *, per_second: float | None = None) -> int:
+    """Send values (keyed by index) and flush; ``per_second`` paces the stream. Returns the count."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    sent = 0
+    start = time.monotonic()
+    try:
+        for value in values:
+            await producer.send(topic, value, key=str(sent).encode())
+            sent += 1
+            if per_second:
+                ahead = start + sent / per_second - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)  # pacing a generator, not waiting for a result
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def read_committed(bootstrap: str, topic: str, expected: int, deadline_s: float = 240) -> list[dict[str, Any]]:
+    """Read a topic from the start (committed transactions only) until ``expected`` records or deadline."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+        group_id=None, isolation_level="read_committed",
+    )  # fmt: skip
+    await consumer.start()
+    got: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + deadline_s
+        while len(got) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=2000)
+            got.extend(json.loads(r.value) for records in batch.values() for r in records)
+    finally:
+        await consumer.stop()
+    return got
+
+
+@asynccontextmanager
+async def heartbeats(bootstrap: str, topic: str, interval_ms: int = 1_000) -> AsyncIterator[None]:
+    """Run heartbeats into ``topic`` for the duration of the block (what the stack's heartbeat
+    process does for ``images.uploaded``)."""
+    from flink_jobs import heartbeat
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(heartbeat.run(bootstrap, topic, interval_ms, stop, origin="test"))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    run_id: str
+    topic: str
+    dlq_topic: str
+    job_id: str
+    job_name: str
+
+
+@asynccontextmanager
+async def pipeline_run(
+    env: Mapping[str, str], bootstrap: str, args: Sequence[str] = (), partitions: int = 2
+) -> AsyncIterator[PipelineRun]:
+    """Create topics, submit a pipeline instance reading them, cancel and clean up after."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    run_id = uuid.uuid4().hex[:8]
+    topic, dlq, name = f"it-uploads-{run_id}", f"it-dlq-{run_id}", f"it-pipeline-{run_id}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, partitions, 1), NewTopic(dlq, 1, 1)])
+    job_id = ""
+    try:
+        job_args = [
+            f"--topic={topic}", f"--dlq_topic={dlq}", f"--group_id=it-{run_id}", f"--job_name={name}",
+            "--startup_mode=earliest-offset", *args,
+        ]  # fmt: skip
+        job_id = await asyncio.to_thread(submit.run, "pipeline", job_args, env)
+        yield PipelineRun(run_id, topic, dlq, job_id, name)
+    finally:
+        if job_id:
+            await asyncio.to_thread(submit.cancel, job_id, env)
+        await admin.delete_topics([topic, dlq])
+        await admin.close()
+
+
+def window_start_of(received_at: str, window_ms: int) -> datetime:
+    """UTC start of the window holding an ISO timestamp (as Cassandra returns timestamps)."""
+    ms = int(parse_time(received_at).timestamp() * 1000)
+    return datetime.fromtimestamp((ms - ms % window_ms) / 1000, tz=timezone.utc)
+
+
+def renamed(planned: Sequence[Planned], prefix: str) -> list[Planned]:
+    """The plan with every producer prefixed, so one run's rows are its own."""
+    out = []
+    for p in planned:
+        if p.kind == "malformed":
+            out.append(p)
+            continue
+        event = json.loads(p.value)
+        event["producer"] = f"{prefix}-{event['producer']}"
+        out.append(replace(p, value=json.dumps(event).encode()))
+    return out
+
+
+def final_windows(session: Any, keys: Iterable[tuple[int, str, str]]) -> dict[tuple[int, str, str], Any] | None:
+    """The final upload_stats rows for ``keys`` (window_start ms, producer, content type), or None."""
+    found = {}
+    for start, producer, content_type in keys:
+        row = session.execute(
+            "SELECT * FROM upload_stats WHERE window_start = %s AND producer = %s AND content_type = %s",
+            (datetime.fromtimestamp(start / 1000, tz=timezone.utc), producer, content_type),
+        ).one()
+        if row is None or not row.final:
+            return None
+        found[(start, producer, content_type)] = row
+    return found
+
+
+async def gather(*aws: Awaitable[Any]) -> list[Any]:
+    return list(await asyncio.gather(*aws))

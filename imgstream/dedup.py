@@ -1,0 +1,417 @@
+"""Duplicate decisions: replay drop, exact (SHA-256) and near (perceptual hash) duplicates.
+
+Every decision here is a small pure function of *(the image, the state its key holds)* that
+returns *(the decision, the new state)*. The Flink job keeps that state in keyed state and
+only wires the functions; :class:`Deduplicator` wires them over plain dicts and is the
+reference implementation the tests (and the job's tests) compare against.
+
+Semantics
+---------
+* **Order.** "Earlier" means *decided earlier*. The Flink job decides images of one key in
+  event-time order (``received_at``, then ``image_id``) once the watermark has passed them, so
+  a replay after a failure reaches the same verdicts. A *late* image (behind the watermark
+  on arrival) is decided on arrival against what is already known: it can be a duplicate of
+  an image with a later ``received_at``, never the other way round (history is not rewritten).
+* **Replay drop.** The same ``image_id`` seen again (a producer or gateway retry) is dropped:
+  it is processed once.
+* **Exact.** The first image with a SHA-256 (within the producer's scope, below) is
+  ``accepted``; later ones are ``duplicate``/``exact`` with ``duplicate_of`` = that first image
+  and ``distance`` 0.
+* **Near.** Among earlier images that share a band with it (see :mod:`imgstream.hashing`) and
+  lie within ``near_max_distance`` bits, the *closest* is the original; ties go to the earliest
+  ``(event_time, image_id)``. Every image that is not an exact duplicate is registered as a
+  candidate, so ``duplicate_of`` of a near duplicate may itself be a near duplicate (the link
+  always names a concrete earlier image and its pairwise ``distance``).
+* **Scope (per-producer policy).** ``global``: a producer's uploads are checked against
+  everyone's images; ``producer``: only against its own. Every image is registered in both
+  indexes, so the scope only chooses where to *look*. ``near=False`` opts a producer out of
+  near-duplicate detection (exact still applies).
+* **TTL.** State ages by *event time*, so replays decide the same way: an exact original
+  older than ``exact_ttl_ms`` (measured from the original's event time to the new image's)
+  no longer counts and the new image becomes the first again; near candidates older than
+  ``near_ttl_ms`` are pruned; replay marks are forgotten after ``replay_ttl_ms`` (a retry later
+  than that is processed as a new upload, with the same verdict logic). The job also sets
+  Flink state TTL (processing time, a multiple of these) purely to garbage-collect keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, Iterable, Mapping, NamedTuple
+
+from imgstream.hashing import band_count, band_keys, hamming, parse_hash
+
+STATUS_PENDING = "pending"
+STATUS_ACCEPTED = "accepted"
+STATUS_DUPLICATE = "duplicate"
+STATUS_REJECTED = "rejected"
+KIND_EXACT = "exact"
+KIND_NEAR = "near"
+
+#: Default near-duplicate threshold in bits of a 64-bit pHash. Re-encoded/resized copies of
+#: one photo typically land within 0-6 bits while unrelated photos sit near 32; 6 keeps the
+#: band count (7 bands of 9-10 bits) high enough that unrelated images rarely share a band.
+DEFAULT_NEAR_MAX_DISTANCE = 6
+#: Cap on candidates kept per band key. Degenerate hashes (blank or single-colour images all
+#: hash alike) would otherwise grow one key without bound; the oldest candidates go first.
+MAX_BAND_CANDIDATES = 512
+DAY_MS = 24 * 3600 * 1000
+#: Default TTLs (event time). A week of exact/near memory bounds state for ~1000 uploads/s.
+DEFAULT_EXACT_TTL_MS = 7 * DAY_MS
+DEFAULT_NEAR_TTL_MS = 7 * DAY_MS
+#: Producer retries arrive within minutes; a day is generous.
+DEFAULT_REPLAY_TTL_MS = 1 * DAY_MS
+
+
+class Scope(str, Enum):
+    """Where a producer's uploads look for their originals."""
+
+    GLOBAL = "global"
+    PRODUCER = "producer"
+
+
+@dataclass(frozen=True)
+class ProducerPolicy:
+    """Dedup policy of one producer."""
+
+    scope: Scope = Scope.GLOBAL
+    near: bool = True
+
+
+@dataclass(frozen=True)
+class DedupPolicy:
+    """All dedup knobs; built once from config and shipped to the job's functions."""
+
+    near_max_distance: int = DEFAULT_NEAR_MAX_DISTANCE
+    default: ProducerPolicy = ProducerPolicy()
+    producers: Mapping[str, ProducerPolicy] = field(default_factory=dict)
+    exact_ttl_ms: int = DEFAULT_EXACT_TTL_MS
+    near_ttl_ms: int = DEFAULT_NEAR_TTL_MS
+    replay_ttl_ms: int = DEFAULT_REPLAY_TTL_MS
+    max_band_candidates: int = MAX_BAND_CANDIDATES
+
+    def __post_init__(self) -> None:
+        band_count(self.near_max_distance)  # validates the threshold
+        if self.max_band_candidates < 1:
+            raise ValueError("max_band_candidates must be >= 1")
+        for name in ("exact_ttl_ms", "near_ttl_ms", "replay_ttl_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+
+    @property
+    def bands(self) -> int:
+        """Number of band keys each image is fanned out to."""
+        return band_count(self.near_max_distance)
+
+    def for_producer(self, producer: str) -> ProducerPolicy:
+        """The policy that applies to ``producer``."""
+        return self.producers.get(producer, self.default)
+
+    @staticmethod
+    def parse_producers(spec: str) -> tuple[ProducerPolicy, dict[str, ProducerPolicy]]:
+        """Parse ``"*=global;alice=producer;bob=global,no-near"`` into (default, overrides).
+
+        Each entry is ``NAME=SCOPE[,near|,no-near]``; ``*`` names the default. Empty -> defaults.
+        """
+        default = ProducerPolicy()
+        overrides: dict[str, ProducerPolicy] = {}
+        for entry in filter(None, (part.strip() for part in spec.split(";"))):
+            name, sep, rest = entry.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"bad dedup policy entry {entry!r} (want NAME=SCOPE[,no-near])")
+            words = [w.strip() for w in rest.split(",") if w.strip()]
+            if not words:
+                raise ValueError(f"bad dedup policy entry {entry!r}: no scope")
+            try:
+                scope = Scope(words[0])
+            except ValueError:
+                raise ValueError(f"unknown scope {words[0]!r} in {entry!r}") from None
+            near = True
+            for flag in words[1:]:
+                if flag not in ("near", "no-near"):
+                    raise ValueError(f"unknown flag {flag!r} in {entry!r}")
+                near = flag == "near"
+            policy = ProducerPolicy(scope, near)
+            if name.strip() == "*":
+                default = policy
+            else:
+                overrides[name.strip()] = policy
+        return default, overrides
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """What dedup needs to know of one upload. ``event_time`` is epoch milliseconds."""
+
+    image_id: str
+    producer: str
+    sha256: str
+    phash: int
+    event_time: int
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Deterministic position in event-time order (tie-break on ``image_id``)."""
+        return (self.event_time, self.image_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """An image remembered in state: enough to name it as an original."""
+
+    image_id: str
+    producer: str
+    event_time: int
+    phash: int = 0
+
+    @classmethod
+    def of(cls, image: ImageRef) -> "Seen":
+        return cls(image.image_id, image.producer, image.event_time, image.phash)
+
+    def to_list(self) -> list[Any]:
+        """Compact, JSON-able form for Flink state."""
+        return [self.image_id, self.producer, self.event_time, self.phash]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> "Seen":
+        return cls(str(data[0]), str(data[1]), int(data[2]), int(data[3]))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The processing result of one image."""
+
+    image_id: str
+    status: str
+    duplicate_of: str | None = None
+    duplicate_kind: str | None = None
+    distance: int | None = None
+
+    @classmethod
+    def accepted(cls, image_id: str) -> "Verdict":
+        return cls(image_id, STATUS_ACCEPTED)
+
+    @classmethod
+    def exact(cls, image_id: str, original: str) -> "Verdict":
+        return cls(image_id, STATUS_DUPLICATE, original, KIND_EXACT, 0)
+
+    @classmethod
+    def near(cls, image_id: str, original: str, distance: int) -> "Verdict":
+        return cls(image_id, STATUS_DUPLICATE, original, KIND_NEAR, distance)
+
+    @classmethod
+    def rejected(cls, image_id: str) -> "Verdict":
+        return cls(image_id, STATUS_REJECTED)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_id": self.image_id,
+            "status": self.status,
+            "duplicate_of": self.duplicate_of,
+            "duplicate_kind": self.duplicate_kind,
+            "distance": self.distance,
+        }
+
+
+# --- replay drop (state keyed by image_id: the event time of the first sighting) -----------
+
+
+def replay_decision(first_seen_at: int | None, image: ImageRef, ttl_ms: int) -> tuple[bool, int]:
+    """Whether ``image`` is a replay of an already processed ``image_id``; the new state.
+
+    ``first_seen_at`` is the event time stored for this ``image_id`` (``None`` = never seen).
+    A mark older than ``ttl_ms`` (event time) is forgotten and the image is processed anew.
+    """
+    if first_seen_at is not None and abs(image.event_time - first_seen_at) <= ttl_ms:
+        return True, first_seen_at
+    return False, image.event_time
+
+
+# --- exact dedup (state keyed by sha256) ---------------------------------------------------
+
+
+class ExactDecision(NamedTuple):
+    """Outcome of :func:`exact_decision`: the original (if a duplicate) and the new state."""
+
+    original: Seen | None
+    first_global: Seen
+    first_own: Seen
+
+
+def _alive(seen: Seen | None, image: ImageRef, ttl_ms: int) -> Seen | None:
+    if seen is None or image.event_time - seen.event_time > ttl_ms:
+        return None
+    return seen
+
+
+def exact_decision(
+    image: ImageRef,
+    scope: Scope,
+    first_global: Seen | None,
+    first_own: Seen | None,
+    ttl_ms: int = DEFAULT_EXACT_TTL_MS,
+) -> ExactDecision:
+    """Decide ``image`` against the first image with its SHA-256 (globally / by its producer).
+
+    ``first_global`` is the first image with this content from anyone, ``first_own`` the
+    first from ``image.producer``; both are registered independently of the scope so that
+    switching a producer's scope later needs no state migration.
+    """
+    first_global = _alive(first_global, image, ttl_ms)
+    first_own = _alive(first_own, image, ttl_ms)
+    candidate = first_global if scope is Scope.GLOBAL else first_own
+    original = candidate if candidate is not None and candidate.image_id != image.image_id else None
+    me = Seen.of(image)
+    return ExactDecision(original, first_global or me, first_own or me)
+
+
+# --- near dedup (state keyed by band key: the candidates sharing that band) ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class NearMatch:
+    """The closest earlier image found for one image (in one band, or merged over all)."""
+
+    original: str
+    distance: int
+    original_time: int
+
+    @property
+    def rank(self) -> tuple[int, int, str]:
+        """Lower is better: closest, then earliest, then smallest id."""
+        return (self.distance, self.original_time, self.original)
+
+    def to_list(self) -> list[Any]:
+        return [self.original, self.distance, self.original_time]
+
+    @classmethod
+    def from_list(cls, data: list[Any] | None) -> "NearMatch | None":
+        return None if data is None else cls(str(data[0]), int(data[1]), int(data[2]))
+
+
+def best_match(a: NearMatch | None, b: NearMatch | None) -> NearMatch | None:
+    """The better of two matches (``None`` = no match); associative and commutative."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a.rank <= b.rank else b
+
+
+def near_match(
+    image: ImageRef,
+    candidates: Iterable[Seen],
+    scope: Scope,
+    max_distance: int,
+) -> NearMatch | None:
+    """The closest candidate within ``max_distance`` bits that ``image``'s scope may see.
+
+    Candidates with the image's own id are ignored; the result does not depend on the order
+    of ``candidates``.
+    """
+    best: NearMatch | None = None
+    for seen in candidates:
+        if seen.image_id == image.image_id:
+            continue
+        if scope is Scope.PRODUCER and seen.producer != image.producer:
+            continue
+        distance = hamming(seen.phash, image.phash)
+        if distance <= max_distance:
+            best = best_match(best, NearMatch(seen.image_id, distance, seen.event_time))
+    return best
+
+
+def register_candidate(
+    candidates: list[Seen], image: ImageRef, *, ttl_ms: int, cap: int
+) -> list[Seen]:
+    """Band state after ``image`` joins: expired candidates pruned, at most ``cap`` kept.
+
+    Expiry is by event time relative to ``image``; when over ``cap`` the oldest go first.
+    """
+    kept = [c for c in candidates if image.event_time - c.event_time <= ttl_ms and c.image_id != image.image_id]
+    kept.append(Seen.of(image))
+    if len(kept) > cap:
+        kept = kept[len(kept) - cap:]
+    return kept
+
+
+# --- merging the per-band results into one verdict ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BandMerge:
+    """Per-image merge state: how many band results arrived and the best so far."""
+
+    received: int = 0
+    best: NearMatch | None = None
+
+    def add(self, result: NearMatch | None) -> "BandMerge":
+        return replace(self, received=self.received + 1, best=best_match(self.best, result))
+
+    def complete(self, bands: int) -> bool:
+        return self.received >= bands
+
+    def verdict(self, image_id: str) -> Verdict:
+        if self.best is None:
+            return Verdict.accepted(image_id)
+        return Verdict.near(image_id, self.best.original, self.best.distance)
+
+
+def merge_band_results(image_id: str, results: Iterable[NearMatch | None]) -> Verdict:
+    """One verdict from all band results of an image."""
+    merge = BandMerge()
+    for result in results:
+        merge = merge.add(result)
+    return merge.verdict(image_id)
+
+
+# --- the reference pipeline ----------------------------------------------------------------
+
+
+class Deduplicator:
+    """In-memory reference: replay drop, exact and near dedup over images fed in order.
+
+    ``process`` returns ``None`` for a dropped replay, else the verdict. The Flink job must
+    reach the same verdicts for the same images in the same (event-time) order.
+    """
+
+    def __init__(self, policy: DedupPolicy | None = None) -> None:
+        self.policy = policy or DedupPolicy()
+        self._replays: dict[str, int] = {}
+        self._first_global: dict[str, Seen] = {}
+        self._first_own: dict[tuple[str, str], Seen] = {}
+        self._bands: dict[str, list[Seen]] = {}
+
+    def process(self, image: ImageRef) -> Verdict | None:
+        policy = self.policy
+        replay, mark = replay_decision(self._replays.get(image.image_id), image, policy.replay_ttl_ms)
+        self._replays[image.image_id] = mark
+        if replay:
+            return None
+        producer_policy = policy.for_producer(image.producer)
+        exact = exact_decision(
+            image,
+            producer_policy.scope,
+            self._first_global.get(image.sha256),
+            self._first_own.get((image.producer, image.sha256)),
+            policy.exact_ttl_ms,
+        )
+        self._first_global[image.sha256] = exact.first_global
+        self._first_own[(image.producer, image.sha256)] = exact.first_own
+        if exact.original is not None:
+            return Verdict.exact(image.image_id, exact.original.image_id)
+        merge = BandMerge()
+        for key in band_keys(image.phash, policy.near_max_distance):
+            candidates = self._bands.get(key, [])
+            if producer_policy.near:
+                merge = merge.add(near_match(image, candidates, producer_policy.scope, policy.near_max_distance))
+            self._bands[key] = register_candidate(
+                candidates, image, ttl_ms=policy.near_ttl_ms, cap=policy.max_band_candidates
+            )
+        return merge.verdict(image.image_id)
+
+
+def image_ref(image_id: str, producer: str, sha256: str, phash: str | int, event_time: int) -> ImageRef:
+    """Build an :class:`ImageRef`, parsing the hex pHash."""
+    return ImageRef(image_id, producer, sha256, parse_hash(phash), event_time)

@@ -1,0 +1,73 @@
+"""Upgrade path: stop the pipeline with a savepoint, resume from it, and lose nothing.
+
+Half of a known stream goes in before the stop, half after the resume; originals from the
+first half must still be known to dedup after it (state came back from the savepoint), and the
+final rows must equal the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from flink_jobs import submit, testing
+from flink_jobs.generator import plan, truth
+
+WINDOW_MS = 60_000
+
+
+async def test_stop_with_savepoint_and_resume(stack_config, stack_env):
+    from cassandra.cluster import Cluster
+
+    bootstrap = stack_config.kafka.bootstrap_servers
+    args = ["--checkpoint_interval_ms=2000", "--out_of_orderness_ms=1000", f"--window_ms={WINDOW_MS}",
+            "--allowed_lateness_ms=10000"]  # fmt: skip
+    cfg = stack_config.cassandra
+    cluster = Cluster(list(cfg.hosts), port=cfg.port)
+    session = cluster.connect(cfg.keyspace)
+    resumed = ""
+    try:
+        async with testing.pipeline_run(stack_env, bootstrap, args) as run:
+            planned = testing.renamed(
+                plan(seed=31, originals=40, exact_copies=15, near_copies=15, replays=5, malformed=3), f"sp{run.run_id}"
+            )
+            expected = truth(planned)
+            half = len(planned) // 2
+            first_ids = {p.image_id for p in planned[:half] if p.image_id in expected.verdicts}
+            select = session.prepare("SELECT image_id, status, duplicate_of, duplicate_kind, distance FROM images WHERE image_id = ?")
+            await testing.produce(bootstrap, run.topic, [p.value for p in planned[:half]])
+            # the first half is decided once the watermark passes it: wait for most of its rows
+            await testing.poll(
+                lambda: sum(session.execute(select, (i,)).one() is not None for i in first_ids) >= len(first_ids) - 3,
+                "the first half's rows",
+            )
+            location = await asyncio.to_thread(submit.stop_with_savepoint, run.job_name, stack_env)
+            assert location.startswith("file:")
+            job_args = [
+                f"--topic={run.topic}", f"--dlq_topic={run.dlq_topic}", f"--group_id=it-{run.run_id}",
+                f"--job_name={run.job_name}", "--startup_mode=earliest-offset", *args,
+            ]  # fmt: skip
+            resumed = await asyncio.to_thread(submit.run, "pipeline", job_args, stack_env, location)
+            assert resumed != run.job_id
+            await testing.produce(bootstrap, run.topic, [p.value for p in planned[half:]])
+            async with testing.heartbeats(bootstrap, run.topic):
+
+                def all_rows():
+                    rows = [session.execute(select, (i,)).one() for i in expected.verdicts]
+                    return rows if all(rows) else None
+
+                rows = await testing.poll(all_rows, "every image row after the resume")
+                for row in rows:
+                    want = expected.verdicts[row.image_id]
+                    assert (row.status, row.duplicate_of, row.duplicate_kind, row.distance) == (
+                        want.status, want.duplicate_of, want.duplicate_kind, want.distance,
+                    ), row
+                truth_windows = expected.windows(WINDOW_MS)
+                final = await testing.poll(lambda: testing.final_windows(session, truth_windows), "final windows")
+                for key, stats in truth_windows.items():
+                    assert {k: getattr(final[key], k) for k in stats} == stats, key
+            letters = await testing.read_committed(bootstrap, run.dlq_topic, expected.malformed + 1, deadline_s=20)
+            assert len(letters) == expected.malformed
+    finally:
+        if resumed:
+            await asyncio.to_thread(submit.cancel, resumed, stack_env)
+        cluster.shutdown()

@@ -1,0 +1,165 @@
+import base64
+import json
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given, strategies as st
+
+from imgstream.cleaning import (
+    MAX_DLQ_RAW_BYTES,
+    MAX_EVENT_BYTES,
+    Cleaned,
+    DeadLetter,
+    Heartbeat,
+    Source,
+    clean,
+    encode_raw,
+    heartbeat_value,
+)
+
+SEEN = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
+SRC = Source("images.uploaded", 2, 41, 1_700_000_000_000)
+
+
+def event(**over):
+    e = {
+        "schema_version": 1,
+        "event_type": "image.uploaded",
+        "image_id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "producer": "alice",
+        "sha256": "ab" * 32,
+        "phash": "00ff00ff00ff00ff",
+        "size": 1234,
+        "content_type": "image/png",
+        "width": 10,
+        "height": 20,
+        "storage_key": "sha256/ab/abab.png",
+        "received_at": "2026-11-26T10:00:00.123Z",
+    }
+    e.update(over)
+    return e
+
+
+def raw(**over):
+    return json.dumps(event(**over)).encode()
+
+
+def test_valid_event_is_cleaned_with_event_time():
+    out = clean(raw(), SRC, seen_at=SEEN)
+    assert isinstance(out, Cleaned)
+    assert out.event.image_id == "0f8fad5b-d9cb-469f-a165-70867728950e"
+    assert out.event_time == int(datetime(2026, 11, 26, 10, 0, 0, 123000, tzinfo=timezone.utc).timestamp() * 1000)
+    assert out.source == SRC
+
+
+def test_str_input_is_accepted():
+    assert isinstance(clean(raw().decode(), SRC), Cleaned)
+
+
+def test_normalisation():
+    out = clean(
+        raw(
+            sha256="AB" * 32,
+            phash="00FF00FF00FF00FF",
+            image_id="0F8FAD5B-D9CB-469F-A165-70867728950E",
+            content_type="Image/JPG; q=1",
+            received_at="2026-11-26T12:00:00.5+02:00",
+        ),
+        SRC,
+    )
+    assert isinstance(out, Cleaned)
+    e = out.event
+    assert e.sha256 == "ab" * 32 and e.phash == "00ff00ff00ff00ff"
+    assert e.image_id == "0f8fad5b-d9cb-469f-a165-70867728950e"
+    assert e.content_type == "image/jpeg"
+    assert e.received_at == "2026-11-26T10:00:00.500Z"
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (None, "empty"),
+        (b"", "empty"),
+        (b"{not json", "not_json"),
+        (b"\xff\xfe\x00", "not_json"),
+        (b"[1,2]", "not_an_object"),
+        (json.dumps(event(schema_version=2)).encode(), "unknown_version"),
+        (json.dumps(event(size=0)).encode(), "schema"),
+        (json.dumps(event(content_type="image/svg+xml")).encode(), "schema"),
+        (json.dumps(event(received_at="2026-11-26T10:00:00")).encode(), "schema"),
+        (json.dumps(event(extra=1)).encode(), "schema"),
+        (b"x" * (MAX_EVENT_BYTES + 1), "too_large"),
+    ],
+)
+def test_bad_values_become_dead_letters(value, reason):
+    out = clean(value, SRC, seen_at=SEEN)
+    assert isinstance(out, DeadLetter)
+    assert out.reason == reason
+    assert out.code == "invalid_event"
+    assert out.error
+    d = out.to_dict()
+    assert {"reason", "code", "error", "raw", "topic", "partition", "offset", "seen_at"} <= set(d)
+    assert (d["topic"], d["partition"], d["offset"]) == ("images.uploaded", 2, 41)
+    assert d["seen_at"] == "2026-11-26T12:00:00.000Z"
+    json.loads(out.to_json())
+
+
+def test_missing_field_names_the_field():
+    e = event()
+    del e["sha256"]
+    out = clean(json.dumps(e).encode(), SRC)
+    assert isinstance(out, DeadLetter) and "sha256" in out.error
+
+
+def test_dead_letter_keeps_attribution_when_possible():
+    out = clean(raw(size=-5), SRC)
+    assert isinstance(out, DeadLetter)
+    assert out.image_id == "0f8fad5b-d9cb-469f-a165-70867728950e"
+    assert out.producer == "alice" and out.content_type == "image/png"
+    assert out.event_time == clean(raw(), SRC).event_time
+
+
+def test_dead_letter_without_attribution_gets_deterministic_id_and_kafka_time():
+    a = clean(b"garbage", SRC)
+    b = clean(b"other garbage", SRC)
+    c = clean(b"garbage", Source("images.uploaded", 2, 42, 0))
+    assert isinstance(a, DeadLetter) and isinstance(b, DeadLetter) and isinstance(c, DeadLetter)
+    assert a.image_id == b.image_id != c.image_id
+    assert (a.producer, a.content_type, a.event_time) == ("unknown", "unknown", SRC.timestamp)
+
+
+def test_raw_encoding_text_vs_base64():
+    assert encode_raw(b"hello") == ("hello", "text", False)
+    text, enc, trunc = encode_raw(b"\xff\x00binary")
+    assert enc == "base64" and base64.b64decode(text) == b"\xff\x00binary" and not trunc
+    big = ("é" * MAX_DLQ_RAW_BYTES).encode()
+    text, enc, trunc = encode_raw(big)
+    assert enc == "text" and trunc and len(text.encode()) <= MAX_DLQ_RAW_BYTES
+
+
+@given(st.one_of(st.none(), st.binary(max_size=300), st.text(max_size=300)))
+def test_clean_never_raises(value):
+    out = clean(value, SRC)
+    assert isinstance(out, (Cleaned, Heartbeat, DeadLetter))
+
+
+def test_heartbeats_carry_only_time():
+    out = clean(heartbeat_value(SEEN), SRC)
+    assert out == Heartbeat(int(SEEN.timestamp() * 1000), SRC)
+    bad = clean(b'{"event_type": "stream.heartbeat", "received_at": "yesterday"}', SRC)
+    assert isinstance(bad, DeadLetter) and bad.reason == "schema"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.sampled_from(sorted(event())), json_values, max_size=6))
+def test_clean_never_raises_on_mangled_events(over):
+    out = clean(json.dumps(event(**over)).encode(), SRC)
+    assert isinstance(out, (Cleaned, Heartbeat, DeadLetter))
+    if isinstance(out, DeadLetter):
+        json.loads(out.to_json())

@@ -1,0 +1,94 @@
+"""Pure parts of the Flink jobs: config parsing and the rows -> Cassandra writes mapping."""
+
+from datetime import datetime, timezone
+
+import pytest
+
+pytest.importorskip("pyflink")
+
+from flink_jobs.cassandra_sink import STATEMENTS, image_writes, window_writes  # noqa: E402
+from flink_jobs.config import PipelineConfig, connector_jars  # noqa: E402
+from imgstream.dedup import ProducerPolicy, Scope  # noqa: E402
+from imgstream.windows import STAT_FIELDS  # noqa: E402
+
+NOW = datetime(2026, 11, 26, tzinfo=timezone.utc)
+
+
+def test_config_from_env_and_args():
+    env = {
+        "IMGSTREAM_KAFKA_BOOTSTRAP": "k:1",
+        "IMGSTREAM_CASSANDRA_HOSTS": "a,b",
+        "IMGSTREAM_FLINK_CHECKPOINT_INTERVAL_MS": "5000",
+        "IMGSTREAM_FLINK_DEDUP_POLICY": "*=producer;bob=global,no-near",
+    }
+    config = PipelineConfig.from_env(env, ["--window_ms=120000", "--job-name=x"])
+    assert config.kafka.bootstrap_servers == "k:1" and config.cassandra.hosts == ("a", "b")
+    assert (config.checkpoint_interval_ms, config.window_ms, config.job_name) == (5000, 120000, "x")
+    policy = config.dedup()
+    assert policy.for_producer("alice") == ProducerPolicy(Scope.PRODUCER)
+    assert policy.for_producer("bob") == ProducerPolicy(Scope.GLOBAL, near=False)
+
+
+@pytest.mark.parametrize("argv", [["window_ms=1"], ["--dedup_policy=a=nowhere"], ["--window_ms=abc"]])
+def test_config_rejects_bad_input_at_the_entry_point(argv):
+    with pytest.raises(ValueError):
+        PipelineConfig.from_env({}, argv)
+
+
+def test_missing_connector_jar_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="flink-sql-connector-kafka"):
+        connector_jars(env={"IMGSTREAM_FLINK_LIB": str(tmp_path)})
+    jar = tmp_path / "flink-sql-connector-kafka-5.0.0-2.2.jar"
+    jar.write_bytes(b"")
+    assert connector_jars(env={"IMGSTREAM_FLINK_LIB": str(tmp_path)}) == [jar.as_uri()]
+
+
+def row(**over):
+    values = {
+        "image_id": "i1", "producer": "p", "sha256": "s", "phash": "00", "size": 10, "content_type": "image/png",
+        "width": 1, "height": 2, "storage_key": "k", "received_at": "2026-01-01T00:00:30.000Z",
+        "event_time": 1767225630000, "status": "accepted", "duplicate_of": None, "duplicate_kind": None,
+        "distance": None, "lateness": "on_time", "watermark": 1767225629000, "reason": None, "error": None,
+        "topic": "t", "partition": 0, "offset": 5,
+    }  # fmt: skip
+    values.update(over)
+    return values
+
+
+def placeholders(name):
+    return STATEMENTS[name].count("?")
+
+
+def test_accepted_image_is_one_whole_row():
+    writes = image_writes(row(), 60_000, NOW)
+    assert [w[0] for w in writes] == ["image"]
+    assert len(writes[0][1]) == placeholders("image")
+    assert writes[0][1][9] == datetime(2026, 1, 1, 0, 0, 30, tzinfo=timezone.utc)
+
+
+def test_duplicate_and_too_late_add_their_rows():
+    writes = image_writes(
+        row(status="duplicate", duplicate_of="o", duplicate_kind="near", distance=3, lateness="too_late",
+            watermark=1767225630000 + 3_600_000),
+        60_000,
+        NOW,
+    )  # fmt: skip
+    assert [w[0] for w in writes] == ["image", "duplicate", "late_event"]
+    for name, params in writes:
+        assert len(params) == placeholders(name)
+    assert writes[1][1][:4] == ("o", "i1", "near", 3)
+    late = writes[2][1]
+    assert late[0] == datetime(2026, 1, 1, tzinfo=timezone.utc) and late[-2] == 3_600_000
+
+
+def test_rejected_row_without_received_at_uses_event_time():
+    writes = image_writes(row(status="rejected", received_at=None, reason="not_json"), 60_000, NOW)
+    assert writes[0][1][9] == datetime(2026, 1, 1, 0, 0, 30, tzinfo=timezone.utc)
+
+
+def test_window_row_write_is_whole():
+    r = {"window_start": 0, "window_end": 60_000, "producer": "p", "content_type": "c", "duplicates": 3,
+         "revision": 2, "late_events": 1, "final": True, **{k: 1 for k in STAT_FIELDS}}  # fmt: skip
+    [(name, params)] = window_writes(r, 60_000, NOW)
+    assert name == "upload_stats" and len(params) == placeholders("upload_stats")
+    assert params[-2] is True and params[-1] == NOW
