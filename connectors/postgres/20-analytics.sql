@@ -24,38 +24,32 @@ FROM public.upload_stats;
 CREATE INDEX IF NOT EXISTS upload_stats_final_window_end_idx ON public.upload_stats (window_end) WHERE final;
 
 -- Hour and day roll-ups of the minute windows (sums; an hour/day is final once every minute
--- window in it is final and the newest final window ends at or after its end).
-CREATE OR REPLACE VIEW analytics.upload_stats_hourly AS
+-- window in it is final and the newest final window ends at or after its end). One definition,
+-- parameterised by the bucket ('hour' | 'day'); a plain SQL function, so the planner inlines it.
+CREATE OR REPLACE FUNCTION analytics.upload_stats_rollup(unit text)
+RETURNS TABLE (window_start timestamptz, window_end timestamptz, producer text, content_type text,
+               uploads bigint, bytes bigint, accepted bigint, duplicates_exact bigint,
+               duplicates_near bigint, duplicates bigint, rejected bigint, late_events bigint,
+               is_final boolean, minute_windows bigint, updated_at timestamptz)
+LANGUAGE sql STABLE AS $$
 WITH watermark AS (SELECT max(window_end) AS final_until FROM public.upload_stats WHERE final)
-SELECT date_trunc('hour', s.window_start, 'UTC') AS window_start,
-       date_trunc('hour', s.window_start, 'UTC') + interval '1 hour' AS window_end,
+SELECT date_trunc(unit, s.window_start, 'UTC') AS window_start,
+       date_trunc(unit, s.window_start, 'UTC') + ('1 ' || unit)::interval AS window_end,
        s.producer, s.content_type,
-       sum(s.uploads)::bigint AS uploads, sum(s.bytes)::bigint AS bytes,
-       sum(s.accepted)::bigint AS accepted,
-       sum(s.duplicates_exact)::bigint AS duplicates_exact, sum(s.duplicates_near)::bigint AS duplicates_near,
-       sum(s.duplicates)::bigint AS duplicates, sum(s.rejected)::bigint AS rejected,
-       sum(s.late_events)::bigint AS late_events,
+       sum(s.uploads)::bigint, sum(s.bytes)::bigint,
+       sum(s.accepted)::bigint,
+       sum(s.duplicates_exact)::bigint, sum(s.duplicates_near)::bigint,
+       sum(s.duplicates)::bigint, sum(s.rejected)::bigint,
+       sum(s.late_events)::bigint,
        (bool_and(s.final) AND coalesce(min(w.final_until), '-infinity')
-            >= date_trunc('hour', s.window_start, 'UTC') + interval '1 hour') AS is_final,
-       count(*) AS minute_windows, max(s.updated_at) AS updated_at
+            >= date_trunc(unit, s.window_start, 'UTC') + ('1 ' || unit)::interval),
+       count(*), max(s.updated_at)
 FROM public.upload_stats s CROSS JOIN watermark w
-GROUP BY 1, 2, s.producer, s.content_type;
+GROUP BY 1, 2, s.producer, s.content_type
+$$;
 
-CREATE OR REPLACE VIEW analytics.upload_stats_daily AS
-WITH watermark AS (SELECT max(window_end) AS final_until FROM public.upload_stats WHERE final)
-SELECT date_trunc('day', s.window_start, 'UTC') AS window_start,
-       date_trunc('day', s.window_start, 'UTC') + interval '1 day' AS window_end,
-       s.producer, s.content_type,
-       sum(s.uploads)::bigint AS uploads, sum(s.bytes)::bigint AS bytes,
-       sum(s.accepted)::bigint AS accepted,
-       sum(s.duplicates_exact)::bigint AS duplicates_exact, sum(s.duplicates_near)::bigint AS duplicates_near,
-       sum(s.duplicates)::bigint AS duplicates, sum(s.rejected)::bigint AS rejected,
-       sum(s.late_events)::bigint AS late_events,
-       (bool_and(s.final) AND coalesce(min(w.final_until), '-infinity')
-            >= date_trunc('day', s.window_start, 'UTC') + interval '1 day') AS is_final,
-       count(*) AS minute_windows, max(s.updated_at) AS updated_at
-FROM public.upload_stats s CROSS JOIN watermark w
-GROUP BY 1, 2, s.producer, s.content_type;
+CREATE OR REPLACE VIEW analytics.upload_stats_hourly AS SELECT * FROM analytics.upload_stats_rollup('hour');
+CREATE OR REPLACE VIEW analytics.upload_stats_daily AS SELECT * FROM analytics.upload_stats_rollup('day');
 
 -- Every duplicate with what it duplicates (the original's producer and arrival time).
 CREATE OR REPLACE VIEW analytics.duplicates AS

@@ -523,7 +523,7 @@ HOSTILE = [
     ("/v1/stats/summary", {"from": "2001-01-01T00:00:00Z", "to": "2003-01-01T00:00:00Z"}, "from"),
     ("/v1/stats/summary", {"where": "1=1"}, "where"),
     ("/v1/stats/top", {"by": "uploads; DELETE FROM public.images"}, "by"),
-    ("/v1/stats/top", {"dimension": "producer, (SELECT pg_sleep(10))"}, "dimension"),
+    ("/v1/stats/top", {"dimension": "producer, (SELECT pg_sleep(1))"}, "dimension"),
     ("/v1/duplicates", {"kind": "near' OR 'x'='x"}, "kind"),
     ("/v1/duplicates", {"duplicate_of": "00000000-0000-0000-0000-000000000000' OR 1=1"}, "duplicate_of"),
     ("/v1/duplicates", {"cursor": "WzEsIngiLFsiMjAwMS0wMS0wMVQwMDowMDowMFoiLCInIE9SIDE9MSJdXQ"}, "cursor"),
@@ -556,7 +556,7 @@ async def test_the_api_sessions_cannot_write(stats: Stats) -> None:
         assert await conn.fetchval("SHOW statement_timeout") == "5s"
         assert await conn.fetchval("SHOW default_transaction_read_only") == "on"
         with pytest.raises(asyncpg.QueryCanceledError):
-            await conn.execute("BEGIN; SET LOCAL statement_timeout = 200; SELECT pg_sleep(2)")
+            await conn.execute("BEGIN; SET LOCAL statement_timeout = 200; SELECT pg_sleep(1)")
         assert conn.is_in_transaction()  # left open by the failed statement...
     for _ in range(stats.api_pool.get_size()):  # ...and rolled back when the pool took it back
         async with stats.api_pool.acquire() as conn:
