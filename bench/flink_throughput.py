@@ -1,13 +1,14 @@
 """Throughput of the pipeline job vs a pass-through job, measured side by side in one run.
 
-Both jobs run on the local session cluster, parallelism 1, reading the same pre-filled topic
-in bounded mode (they stop at the offsets current at start). The pass-through copies records
-Kafka -> Kafka in the JVM (Flink SQL); the pipeline cleans, drops replays, dedups (exact and
-near), aggregates windows and writes Cassandra. Reported: events/s of each (job RUNNING ->
-FINISHED, so start-up is included and N should be large) and their ratio; then the end-to-end
-latency (received_at -> images row written) of a live paced stream, p50/p99.
+All jobs run on the local session cluster, parallelism 1, reading the same pre-filled topic
+in bounded mode (they stop at the offsets current at start). Two pass-throughs copy records
+Kafka -> Kafka: one all in the JVM (Flink SQL), one through a Python identity map (the
+JVM <-> Python bridge every PyFlink operator pays); the pipeline cleans, drops replays,
+dedups (exact and near), aggregates windows and writes Cassandra. Reported: events/s of each
+(job RUNNING -> FINISHED, so start-up is included and N should be large) and the ratios; then
+the end-to-end latency (received_at -> images row written) of a live paced stream, p50/p99.
 
-    .venv/bin/python bench/flink_throughput.py [--events=3000] [--live-seconds=30] [--live-rate=50]
+    .venv/bin/python bench/flink_throughput.py [--events=20000] [--live-seconds=30] [--live-rate=50]
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
     source, sink, dlq = f"bench-in-{run}", f"bench-out-{run}", f"bench-dlq-{run}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
-    await admin.create_topics([NewTopic(source, 2, 1), NewTopic(sink, 2, 1), NewTopic(dlq, 1, 1)])
+    await admin.create_topics([NewTopic(source, 2, 1), NewTopic(f"{sink}-jvm", 2, 1), NewTopic(f"{sink}-python", 2, 1), NewTopic(dlq, 1, 1)])
     try:
         n = max(events, 100)
         planned = testing.renamed(
@@ -85,17 +86,21 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         sent = await testing.produce(bootstrap, source, [p.value for p in planned])
         print(f"produced {sent} events in {time.monotonic() - t0:.1f}s", flush=True)
         common = [f"--topic={source}", "--startup_mode=earliest-offset", "--bounded=1", "--parallelism=1"]
-        t_pass = await timed_job(rest, "passthrough", [*common, f"--sink_topic={sink}", f"--job_name=bench-{run}",
-                                                         f"--group_id=bench-{run}"], env)  # fmt: skip
+        timings = {}
+        for label, python in (("jvm", "0"), ("python", "1")):
+            timings[label] = await timed_job(rest, "passthrough", [*common, f"--sink_topic={sink}-{label}", f"--python={python}",
+                                                                   f"--job_name=bench-{label}-{run}", f"--group_id=bench-{label}-{run}"], env)  # fmt: skip
         t_pipe = await timed_job(rest, "pipeline", [*common, f"--dlq_topic={dlq}", f"--job_name=bench-pipeline-{run}",
                                                       f"--group_id=bench-pipeline-{run}", "--checkpoint_interval_ms=10000", *extra], env,
                                  sample_after_s=60)  # fmt: skip
-        r_pass, r_pipe = sent / t_pass, sent / t_pipe
-        print(f"pass-through (JVM SQL, Kafka->Kafka): {sent} events in {t_pass:.1f}s = {r_pass:,.0f} events/s")
-        print(f"pipeline (clean+dedup+windows+Cassandra): {sent} events in {t_pipe:.1f}s = {r_pipe:,.0f} events/s")
-        print(f"ratio pipeline / pass-through = {r_pipe / r_pass:.3f}")
+        r_jvm, r_py, r_pipe = sent / timings["jvm"], sent / timings["python"], sent / t_pipe
+        print(f"pass-through, JVM only (Flink SQL, Kafka->Kafka): {sent} events in {timings['jvm']:.1f}s = {r_jvm:,.0f} events/s")
+        print(f"pass-through via a Python identity map:          {sent} events in {timings['python']:.1f}s = {r_py:,.0f} events/s")
+        print(f"pipeline (clean+dedup+windows+Cassandra):         {sent} events in {t_pipe:.1f}s = {r_pipe:,.0f} events/s")
+        print(f"ratio pipeline / JVM pass-through    = {r_pipe / r_jvm:.3f}")
+        print(f"ratio pipeline / Python pass-through = {r_pipe / r_py:.3f}")
     finally:
-        await admin.delete_topics([source, sink, dlq])
+        await admin.delete_topics([source, f"{sink}-jvm", f"{sink}-python", dlq])
         await admin.close()
 
 
@@ -132,7 +137,7 @@ async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=3_000)
+    parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--live-seconds", type=int, default=30)
     parser.add_argument("--live-rate", type=int, default=50)
     parser.add_argument("--job-arg", action="append", default=[], help="extra --key=value for the pipeline job")

@@ -73,6 +73,7 @@ class PipelineConfig:
     python_state_cache: int = 100_000
     #: In-flight Cassandra writes per sink subtask (async I/O capacity).
     sink_capacity: int = 256
+    #: Cassandra request timeout of the sink: a write slower than this fails the task (restart).
     sink_timeout_ms: int = 30_000
     #: Stop at the offsets current at start (benchmarks, batch re-runs).
     bounded: int = 0

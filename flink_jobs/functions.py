@@ -1,16 +1,11 @@
 """The pipeline's Python operators: thin wiring of :mod:`imgstream` logic to Flink state.
 
-Every stateful decision is made by a pure function from ``imgstream.dedup``/``windows``;
-these classes only load state, call it, store the result and emit. State holds plain lists
-and dicts (never pickled classes) so savepoints survive code changes.
+Every stateful decision is made by ``imgstream.dedup``/``windows``; these classes only load
+state, call it, store the result and emit. State holds plain lists and dicts (never pickled
+classes) so savepoints survive code changes.
 
-Messages between the dedup operators (pickled tuples):
-
-* ``("verdict", image, verdict)`` - a final verdict (exact duplicate, near opt-out, rejected);
-* ``("pending", image, bands)`` - the image waits for ``bands`` band results;
-* ``("band", image_id, match)`` - one band's closest earlier match (``None`` = none).
-
-``image`` is a dict with the event's fields plus ``event_time`` and its Kafka coordinates.
+Streams between operators carry image dicts: the event's fields plus ``event_time``, its Kafka
+coordinates and, once decided, the verdict fields (``status``, ``duplicate_of``, ...).
 """
 
 from __future__ import annotations
@@ -20,29 +15,18 @@ from typing import Any, Iterable
 from pyflink.common import Row, Types
 from pyflink.common.time import Time
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
-from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
 from imgstream.cleaning import Cleaned, DeadLetter, Heartbeat, Source, clean
-from imgstream.dedup import (
-    BandMerge,
-    DedupPolicy,
-    ImageRef,
-    NearMatch,
-    Seen,
-    Verdict,
-    exact_decision,
-    near_match,
-    register_candidate,
-    replay_decision,
-)
-from imgstream.hashing import band_keys, parse_hash
+from imgstream.dedup import DedupPolicy, Deduplicator, ImageRef, Verdict
+from imgstream.hashing import parse_hash
 from imgstream.windows import UPLOAD_STATS, Lateness, WindowState, classify, final_at, fires_at, window_start
 
+from flink_jobs.mirror import MirroredMap
 from flink_jobs.rows import VERDICT_TYPE, verdict_row
 
 DLQ_TAG = OutputTag("dead-letters", Types.STRING())
 REJECTED_TAG = OutputTag("rejected")
-BANDS_TAG = OutputTag("bands")
 VERDICTS_TAG = OutputTag("verdicts", VERDICT_TYPE)
 
 #: Flink state TTL (processing time) is only garbage collection; decisions age by event time.
@@ -99,202 +83,106 @@ class CleanFunction(ProcessFunction):
             "partition": partition,
             "offset": offset,
         }
-        yield REJECTED_TAG, ("verdict", image, Verdict.rejected(out.image_id).to_dict())
+        yield REJECTED_TAG, {**image, **Verdict.rejected(out.image_id).to_dict()}
 
 
-# --- replay drop (keyed by image_id) -------------------------------------------------------
+# --- dedup: replay drop, exact and near duplicates (one index, decided in event-time order) ---
+
+#: Every image goes to one index: "duplicate" compares each image with every earlier one.
+INDEX_KEY = "index"
+#: Images wait for the watermark in buckets of this much event time (one timer per bucket,
+#: not per image: each timer registration is a round trip from Python to the JVM). It must
+#: divide the window length, so an image is decided before its window can fire downstream.
+ORDER_BUCKET_MS = 200
+#: How often (event time) the index drops entries whose TTL has passed ...
+PRUNE_EVERY_MS = 60_000
+#: ... judged this far behind the watermark, so late images still see what they could match.
+PRUNE_SLACK_MS = 24 * 3600 * 1000
 
 
-class ReplayFilter(KeyedProcessFunction):
-    """Drops an ``image_id`` seen before (within the replay TTL); the first sighting passes."""
+def _pending_key(image: dict[str, Any]) -> str:
+    """Sorts as ``(event_time, image_id)``, the decision order; unique per Kafka record."""
+    return f"{int(image['event_time']):015d}|{image['image_id']}|{image['partition']}|{image['offset']}"
 
-    def __init__(self, policy: DedupPolicy) -> None:
+
+class DedupIndex(KeyedProcessFunction):
+    """Decides every image with one :class:`~imgstream.dedup.Deduplicator` over keyed state.
+
+    Keyed by :data:`INDEX_KEY`. An image ahead of the watermark waits in ``pending`` until the
+    watermark passes its bucket, then images are decided in ``(event_time, image_id)`` order,
+    which a replay after a failure reproduces; an image already behind the watermark (late) is
+    decided on arrival. Its lateness is classified here, on arrival, and travels with the verdict.
+
+    The dedup state (replay marks, first image per SHA-256, band candidates) and the pending
+    buffer are ``MapState`` mirrored in memory (:class:`~flink_jobs.mirror.MirroredMap`), so a
+    decision costs no round trip to the JVM.
+    """
+
+    def __init__(self, policy: DedupPolicy, window_ms: int, allowed_lateness_ms: int) -> None:
+        if window_ms % ORDER_BUCKET_MS:
+            raise ValueError(f"window_ms must be a multiple of {ORDER_BUCKET_MS}, got {window_ms}")
         self.policy = policy
+        self.window_ms = window_ms
+        self.allowed_lateness_ms = allowed_lateness_ms
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        descriptor = _ttl(ValueStateDescriptor("first_seen", Types.LONG()), self.policy.replay_ttl_ms)
-        self.first_seen = runtime_context.get_state(descriptor)
+        def mirrored(name: str, ttl_ms: int = 0) -> MirroredMap:
+            descriptor = MapStateDescriptor(name, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+            if ttl_ms:
+                _ttl(descriptor, ttl_ms)
+            return MirroredMap(runtime_context.get_map_state(descriptor))
+
+        policy = self.policy
+        self.pending = mirrored("pending")
+        replays, exact, bands = (
+            mirrored("replays", policy.replay_ttl_ms),
+            mirrored("exact", policy.exact_ttl_ms),
+            mirrored("bands", policy.near_ttl_ms),
+        )
+        self.mirrors = (self.pending, replays, exact, bands)
+        self.dedup = Deduplicator(policy, replays=replays, exact=exact, bands=bands)
+        self.key: Any = None
+        self.timers: set[int] = set()  # registered in this attempt (re-registering is harmless)
+        self.pruned_at: int | None = None
+
+    def _use_key(self, key: Any) -> None:
+        if key != self.key:
+            for mirror in self.mirrors:
+                mirror.reset()
+            self.key = key
 
     def process_element(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
-        replay, mark = replay_decision(self.first_seen.value(), _ref(image), self.policy.replay_ttl_ms)
-        self.first_seen.update(mark)
-        if not replay:
-            yield image
-
-
-# --- event-time ordering -------------------------------------------------------------------
-
-
-class EventTimeOrdered(KeyedProcessFunction):
-    """Decides a key's elements in event-time order, once the watermark has passed them.
-
-    Arrival order across Kafka partitions is not reproducible after a failure; the watermark
-    order is. Elements already behind the watermark (late) are decided on arrival.
-
-    Each key keeps ONE value state (a dict: the pending ``buffer`` plus the subclass's own
-    fields), read once and written once per callback: every keyed-state access from Python is
-    a round trip to the JVM, and most keys here (hashes, bands) are new, so not cached.
-    Subclasses implement ``event_time``, ``order`` and ``decide(value, data)``, which may
-    mutate ``data``.
-    """
-
-    ttl_ms: int = 0
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        descriptor = ValueStateDescriptor("state", Types.PICKLED_BYTE_ARRAY())
-        if self.ttl_ms:
-            _ttl(descriptor, self.ttl_ms)
-        self.state = runtime_context.get_state(descriptor)
-
-    def event_time(self, value: Any) -> int:
-        raise NotImplementedError
-
-    def order(self, value: Any) -> Any:
-        raise NotImplementedError
-
-    def decide(self, value: Any, data: dict[str, Any]) -> list[Any]:
-        raise NotImplementedError
-
-    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
-        data = self.state.value() or {}
-        ts = self.event_time(value)
-        if ts <= ctx.timer_service().current_watermark():
-            out = self.decide(value, data)
-        else:
-            data.setdefault("buffer", {}).setdefault(ts, []).append(value)
-            ctx.timer_service().register_event_time_timer(ts)
-            out = []
-        self.state.update(data)
-        yield from out
+        self._use_key(ctx.get_current_key())
+        watermark = ctx.timer_service().current_watermark()
+        ts = int(image["event_time"])
+        lateness = classify(ts, watermark, self.window_ms, self.allowed_lateness_ms)
+        image = {**image, "lateness": lateness.value, "watermark": watermark}
+        if ts <= watermark:
+            yield from self._decide([image])
+            return
+        self.pending[_pending_key(image)] = image
+        due = ts - ts % ORDER_BUCKET_MS + ORDER_BUCKET_MS - 1
+        if due not in self.timers:
+            ctx.timer_service().register_event_time_timer(due)
+            self.timers.add(due)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable[Any]:
-        data = self.state.value()
-        if not data:
-            return
-        pending = data.get("buffer", {}).pop(timestamp, None)
-        if pending is None:
-            return
-        if not data["buffer"]:
-            del data["buffer"]
-        out: list[Any] = []
-        for value in sorted(pending, key=self.order):
-            out.extend(self.decide(value, data))
-        self.state.update(data)
-        yield from out
+        self._use_key(ctx.get_current_key())
+        self.timers.discard(timestamp)
+        due = sorted(key for key in self.pending if int(key[:15]) <= timestamp)
+        images = [self.pending[key] for key in due]
+        for key in due:
+            del self.pending[key]
+        yield from self._decide(images)
+        if self.pruned_at is None or timestamp - self.pruned_at >= PRUNE_EVERY_MS:
+            self.dedup.prune(timestamp - PRUNE_SLACK_MS)
+            self.pruned_at = timestamp
 
-
-# --- exact dedup (keyed by sha256) ---------------------------------------------------------
-
-
-class ExactDedup(EventTimeOrdered):
-    """First image per SHA-256 (global and per producer); fans the rest out to the bands.
-
-    State: ``first`` (the first image with this content) and ``own`` (producer -> its first).
-    """
-
-    def __init__(self, policy: DedupPolicy) -> None:
-        self.policy = policy
-        self.ttl_ms = policy.exact_ttl_ms
-
-    def event_time(self, image: dict[str, Any]) -> int:
-        return int(image["event_time"])
-
-    def order(self, image: dict[str, Any]) -> Any:
-        return (image["event_time"], image["image_id"])
-
-    def decide(self, image: dict[str, Any], data: dict[str, Any]) -> list[Any]:
-        ref = _ref(image)
-        producer_policy = self.policy.for_producer(ref.producer)
-        own: dict[str, list[Any]] = data.setdefault("own", {})
-        stored_global = data.get("first")
-        stored_own = own.get(ref.producer)
-        decision = exact_decision(
-            ref,
-            producer_policy.scope,
-            None if stored_global is None else Seen.from_list(stored_global),
-            None if stored_own is None else Seen.from_list(stored_own),
-            self.policy.exact_ttl_ms,
-        )
-        data["first"] = decision.first_global.to_list()
-        own[ref.producer] = decision.first_own.to_list()
-        if decision.original is not None:
-            return [("verdict", image, Verdict.exact(ref.image_id, decision.original.image_id).to_dict())]
-        seen = [ref.image_id, ref.producer, ref.event_time, ref.phash]
-        keys = band_keys(ref.phash, self.policy.near_max_distance)
-        out: list[Any] = []
-        if producer_policy.near:
-            out.append(("pending", image, len(keys)))
-        else:
-            out.append(("verdict", image, Verdict.accepted(ref.image_id).to_dict()))
-        out.extend((BANDS_TAG, (key, seen, not producer_policy.near)) for key in keys)
-        return out
-
-
-# --- near dedup (keyed by band key) --------------------------------------------------------
-
-
-class NearBand(EventTimeOrdered):
-    """Closest earlier candidate sharing this band; then registers the image as a candidate.
-
-    State: ``candidates`` (lists ``[image_id, producer, event_time, phash]``).
-    """
-
-    def __init__(self, policy: DedupPolicy) -> None:
-        self.policy = policy
-        self.ttl_ms = policy.near_ttl_ms
-
-    def event_time(self, message: tuple[str, list[Any], bool]) -> int:
-        return int(message[1][2])
-
-    def order(self, message: tuple[str, list[Any], bool]) -> Any:
-        return (message[1][2], message[1][0])
-
-    def decide(self, message: tuple[str, list[Any], bool], data: dict[str, Any]) -> list[Any]:
-        _, seen, register_only = message
-        image_id, producer, event_time, phash = seen
-        ref = ImageRef(image_id, producer, "", phash, event_time)
-        candidates = [Seen.from_list(c) for c in data.get("candidates", [])]
-        out: list[Any] = []
-        if not register_only:
-            scope = self.policy.for_producer(producer).scope
-            match = near_match(ref, candidates, scope, self.policy.near_max_distance)
-            out.append(("band", image_id, None if match is None else match.to_list()))
-        kept = register_candidate(
-            candidates, ref, ttl_ms=self.policy.near_ttl_ms, cap=self.policy.max_band_candidates
-        )
-        data["candidates"] = [c.to_list() for c in kept]
-        return out
-
-
-# --- merge into one verdict per image (keyed by image_id) ----------------------------------
-
-
-class MergeVerdicts(KeyedProcessFunction):
-    """Collects an image's band results (or takes its final verdict) and emits one verdict:
-    the image dict updated with ``status``, ``duplicate_of``, ``duplicate_kind``, ``distance``.
-
-    State (one value): ``[image or None, bands expected or None, results received, best match]``.
-    """
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        self.state = runtime_context.get_state(ValueStateDescriptor("merge", Types.PICKLED_BYTE_ARRAY()))
-
-    def process_element(self, message: tuple[Any, ...], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
-        kind = message[0]
-        if kind == "verdict":
-            yield {**message[1], **message[2]}
-            return
-        image, expected, received, best = self.state.value() or [None, None, 0, None]
-        merge = BandMerge(received, NearMatch.from_list(best))
-        if kind == "pending":
-            image, expected = message[1], message[2]
-        else:  # "band"
-            merge = merge.add(NearMatch.from_list(message[2]))
-        if image is not None and merge.complete(expected):
-            self.state.clear()
-            yield {**image, **merge.verdict(image["image_id"]).to_dict()}
-        else:
-            self.state.update([image, expected, merge.received, None if merge.best is None else merge.best.to_list()])
+    def _decide(self, images: list[dict[str, Any]]) -> Iterable[Any]:
+        for image in images:
+            verdict = self.dedup.process(_ref(image))
+            if verdict is not None:  # None: a replay, dropped
+                yield {**image, **verdict.to_dict()}
 
 
 # --- windowed statistics (keyed by window_start|producer|content_type) ----------------------
@@ -308,9 +196,11 @@ def window_key(verdict: dict[str, Any], window_ms: int) -> str:
 class WindowStats(KeyedProcessFunction):
     """Owns one window of one group: counts its verdicts, decides lateness, emits versions.
 
-    This one operator classifies every verdict against *its own* watermark and holds the
-    window, so "late" and "final" can never disagree (a SQL window upstream would drop late
-    rows silently, by its own watermark). Main output: versions of the window row (dicts).
+    Lateness comes with the verdict (classified by the dedup index on arrival; rejected events
+    are classified here). Both agree with this operator's windows: an on-time image is decided
+    when the watermark passes its bucket, which ends no later than its window, so it arrives
+    here before the watermark that fires the window. (A SQL window would drop late rows
+    silently, by its own watermark.) Main output: versions of the window row (dicts).
     Side output ``VERDICTS_TAG``: every verdict as a typed row with its ``lateness``, for the
     images/duplicates/late_events writes.
     """
@@ -326,8 +216,12 @@ class WindowStats(KeyedProcessFunction):
     def process_element(self, verdict: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         watermark = ctx.timer_service().current_watermark()
         event_time = int(verdict["event_time"])
-        lateness = classify(event_time, watermark, self.window_ms, self.allowed_lateness_ms)
-        yield VERDICTS_TAG, verdict_row({**verdict, "lateness": lateness.value, "watermark": watermark})
+        if "lateness" in verdict:  # classified by the dedup index on arrival (see DedupIndex)
+            lateness = Lateness(verdict["lateness"])
+        else:  # rejected events come straight from cleaning
+            lateness = classify(event_time, watermark, self.window_ms, self.allowed_lateness_ms)
+            verdict = {**verdict, "lateness": lateness.value, "watermark": watermark}
+        yield VERDICTS_TAG, verdict_row(verdict)
         if lateness is Lateness.TOO_LATE:
             return  # listed in late_events by the sink; a final row never changes
         stored = self.state.value()

@@ -4,15 +4,18 @@ Topology (operator names as shown in the Flink web UI; ``[key]`` = keyed by)::
 
     source: Kafka images.uploaded (per-partition watermarks on received_at, in the JVM)
       -> clean --------------------------------------------> kafka-dead-letters (images.dlq)
-         |  '--> rejected verdicts --------------------------.
-         -> [image_id] replay-drop                            |
-         -> [sha256]   dedup-exact --(band fan-out)--> [band] dedup-near
-                          |                                   |
-                          '--------> [image_id] merge-verdicts <-'
-                                           |
-                          [window|producer|type] window-stats -> cassandra-upload-stats
-                                           '--(every verdict, with its lateness)--> cassandra-images
-                                                (images, duplicates, late_events)
+         |  '--> rejected verdicts ----------------------------.
+         -> [index] dedup (replay drop, exact, near; in event-time order)
+                          |                                     |
+          [window|producer|type] window-stats <-----------------'  -> cassandra-upload-stats
+                          '--(every verdict, with its lateness)--> cassandra-images
+                               (images, duplicates, late_events)
+
+The dedup index is one keyed partition on purpose: "duplicate" means "matches any earlier
+image", so every image is compared against one index (banded lookups, not a scan). Its state
+is Flink ``MapState`` mirrored in the Python worker (see ``flink_jobs.mirror``): a decision
+costs no round trip to the JVM, which is what bounded the earlier per-band fan-out design
+(docs/flink-jobs.md has the numbers). Parallelism still spreads cleaning, windows and sinks.
 
 ``build`` wires everything from a raw stream and returns the output streams; ``attach_sinks``
 adds the production sinks; ``main`` reads config, builds the Kafka source and runs.
@@ -42,15 +45,12 @@ from pyflink.common.time import Time
 from flink_jobs.cassandra_sink import CassandraWriter, image_writes, window_writes
 from flink_jobs.config import PipelineConfig, connector_jars
 from flink_jobs.functions import (
-    BANDS_TAG,
     DLQ_TAG,
+    INDEX_KEY,
     REJECTED_TAG,
     VERDICTS_TAG,
     CleanFunction,
-    ExactDedup,
-    MergeVerdicts,
-    NearBand,
-    ReplayFilter,
+    DedupIndex,
     WindowStats,
     window_key,
 )
@@ -69,11 +69,6 @@ class PipelineStreams:
     dead_letters: DataStream  # JSON strings for the dead-letter topic
 
 
-def _image_id_of(message: tuple) -> str:
-    """Key of a merge message: ``("band", image_id, ...)`` or ``(kind, image, ...)``."""
-    return message[1] if message[0] == "band" else message[1]["image_id"]
-
-
 def build(
     env: StreamExecutionEnvironment,
     t_env: StreamTableEnvironment,
@@ -82,38 +77,16 @@ def build(
 ) -> PipelineStreams:
     """Wire the pipeline on ``raw`` (rows ``value, topic, partition, offset`` with event-time
     timestamps and watermarks) and return its output streams."""
-    policy = config.dedup()
-
     cleaned = raw.process(CleanFunction()).name("clean").uid("clean")
     dead_letters = cleaned.get_side_output(DLQ_TAG)
     rejected = cleaned.get_side_output(REJECTED_TAG)
-
-    fresh = (
-        cleaned.key_by(lambda image: image["image_id"], key_type=Types.STRING())
-        .process(ReplayFilter(policy))
-        .name("replay-drop")
-        .uid("replay-drop")
+    decided = (
+        cleaned.key_by(lambda image: INDEX_KEY, key_type=Types.STRING())
+        .process(DedupIndex(config.dedup(), config.window_ms, config.allowed_lateness_ms))
+        .name("dedup")
+        .uid("dedup")
     )
-    exact = (
-        fresh.key_by(lambda image: image["sha256"], key_type=Types.STRING())
-        .process(ExactDedup(policy))
-        .name("dedup-exact")
-        .uid("dedup-exact")
-    )
-    band_results = (
-        exact.get_side_output(BANDS_TAG)
-        .key_by(lambda message: message[0], key_type=Types.STRING())
-        .process(NearBand(policy))
-        .name("dedup-near")
-        .uid("dedup-near")
-    )
-    verdicts = (
-        exact.union(band_results, rejected)
-        .key_by(_image_id_of, key_type=Types.STRING())
-        .process(MergeVerdicts())
-        .name("merge-verdicts")
-        .uid("merge-verdicts")
-    )
+    verdicts = decided.union(rejected)
     window_ms = config.window_ms
     window_rows = (
         verdicts.key_by(lambda verdict: window_key(verdict, window_ms), key_type=Types.STRING())
@@ -126,10 +99,13 @@ def build(
 
 def attach_sinks(streams: PipelineStreams, config: PipelineConfig) -> None:
     """Cassandra for verdicts and window rows, Kafka for dead letters."""
-    timeout = Time.milliseconds(config.sink_timeout_ms)
+    # No operator-level timeout: PyFlink starts a timer thread per element for it. The
+    # driver's request timeout (sink_timeout_ms) fails a hung write instead.
+    timeout = Time.milliseconds(0)
+    request_timeout_s = config.sink_timeout_ms / 1000
     images = AsyncDataStream.unordered_wait(
         streams.verdicts,
-        CassandraWriter(config.cassandra, image_writes, config.window_ms, VERDICT_FIELDS),
+        CassandraWriter(config.cassandra, image_writes, config.window_ms, VERDICT_FIELDS, request_timeout_s),
         timeout,
         config.sink_capacity,
         Types.PICKLED_BYTE_ARRAY(),
@@ -138,7 +114,7 @@ def attach_sinks(streams: PipelineStreams, config: PipelineConfig) -> None:
     images.sink_to(Sink(DISCARDING_SINK)).name("cassandra-images-done").uid("cassandra-images-done")
     stats = AsyncDataStream.unordered_wait(
         streams.window_rows,
-        CassandraWriter(config.cassandra, window_writes, config.window_ms),
+        CassandraWriter(config.cassandra, window_writes, config.window_ms, None, request_timeout_s),
         timeout,
         config.sink_capacity,
         Types.PICKLED_BYTE_ARRAY(),

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, MutableMapping, NamedTuple
 
 from imgstream.hashing import band_count, band_keys, hamming, parse_hash
 
@@ -175,7 +175,9 @@ class Seen:
 
     @classmethod
     def from_list(cls, data: list[Any]) -> "Seen":
-        return cls(str(data[0]), str(data[1]), int(data[2]), int(data[3]))
+        # on the hot path (every band candidate of every image): the lists come from
+        # to_list, so their fields already have the right types
+        return cls(data[0], data[1], data[2], data[3])
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,50 +368,89 @@ def merge_band_results(image_id: str, results: Iterable[NearMatch | None]) -> Ve
     return merge.verdict(image_id)
 
 
-# --- the reference pipeline ----------------------------------------------------------------
+# --- the deduplicator: replay drop, exact and near dedup over one store ---------------------
 
 
 class Deduplicator:
-    """In-memory reference: replay drop, exact and near dedup over images fed in order.
+    """Replay drop, exact and near dedup over images fed in (event-time) order.
 
-    ``process`` returns ``None`` for a dropped replay, else the verdict. The Flink job must
-    reach the same verdicts for the same images in the same (event-time) order.
+    ``process`` returns ``None`` for a dropped replay, else the verdict. The state lives in
+    three string-keyed mappings of plain lists (so a Flink job can back them with MapState):
+
+    * ``replays``: ``image_id`` -> event time of its first sighting;
+    * ``exact``: ``sha256`` -> ``[first image (Seen list) or None, {producer: Seen list}]``;
+    * ``bands``: band key -> candidates (Seen lists), see :func:`band_keys`.
+
+    Given plain dicts it is the in-memory reference the tests compare the job against; the
+    job passes state-backed mappings and gets the same decisions by construction. Values are
+    replaced, never mutated in place, so a backing store sees every change.
     """
 
-    def __init__(self, policy: DedupPolicy | None = None) -> None:
+    def __init__(
+        self,
+        policy: DedupPolicy | None = None,
+        *,
+        replays: MutableMapping[str, int] | None = None,
+        exact: MutableMapping[str, list[Any]] | None = None,
+        bands: MutableMapping[str, list[list[Any]]] | None = None,
+    ) -> None:
         self.policy = policy or DedupPolicy()
-        self._replays: dict[str, int] = {}
-        self._first_global: dict[str, Seen] = {}
-        self._first_own: dict[tuple[str, str], Seen] = {}
-        self._bands: dict[str, list[Seen]] = {}
+        self.replays: MutableMapping[str, int] = {} if replays is None else replays
+        self.exact: MutableMapping[str, list[Any]] = {} if exact is None else exact
+        self.bands: MutableMapping[str, list[list[Any]]] = {} if bands is None else bands
 
     def process(self, image: ImageRef) -> Verdict | None:
         policy = self.policy
-        replay, mark = replay_decision(self._replays.get(image.image_id), image, policy.replay_ttl_ms)
-        self._replays[image.image_id] = mark
+        replay, mark = replay_decision(self.replays.get(image.image_id), image, policy.replay_ttl_ms)
+        self.replays[image.image_id] = mark
         if replay:
             return None
         producer_policy = policy.for_producer(image.producer)
+        stored_global, own = self.exact.get(image.sha256) or [None, {}]
+        stored_own = own.get(image.producer)
         exact = exact_decision(
             image,
             producer_policy.scope,
-            self._first_global.get(image.sha256),
-            self._first_own.get((image.producer, image.sha256)),
+            None if stored_global is None else Seen.from_list(stored_global),
+            None if stored_own is None else Seen.from_list(stored_own),
             policy.exact_ttl_ms,
         )
-        self._first_global[image.sha256] = exact.first_global
-        self._first_own[(image.producer, image.sha256)] = exact.first_own
+        self.exact[image.sha256] = [exact.first_global.to_list(), {**own, image.producer: exact.first_own.to_list()}]
         if exact.original is not None:
             return Verdict.exact(image.image_id, exact.original.image_id)
         merge = BandMerge()
         for key in band_keys(image.phash, policy.near_max_distance):
-            candidates = self._bands.get(key, [])
+            candidates = [Seen.from_list(c) for c in self.bands.get(key, ())]
             if producer_policy.near:
                 merge = merge.add(near_match(image, candidates, producer_policy.scope, policy.near_max_distance))
-            self._bands[key] = register_candidate(
-                candidates, image, ttl_ms=policy.near_ttl_ms, cap=policy.max_band_candidates
-            )
+            kept = register_candidate(candidates, image, ttl_ms=policy.near_ttl_ms, cap=policy.max_band_candidates)
+            self.bands[key] = [c.to_list() for c in kept]
         return merge.verdict(image.image_id)
+
+    def prune(self, now: int) -> int:
+        """Forget what no image at event time ``now`` or later can match; returns the number
+        of entries removed. Entries expire by the same event-time TTLs the decisions use."""
+        policy, removed = self.policy, 0
+        for image_id in [i for i, seen_at in self.replays.items() if now - seen_at > policy.replay_ttl_ms]:
+            del self.replays[image_id]
+            removed += 1
+        for sha, (first, own) in list(self.exact.items()):
+            alive = {p: s for p, s in own.items() if now - int(s[2]) <= policy.exact_ttl_ms}
+            if first is not None and now - int(first[2]) > policy.exact_ttl_ms:
+                first = None
+            if first is None and not alive:
+                del self.exact[sha]
+                removed += 1
+            elif len(alive) != len(own) or first is not self.exact[sha][0]:
+                self.exact[sha] = [first, alive]
+        for key, candidates in list(self.bands.items()):
+            kept = [c for c in candidates if now - int(c[2]) <= policy.near_ttl_ms]
+            if not kept:
+                del self.bands[key]
+                removed += 1
+            elif len(kept) != len(candidates):
+                self.bands[key] = kept
+        return removed
 
 
 def image_ref(image_id: str, producer: str, sha256: str, phash: str | int, event_time: int) -> ImageRef:

@@ -53,7 +53,13 @@ CASSANDRA_HEAP = "1g"
 S3PROXY_HEAP = "512m"
 FLINK_JM_PROCESS = "1200m"
 FLINK_TM_PROCESS = "4g"
+FLINK_TM_METASPACE = "768m"
 FLINK_TM_SLOTS = 4
+#: Variables a component must not inherit from whoever runs stackctl: JVM option overrides, and
+#: what PyFlink's in-process (loopback) Python worker writes into its host's environment - a
+#: TaskManager started with PYTHON_LOOPBACK_SERVER_ADDRESS runs every Python worker inside that
+#: process (found when a test restarted the TaskManager after a mini-cluster test had run).
+INHERITED_ENV_DROPPED = ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "PYTHON_LOOPBACK_SERVER_ADDRESS", "_PYTHON_WORKING_DIR")
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # Cassandra 5's conf/jvm17-server.options (JPMS part): Cassandra reaches into JDK internals.
@@ -228,7 +234,7 @@ class Context:
         os.chmod(env_file, 0o600)
 
     def base_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(INHERITED_ENV_DROPPED)}
         env.update(self.env_values())
         env["JAVA_HOME"] = str(Path(self.java).parent.parent)
         env["PATH"] = f"{self.paths.root / '.venv' / 'bin'}:{Path(self.java).parent}:{env.get('PATH', '')}"
@@ -532,7 +538,10 @@ def _flink_prepare(ctx: Context) -> None:
         "jobmanager": {"bind-host": "127.0.0.1", "rpc": {"address": "127.0.0.1", "port": PORTS["flink_rpc"]},
                        "memory": {"process": {"size": FLINK_JM_PROCESS}}},
         "taskmanager": {"bind-host": "127.0.0.1", "host": "127.0.0.1", "numberOfTaskSlots": FLINK_TM_SLOTS,
-                        "memory": {"process": {"size": FLINK_TM_PROCESS}}},
+                        # every submitted job loads its jars (Kafka connector, PyFlink) into a
+                        # fresh class loader; the 256m default ran out after ~40 submissions
+                        "memory": {"process": {"size": FLINK_TM_PROCESS},
+                                   "jvm-metaspace": {"size": FLINK_TM_METASPACE}}},
         "rest": {"address": "127.0.0.1", "bind-address": "127.0.0.1", "port": PORTS["flink_rest"]},
         "execution": {"checkpointing": {"dir": f"file://{data / 'checkpoints'}",
                                         "savepoint-dir": f"file://{data / 'savepoints'}",

@@ -67,8 +67,12 @@ def _submit_pipeline_sync(ctx: Context) -> None:
             note.unlink()
             print(f"  flink    {result.stdout.strip().splitlines()[-1]} (from {savepoint})", flush=True)
             return
+        output = result.stdout + result.stderr
+        # Flink's reason (e.g. "Cannot map checkpoint/savepoint state for operator ... to the new
+        # program": a state-incompatible upgrade) sits above a long client stack trace
+        reasons = [line.strip() for line in output.splitlines() if "Cannot map" in line or line.startswith("Caused by")]
         print(f"  WARNING  could not resume the pipeline from {savepoint}; submitting it fresh "
-              f"(its dedup and window state starts empty):\n{result.stdout[-1500:]}{result.stderr[-1500:]}",
+              f"(its dedup and window state starts empty): {' | '.join(reasons[:3]) or output[-1500:]}",
               flush=True)
         note.unlink()
     result = _submit(ctx, "run")

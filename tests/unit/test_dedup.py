@@ -245,3 +245,61 @@ def test_seen_and_match_round_trip_through_lists():
     m = NearMatch("o", 3, 7)
     assert NearMatch.from_list(m.to_list()) == m
     assert NearMatch.from_list(None) is None
+
+
+# --- injected storage and pruning ---------------------------------------------------------
+
+
+class RecordingMap(dict):
+    """A dict that counts writes: the job backs the Deduplicator with MapState like this."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def __setitem__(self, key, value):
+        self.writes += 1
+        super().__setitem__(key, value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 2**16 - 1), st.integers(0, 3)), min_size=1, max_size=40))
+def test_injected_storage_decides_like_plain_dicts(specs):
+    """Same images, same order: a Deduplicator over injected maps reaches the same verdicts,
+    and every piece of state it keeps went through the maps (nothing held on the side)."""
+    images = [img(i + 1, sha=f"{sha:064x}", phash=phash, producer=f"p{p}") for i, (sha, phash, p) in enumerate(specs)]
+    images.append(images[0])  # a replay
+    plain = Deduplicator(DedupPolicy(near_max_distance=3))
+    maps = {name: RecordingMap() for name in ("replays", "exact", "bands")}
+    injected = Deduplicator(DedupPolicy(near_max_distance=3), **maps)
+    assert [plain.process(i) for i in images] == [injected.process(i) for i in images]
+    assert dict(maps["exact"]) == dict(plain.exact) and dict(maps["bands"]) == dict(plain.bands)
+    assert maps["replays"].writes == len(images)
+
+
+def test_prune_forgets_only_what_has_expired_for_every_later_image():
+    policy = DedupPolicy(near_max_distance=4, exact_ttl_ms=10_000, near_ttl_ms=10_000, replay_ttl_ms=5_000)
+    d = Deduplicator(policy)
+    d.process(img(1, sha=SHA_A, phash=0b1111, t=1_000))
+    assert d.process(img(2, sha=SHA_B, phash=0, t=8_000)) == Verdict.near(iid(2), iid(1), 4)
+    assert d.prune(now=5_500) == 0  # nothing is older than its TTL yet
+    assert d.prune(now=6_500) == 1  # image 1's replay mark (5 s)
+    assert iid(1) not in d.replays and iid(2) in d.replays
+    d.prune(now=12_000)  # image 1 is 11 s old: past the exact and near TTLs
+    assert SHA_A not in d.exact and SHA_B in d.exact
+    assert all(c[0] != iid(1) for cands in d.bands.values() for c in cands)
+    assert d.bands  # image 2's candidates stay
+    # what prune keeps still decides: a copy of image 2 within the TTL is its duplicate ...
+    assert d.process(img(3, sha=SHA_B, t=12_500)) == Verdict.exact(iid(3), iid(2))
+    # ... and an image like the pruned one is measured against what is left
+    assert d.process(img(4, sha=SHA_A, phash=0b1111, t=12_600)) == Verdict.near(iid(4), iid(2), 4)
+
+
+def test_prune_keeps_a_producer_first_that_outlives_the_global_first():
+    policy = DedupPolicy(exact_ttl_ms=10_000)
+    d = Deduplicator(policy)
+    d.process(img(1, sha=SHA_A, producer="p1", t=1_000))
+    d.process(img(2, sha=SHA_A, producer="p2", t=9_000))
+    d.prune(now=12_000)
+    first, own = d.exact[SHA_A]
+    assert first is None and set(own) == {"p2"}

@@ -1,7 +1,9 @@
 """The pipeline job's build(...) on a bounded source in a local PyFlink mini-cluster."""
 
 import json
+import os
 from collections import Counter
+from contextlib import contextmanager
 
 import pytest
 
@@ -12,7 +14,27 @@ pytestmark = pytest.mark.slow
 WINDOW_MS = 60_000
 
 
+@contextmanager
+def host_process_restored():
+    """The mini-cluster runs its Python worker inside this process ("loopback"), and PyFlink's
+    worker writes its settings into ``os.environ`` and may ``chdir``: undo both, or every
+    process this test session starts later (a TaskManager restarted by a fault test)
+    inherits PYTHON_LOOPBACK_SERVER_ADDRESS and sends its Python work back here."""
+    environ, cwd = dict(os.environ), os.getcwd()
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        os.chdir(cwd)
+
+
 def run_pipeline(planned, **overrides):
+    with host_process_restored():
+        return _run_pipeline(planned, **overrides)
+
+
+def _run_pipeline(planned, **overrides):
     from pyflink.common import Duration, Row, Types, WatermarkStrategy
     from pyflink.common.watermark_strategy import TimestampAssigner
 

@@ -107,3 +107,13 @@ def test_up_refuses_to_start_when_a_port_is_taken(tmp_path, monkeypatch, capsys)
 
 def test_log_tail_of_missing_file_says_so(tmp_path):
     assert "no log" in procs.log_tail(tmp_path / "nope.log")
+
+
+def test_components_do_not_inherit_jvm_overrides_or_a_pyflink_loopback_address(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHON_LOOPBACK_SERVER_ADDRESS", "localhost:1")  # left by an in-process mini-cluster
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Xmx1m")
+    monkeypatch.setenv("IMGSTREAM_TEST_KEEP", "1")
+    ctx = components.Context(paths=components.Paths.for_repo(tmp_path), s3_secret="s", java="/bin/true")
+    env = ctx.base_env()
+    assert "PYTHON_LOOPBACK_SERVER_ADDRESS" not in env and "JAVA_TOOL_OPTIONS" not in env
+    assert env["IMGSTREAM_TEST_KEEP"] == "1"

@@ -1,0 +1,58 @@
+"""A Flink ``MapState`` mirrored in the Python worker's memory.
+
+Every read of PyFlink keyed state that misses the worker's small cache is a blocking round
+trip to the JVM (about 1-3 ms on the local stack), and a dedup index is mostly misses: each
+new image asks about a new SHA-256, a new ``image_id`` and several band keys. A
+:class:`MirroredMap` loads the whole map of the current key once (after a start or a
+restore), then answers every read from memory - including "not there" - and writes through
+to the ``MapState``, which stays the checkpointed source of truth. PyFlink commits the
+writes before each checkpoint barrier, so a restore rebuilds exactly the mirror it lost.
+
+Memory: the mirror holds what the state holds; the operators prune it by event time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, MutableMapping
+
+
+class MirroredMap(MutableMapping[str, Any]):
+    """``MutableMapping`` view of one key's ``MapState``, read once and written through.
+
+    Values must be replaced, not mutated in place: an in-place change would reach the mirror
+    but never the state (and so be lost on restore).
+    """
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+        self._data: dict[str, Any] | None = None
+
+    def reset(self) -> None:
+        """Forget the mirror (the current key changed); the next access reloads it."""
+        self._data = None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = {key: value for key, value in self._state.items()}
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        self._state.put(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        del self.data[key]
+        self._state.remove(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.data

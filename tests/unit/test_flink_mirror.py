@@ -1,0 +1,51 @@
+"""MirroredMap: reads once, writes through, and a new instance over the same state sees it all."""
+
+from flink_jobs.mirror import MirroredMap
+
+
+class FakeMapState:
+    """Counts reads: the point of the mirror is that lookups stop reaching the state."""
+
+    def __init__(self, data=None):
+        self.data = dict(data or {})
+        self.iterations = 0
+        self.puts = 0
+
+    def items(self):
+        self.iterations += 1
+        return list(self.data.items())
+
+    def put(self, key, value):
+        self.puts += 1
+        self.data[key] = value
+
+    def remove(self, key):
+        del self.data[key]
+
+
+def test_loads_once_then_answers_hits_and_misses_from_memory():
+    state = FakeMapState({"a": [1]})
+    mirror = MirroredMap(state)
+    assert mirror.get("a") == [1] and mirror.get("missing") is None and "b" not in mirror
+    assert len(mirror) == 1 and list(mirror) == ["a"]
+    assert state.iterations == 1
+
+
+def test_writes_and_deletes_reach_the_state_so_a_restore_rebuilds_the_same_map():
+    state = FakeMapState({"a": [1], "b": [2]})
+    mirror = MirroredMap(state)
+    mirror["c"] = [3]
+    mirror["a"] = [10]
+    del mirror["b"]
+    assert state.data == {"a": [10], "c": [3]} and state.puts == 2
+    restored = MirroredMap(state)  # a restarted worker over the restored state
+    assert dict(restored.items()) == dict(mirror.items())
+
+
+def test_reset_reloads_from_the_state():
+    state = FakeMapState({"a": [1]})
+    mirror = MirroredMap(state)
+    assert mirror["a"] == [1]
+    state.data["a"] = [2]  # another key's map, after the current key changed
+    mirror.reset()
+    assert mirror["a"] == [2] and state.iterations == 2
