@@ -68,8 +68,8 @@ class PipelineConfig:
     near_ttl_ms: int = DEFAULT_NEAR_TTL_MS
     replay_ttl_ms: int = DEFAULT_REPLAY_TTL_MS
     max_band_candidates: int = MAX_BAND_CANDIDATES
-    #: Keyed states cached in each Python worker. Every uncached keyed-state read is a round trip
-    #: to the JVM; band keys are a bounded set (~7 x 2^9), so a large cache keeps them all hot.
+    #: Keyed states cached in each Python worker (window-stats). The dedup index does not rely on
+    #: it: its MapState is mirrored in the worker (flink_jobs/mirror.py).
     python_state_cache: int = 100_000
     #: In-flight Cassandra writes per sink subtask (async I/O capacity).
     sink_capacity: int = 256

@@ -135,15 +135,19 @@ def window_start_of(received_at: str, window_ms: int) -> datetime:
 
 
 def renamed(planned: Sequence[Planned], prefix: str) -> list[Planned]:
-    """The plan with every producer prefixed, so one run's rows are its own."""
+    """The plan with every producer prefixed and every image id replaced by one derived from
+    ``prefix``, so one run's rows are its own (seeded plans repeat their ids, and a check for
+    "rows written" must not be met by an earlier run's rows)."""
     out = []
     for p in planned:
-        if p.kind == "malformed":
+        if p.kind == "malformed" or p.image_id is None:
             out.append(p)
             continue
+        image_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{prefix}/{p.image_id}"))
         event = json.loads(p.value)
         event["producer"] = f"{prefix}-{event['producer']}"
-        out.append(replace(p, value=json.dumps(event).encode()))
+        event["image_id"] = image_id
+        out.append(replace(p, value=json.dumps(event).encode(), image_id=image_id))
     return out
 
 
