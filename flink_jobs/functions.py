@@ -53,11 +53,25 @@ def _ref(image: dict[str, Any]) -> ImageRef:
     return ImageRef(image["image_id"], image["producer"], image["sha256"], parse_hash(image["phash"]), image["event_time"])
 
 
+def with_lateness(image: dict[str, Any], watermark: int, window_ms: int, allowed_lateness_ms: int) -> dict[str, Any]:
+    """``image`` with its lateness against ``watermark`` (the watermark when it entered the
+    stage that holds it), which travels with the verdict to the window and the sinks."""
+    lateness = classify(int(image["event_time"]), watermark, window_ms, allowed_lateness_ms)
+    return {**image, "lateness": lateness.value, "watermark": watermark}
+
+
 # --- cleaning ------------------------------------------------------------------------------
 
 
 class CleanFunction(ProcessFunction):
-    """Raw Kafka rows -> image dicts (main), dead letters (JSON, side) and rejected verdicts (side)."""
+    """Raw Kafka rows -> image dicts (main), dead letters (JSON, side) and rejected verdicts (side).
+
+    A rejected verdict skips dedup, so its lateness is classified here, on arrival.
+    """
+
+    def __init__(self, window_ms: int, allowed_lateness_ms: int) -> None:
+        self.window_ms = window_ms
+        self.allowed_lateness_ms = allowed_lateness_ms
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterable[Any]:
         raw, topic, partition, offset = value[0], value[1], value[2], value[3]
@@ -83,6 +97,8 @@ class CleanFunction(ProcessFunction):
             "partition": partition,
             "offset": offset,
         }
+        watermark = ctx.timer_service().current_watermark()
+        image = with_lateness(image, watermark, self.window_ms, self.allowed_lateness_ms)
         yield REJECTED_TAG, {**image, **Verdict.rejected(out.image_id).to_dict()}
 
 
@@ -155,8 +171,7 @@ class DedupIndex(KeyedProcessFunction):
         self._use_key(ctx.get_current_key())
         watermark = ctx.timer_service().current_watermark()
         ts = int(image["event_time"])
-        lateness = classify(ts, watermark, self.window_ms, self.allowed_lateness_ms)
-        image = {**image, "lateness": lateness.value, "watermark": watermark}
+        image = with_lateness(image, watermark, self.window_ms, self.allowed_lateness_ms)
         if ts <= watermark:
             yield from self._decide([image])
             return
@@ -196,8 +211,9 @@ def window_key(verdict: dict[str, Any], window_ms: int) -> str:
 class WindowStats(KeyedProcessFunction):
     """Owns one window of one group: counts its verdicts, decides lateness, emits versions.
 
-    Lateness comes with the verdict (classified by the dedup index on arrival; rejected events
-    are classified here). Both agree with this operator's windows: an on-time image is decided
+    Lateness comes with the verdict (see :func:`with_lateness`: classified by the dedup index,
+    or by cleaning for rejected events, on arrival; watermarks only grow downstream, so an
+    event on time there is on time here). It agrees with this operator's windows: an on-time image is decided
     when the watermark passes its bucket, which ends no later than its window, so it arrives
     here before the watermark that fires the window. (A SQL window would drop late rows
     silently, by its own watermark.) Main output: versions of the window row (dicts).
@@ -216,11 +232,7 @@ class WindowStats(KeyedProcessFunction):
     def process_element(self, verdict: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         watermark = ctx.timer_service().current_watermark()
         event_time = int(verdict["event_time"])
-        if "lateness" in verdict:  # classified by the dedup index on arrival (see DedupIndex)
-            lateness = Lateness(verdict["lateness"])
-        else:  # rejected events come straight from cleaning
-            lateness = classify(event_time, watermark, self.window_ms, self.allowed_lateness_ms)
-            verdict = {**verdict, "lateness": lateness.value, "watermark": watermark}
+        lateness = Lateness(verdict["lateness"])
         yield VERDICTS_TAG, verdict_row(verdict)
         if lateness is Lateness.TOO_LATE:
             return  # listed in late_events by the sink; a final row never changes

@@ -77,7 +77,7 @@ def build(
 ) -> PipelineStreams:
     """Wire the pipeline on ``raw`` (rows ``value, topic, partition, offset`` with event-time
     timestamps and watermarks) and return its output streams."""
-    cleaned = raw.process(CleanFunction()).name("clean").uid("clean")
+    cleaned = raw.process(CleanFunction(config.window_ms, config.allowed_lateness_ms)).name("clean").uid("clean")
     dead_letters = cleaned.get_side_output(DLQ_TAG)
     rejected = cleaned.get_side_output(REJECTED_TAG)
     decided = (
@@ -99,29 +99,24 @@ def build(
 
 def attach_sinks(streams: PipelineStreams, config: PipelineConfig) -> None:
     """Cassandra for verdicts and window rows, Kafka for dead letters."""
-    # No operator-level timeout: PyFlink starts a timer thread per element for it. The
-    # driver's request timeout (sink_timeout_ms) fails a hung write instead.
-    timeout = Time.milliseconds(0)
-    request_timeout_s = config.sink_timeout_ms / 1000
-    images = AsyncDataStream.unordered_wait(
-        streams.verdicts,
-        CassandraWriter(config.cassandra, image_writes, config.window_ms, VERDICT_FIELDS, request_timeout_s),
-        timeout,
-        config.sink_capacity,
-        Types.PICKLED_BYTE_ARRAY(),
-    )
-    images.name("cassandra-images").uid("cassandra-images")
-    images.sink_to(Sink(DISCARDING_SINK)).name("cassandra-images-done").uid("cassandra-images-done")
-    stats = AsyncDataStream.unordered_wait(
-        streams.window_rows,
-        CassandraWriter(config.cassandra, window_writes, config.window_ms, None, request_timeout_s),
-        timeout,
-        config.sink_capacity,
-        Types.PICKLED_BYTE_ARRAY(),
-    )
-    stats.name("cassandra-upload-stats").uid("cassandra-upload-stats")
-    stats.sink_to(Sink(DISCARDING_SINK)).name("cassandra-upload-stats-done").uid("cassandra-upload-stats-done")
+    cassandra_sink(streams.verdicts, CassandraWriter(config.cassandra, image_writes, config.window_ms, VERDICT_FIELDS,
+                                                     config.sink_timeout_ms / 1000), "cassandra-images", config)  # fmt: skip
+    cassandra_sink(streams.window_rows, CassandraWriter(config.cassandra, window_writes, config.window_ms, None,
+                                                        config.sink_timeout_ms / 1000), "cassandra-upload-stats", config)  # fmt: skip
     streams.dead_letters.sink_to(dlq_sink(config)).name("kafka-dead-letters").uid("kafka-dead-letters")
+
+
+def cassandra_sink(stream: DataStream, writer: CassandraWriter, name: str, config: PipelineConfig) -> None:
+    """``writer`` as an async operator named ``name``, ended by a discarding sink.
+
+    No operator-level timeout: PyFlink starts a timer thread per element for one; the
+    driver's request timeout (``sink_timeout_ms``, given to the writer) fails a hung write.
+    """
+    written = AsyncDataStream.unordered_wait(
+        stream, writer, Time.milliseconds(0), config.sink_capacity, Types.PICKLED_BYTE_ARRAY()
+    )
+    written.name(name).uid(name)
+    written.sink_to(Sink(DISCARDING_SINK)).name(f"{name}-done").uid(f"{name}-done")
 
 
 def dlq_sink(config: PipelineConfig) -> KafkaSink:

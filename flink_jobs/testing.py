@@ -151,6 +151,36 @@ def renamed(planned: Sequence[Planned], prefix: str) -> list[Planned]:
     return out
 
 
+VERDICT_COLUMNS = "SELECT image_id, status, duplicate_of, duplicate_kind, distance FROM images WHERE image_id = ?"
+
+
+async def expect_verdicts(session: Any, expected: Any, what: str, deadline_s: float = 240) -> list[Any]:
+    """Poll until every image of ``expected`` (a generator ``Truth``) has an ``images`` row, then
+    assert each row's verdict equals the truth; returns the rows."""
+    select = session.prepare(VERDICT_COLUMNS)
+    ids = list(expected.verdicts)
+
+    def all_rows() -> list[Any] | None:
+        rows = [session.execute(select, (i,)).one() for i in ids]
+        return rows if all(rows) else None
+
+    rows = await poll(all_rows, what, deadline_s=deadline_s)
+    for row in rows:
+        want = expected.verdicts[row.image_id]
+        assert (row.status, row.duplicate_of, row.duplicate_kind, row.distance) == (
+            want.status, want.duplicate_of, want.duplicate_kind, want.distance,
+        ), row  # fmt: skip
+    return rows
+
+
+async def expect_final_windows(session: Any, expected: Any, window_ms: int, what: str, deadline_s: float = 240) -> None:
+    """Poll until every window of ``expected`` is final, then assert its counts equal the truth."""
+    truth_windows = expected.windows(window_ms)
+    final = await poll(lambda: final_windows(session, truth_windows), what, deadline_s=deadline_s)
+    for key, stats in truth_windows.items():
+        assert {k: getattr(final[key], k) for k in stats} == stats, key
+
+
 def final_windows(session: Any, keys: Iterable[tuple[int, str, str]]) -> dict[tuple[int, str, str], Any] | None:
     """The final upload_stats rows for ``keys`` (window_start ms, producer, content type), or None."""
     found = {}

@@ -74,7 +74,7 @@ async def test_taskmanager_kill_loses_and_double_counts_nothing(stack_config, st
             )  # fmt: skip
             expected = truth(planned)
             ids = list(expected.verdicts)
-            select = session.prepare("SELECT image_id, status, duplicate_of, duplicate_kind, distance FROM images WHERE image_id = ?")
+            select = session.prepare(testing.VERDICT_COLUMNS)
 
             def written() -> int:
                 return sum(1 for i in ids if session.execute(select, (i,)).one() is not None)
@@ -93,21 +93,8 @@ async def test_taskmanager_kill_loses_and_double_counts_nothing(stack_config, st
             assert restart.returncode == 0, restart.stdout[-2000:] + restart.stderr[-2000:]
             await sending
 
-            def all_rows():
-                rows = [session.execute(select, (i,)).one() for i in ids]
-                return rows if all(rows) else None
-
-            rows = await testing.poll(all_rows, "every image row after recovery", deadline_s=420)
-            for row in rows:
-                want = expected.verdicts[row.image_id]
-                assert (row.status, row.duplicate_of, row.duplicate_kind, row.distance) == (
-                    want.status, want.duplicate_of, want.duplicate_kind, want.distance,
-                ), row
-            truth_windows = expected.windows(WINDOW_MS)
-            final = await testing.poll(lambda: testing.final_windows(session, truth_windows),
-                                       "all windows final after recovery", deadline_s=420)
-            for key, stats in truth_windows.items():
-                assert {k: getattr(final[key], k) for k in stats} == stats, key
+            await testing.expect_verdicts(session, expected, "every image row after recovery", deadline_s=420)
+            await testing.expect_final_windows(session, expected, WINDOW_MS, "all windows final after recovery", deadline_s=420)
             with urllib.request.urlopen(f"{rest}/jobs/{run.job_id}/checkpoints", timeout=10) as resp:
                 restored = json.loads(resp.read())["latest"]["restored"]
             assert restored is not None, "the job must have recovered from a checkpoint"

@@ -55,19 +55,7 @@ async def test_pipeline_on_the_stack(stack_config, pipeline_job):
     await beating.__aenter__()
     try:
         # 1. every image gets exactly its reference verdict
-        ids = list(expected.verdicts)
-        select = session.prepare("SELECT image_id, status, duplicate_of, duplicate_kind, distance, lateness FROM images WHERE image_id = ?")
-
-        def images_done():
-            rows = [session.execute(select, (i,)).one() for i in ids]
-            return rows if all(rows) else None
-
-        rows = await testing.poll(images_done, "an images row for every generated upload")
-        for row in rows:
-            want = expected.verdicts[row.image_id]
-            assert (row.status, row.duplicate_of, row.duplicate_kind, row.distance) == (
-                want.status, want.duplicate_of, want.duplicate_kind, want.distance,
-            ), row
+        await testing.expect_verdicts(session, expected, "an images row for every generated upload")
 
         # 2. duplicate links are queryable by original
         dup = next(v for v in expected.verdicts.values() if v.status == "duplicate")
@@ -75,12 +63,7 @@ async def test_pipeline_on_the_stack(stack_config, pipeline_job):
         assert dup.image_id in {r.image_id for r in linked}
 
         # 3. exact counts per final window (producers of this run only)
-        truth_windows = expected.windows(WINDOW_MS)
-
-        final = await testing.poll(lambda: testing.final_windows(session, truth_windows), "all windows final (heartbeats advance event time)")
-        for key, stats in truth_windows.items():
-            row = final[key]
-            assert {k: getattr(row, k) for k in stats} == stats, key
+        await testing.expect_final_windows(session, expected, WINDOW_MS, "all windows final (heartbeats advance event time)")
 
         # 4. malformed events are in the dead-letter topic, with their reason
         letters = await testing.read_committed(bootstrap, dlq, expected.malformed)
@@ -125,6 +108,7 @@ async def test_pipeline_on_the_stack(stack_config, pipeline_job):
         assert (row_b.uploads, row_b.late_events, row_b.revision) == (3, 3, 5)
         row_a = await testing.poll(final_row(group_a), "the current window to be final", deadline_s=150)
         assert (row_a.uploads, row_a.late_events, row_a.revision) == (2, 0, 2)
+        select = session.prepare("SELECT lateness FROM images WHERE image_id = ?")
         lateness = {e.image_id: session.execute(select, (e.image_id,)).one().lateness for e in group_a + group_b + group_c}
         assert {lateness[e.image_id] for e in group_a + group_b} == {"late"}
         assert lateness[group_c[0].image_id] == "too_late"

@@ -33,7 +33,7 @@ async def test_stop_with_savepoint_and_resume(stack_config, stack_env):
             expected = truth(planned)
             half = len(planned) // 2
             first_ids = {p.image_id for p in planned[:half] if p.image_id in expected.verdicts}
-            select = session.prepare("SELECT image_id, status, duplicate_of, duplicate_kind, distance FROM images WHERE image_id = ?")
+            select = session.prepare(testing.VERDICT_COLUMNS)
             await testing.produce(bootstrap, run.topic, [p.value for p in planned[:half]])
             # the first half is decided once the watermark passes it: wait for most of its rows
             await testing.poll(
@@ -50,21 +50,8 @@ async def test_stop_with_savepoint_and_resume(stack_config, stack_env):
             assert resumed != run.job_id
             await testing.produce(bootstrap, run.topic, [p.value for p in planned[half:]])
             async with testing.heartbeats(bootstrap, run.topic):
-
-                def all_rows():
-                    rows = [session.execute(select, (i,)).one() for i in expected.verdicts]
-                    return rows if all(rows) else None
-
-                rows = await testing.poll(all_rows, "every image row after the resume")
-                for row in rows:
-                    want = expected.verdicts[row.image_id]
-                    assert (row.status, row.duplicate_of, row.duplicate_kind, row.distance) == (
-                        want.status, want.duplicate_of, want.duplicate_kind, want.distance,
-                    ), row
-                truth_windows = expected.windows(WINDOW_MS)
-                final = await testing.poll(lambda: testing.final_windows(session, truth_windows), "final windows")
-                for key, stats in truth_windows.items():
-                    assert {k: getattr(final[key], k) for k in stats} == stats, key
+                await testing.expect_verdicts(session, expected, "every image row after the resume")
+                await testing.expect_final_windows(session, expected, WINDOW_MS, "final windows")
             letters = await testing.read_committed(bootstrap, run.dlq_topic, expected.malformed + 1, deadline_s=20)
             assert len(letters) == expected.malformed
     finally:
