@@ -1,4 +1,4 @@
-"""Cassandra sink for the pipeline: scylla-driver from Python, through Flink async I/O.
+"""Cassandra writes of the pipeline: scylla-driver from Python, inside the deciding operator.
 
 No Cassandra connector exists for Flink 2.x, so the job writes with the driver itself:
 
@@ -6,9 +6,11 @@ No Cassandra connector exists for Flink 2.x, so the job writes with the driver i
 * **deterministic keys** (image_id, window start + group, ...) and **whole rows** (every column,
   ``null`` included), so a replay after recovery rewrites the same rows with the same values
   and CDC always carries complete rows;
-* **async I/O** (``AsyncDataStream.unordered_wait``): the Python operator waits for its
-  in-flight writes at the end of every bundle, and a checkpoint finishes the bundle first,
-  so a checkpoint never completes with a write still pending (at-least-once, idempotent).
+* **batches**: the operator hands over every write of one step (a timer's worth of verdicts
+  and window versions); they run concurrently and the step waits for all of them, so a
+  checkpoint barrier, which waits for the step, never passes a write still pending
+  (at-least-once + idempotent = exact final rows). Versions of one window row are issued in
+  order, and the driver's client-side timestamps are monotonic, so the newest one wins.
 
 The mapping from rows to statements (:func:`image_writes`, :func:`window_writes`) is pure and
 unit-tested; :class:`CassandraWriter` only executes.
@@ -16,12 +18,9 @@ unit-tested; :class:`CassandraWriter` only executes.
 
 from __future__ import annotations
 
-import asyncio
-import threading
+from collections import deque
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Sequence
-
-from pyflink.datastream.functions import AsyncFunction, RuntimeContext
+from typing import Any, Mapping, Sequence
 
 from imgstream.config import CassandraConfig
 from imgstream.dedup import STATUS_DUPLICATE
@@ -136,31 +135,23 @@ def window_writes(row: Mapping[str, Any], window_ms: int, now: datetime | None =
     return [("upload_stats", values)]
 
 
-class CassandraWriter(AsyncFunction):
-    """Executes the writes ``to_writes(record)`` returns; emits nothing.
+class CassandraWriter:
+    """Executes batches of writes with one driver session (opened in ``open``, per subtask).
 
-    One driver session per subtask, opened in ``open``. A failed write raises, failing the
-    task: Flink restarts from the last checkpoint and the idempotent writes are replayed.
+    :meth:`write` keeps at most ``capacity`` requests in flight and returns when all of them
+    succeeded; a failed write raises, failing the task: Flink restarts from the last
+    checkpoint and the idempotent writes are replayed.
     """
 
-    def __init__(
-        self,
-        config: CassandraConfig,
-        to_writes: Callable[[Mapping[str, Any], int], list[Write]],
-        window_ms: int,
-        field_names: Sequence[str] | None = None,
-        request_timeout_s: float = 30.0,
-    ) -> None:
+    def __init__(self, config: CassandraConfig, capacity: int = 256, request_timeout_s: float = 30.0) -> None:
         self.config = config
+        self.capacity = capacity
         self.request_timeout_s = request_timeout_s
-        self.to_writes = to_writes
-        self.window_ms = window_ms
-        self.field_names = list(field_names) if field_names is not None else None
         self._cluster: Any = None
         self._session: Any = None
         self._prepared: dict[str, Any] = {}
 
-    def open(self, runtime_context: RuntimeContext) -> None:
+    def open(self) -> None:
         from cassandra import ConsistencyLevel
         from cassandra.cluster import Cluster
 
@@ -179,47 +170,12 @@ class CassandraWriter(AsyncFunction):
             self._cluster.shutdown()
             self._cluster = None
 
-    async def async_invoke(self, value: Any) -> list[Any]:
-        writes = self.to_writes(self._record(value), self.window_ms)
-        if writes:
-            await self._execute_all(asyncio.get_running_loop(), writes)
-        return []
-
-    def _record(self, value: Any) -> Mapping[str, Any]:
-        if isinstance(value, Mapping):
-            return value
-        if self.field_names is not None:
-            return {name: value[i] for i, name in enumerate(self.field_names)}
-        return dict(value.as_dict())
-
-    def _execute_all(self, loop: asyncio.AbstractEventLoop, writes: list[Write]) -> "asyncio.Future[None]":
-        """Start every write; one future for all of them (the first error fails it).
-
-        The driver calls back on its own I/O thread; the future belongs to the loop's thread,
-        so it is settled once, through ``call_soon_threadsafe``, when the last write ends.
-        """
-        future: asyncio.Future[None] = loop.create_future()
-        lock = threading.Lock()
-        state = {"left": len(writes), "error": None}
-
-        def settle(error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(None)
-
-        def one_done(_: Any = None, error: BaseException | None = None) -> None:
-            with lock:
-                state["left"] -= 1
-                if error is not None and state["error"] is None:
-                    state["error"] = error
-                    loop.call_soon_threadsafe(settle, error)
-                elif state["left"] == 0 and state["error"] is None:
-                    loop.call_soon_threadsafe(settle, None)
-
+    def write(self, writes: Sequence[Write]) -> None:
+        """Run ``writes`` (in issue order, up to ``capacity`` at once); return when all are done."""
+        in_flight: deque[Any] = deque()
         for name, params in writes:
-            response = self._session.execute_async(self._prepared[name], params)
-            response.add_callbacks(one_done, lambda error: one_done(None, error))
-        return future
+            if len(in_flight) >= self.capacity:
+                in_flight.popleft().result()
+            in_flight.append(self._session.execute_async(self._prepared[name], params))
+        for future in in_flight:
+            future.result()  # raises the write's error

@@ -68,10 +68,10 @@ class PipelineConfig:
     near_ttl_ms: int = DEFAULT_NEAR_TTL_MS
     replay_ttl_ms: int = DEFAULT_REPLAY_TTL_MS
     max_band_candidates: int = MAX_BAND_CANDIDATES
-    #: Keyed states cached in each Python worker (window-stats). The dedup index does not rely on
-    #: it: its MapState is mirrored in the worker (flink_jobs/mirror.py).
+    #: Keyed states cached in each Python worker. The pipeline does not rely on it: its
+    #: MapState is mirrored in the worker (flink_jobs/mirror.py).
     python_state_cache: int = 100_000
-    #: In-flight Cassandra writes per sink subtask (async I/O capacity).
+    #: Cassandra writes in flight per subtask of the deciding operator.
     sink_capacity: int = 256
     #: Cassandra request timeout of the sink: a write slower than this fails the task (restart).
     sink_timeout_ms: int = 30_000

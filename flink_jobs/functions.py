@@ -1,8 +1,8 @@
 """The pipeline's Python operators: thin wiring of :mod:`imgstream` logic to Flink state.
 
 Every stateful decision is made by ``imgstream.dedup``/``windows``; these classes only load
-state, call it, store the result and emit. State holds plain lists and dicts (never pickled
-classes) so savepoints survive code changes.
+state, call it, store the result, write it and emit. State holds plain lists and dicts (never
+pickled classes) so savepoints survive code changes.
 
 Streams between operators carry image dicts: the event's fields plus ``event_time``, its Kafka
 coordinates and, once decided, the verdict fields (``status``, ``duplicate_of``, ...).
@@ -15,19 +15,17 @@ from typing import Any, Iterable
 from pyflink.common import Row, Types
 from pyflink.common.time import Time
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
 from imgstream.cleaning import Cleaned, DeadLetter, Heartbeat, Source, clean
-from imgstream.dedup import DedupPolicy, Deduplicator, ImageRef, Verdict
+from imgstream.dedup import STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, Verdict
 from imgstream.hashing import parse_hash
-from imgstream.windows import UPLOAD_STATS, Lateness, WindowState, classify, final_at, fires_at, window_start
+from imgstream.windows import Lateness, WindowBook, classify
 
+from flink_jobs.cassandra_sink import CassandraWriter, image_writes, window_writes
 from flink_jobs.mirror import MirroredMap
-from flink_jobs.rows import VERDICT_TYPE, verdict_row
 
 DLQ_TAG = OutputTag("dead-letters", Types.STRING())
-REJECTED_TAG = OutputTag("rejected")
-VERDICTS_TAG = OutputTag("verdicts", VERDICT_TYPE)
 
 #: Flink state TTL (processing time) is only garbage collection; decisions age by event time.
 #: Keep keys a while past their event-time TTL so replays within it still find them.
@@ -54,8 +52,8 @@ def _ref(image: dict[str, Any]) -> ImageRef:
 
 
 def with_lateness(image: dict[str, Any], watermark: int, window_ms: int, allowed_lateness_ms: int) -> dict[str, Any]:
-    """``image`` with its lateness against ``watermark`` (the watermark when it entered the
-    stage that holds it), which travels with the verdict to the window and the sinks."""
+    """``image`` with its lateness against ``watermark`` (the watermark when it reached the
+    dedup index), which travels with the verdict to its window and its Cassandra rows."""
     lateness = classify(int(image["event_time"]), watermark, window_ms, allowed_lateness_ms)
     return {**image, "lateness": lateness.value, "watermark": watermark}
 
@@ -64,14 +62,11 @@ def with_lateness(image: dict[str, Any], watermark: int, window_ms: int, allowed
 
 
 class CleanFunction(ProcessFunction):
-    """Raw Kafka rows -> image dicts (main), dead letters (JSON, side) and rejected verdicts (side).
+    """Raw Kafka rows -> image dicts (main) and dead letters (JSON, side output).
 
-    A rejected verdict skips dedup, so its lateness is classified here, on arrival.
+    A dead letter also continues on the main output as a ``rejected`` verdict: it is counted
+    in its window and gets an images row, but never meets the dedup index.
     """
-
-    def __init__(self, window_ms: int, allowed_lateness_ms: int) -> None:
-        self.window_ms = window_ms
-        self.allowed_lateness_ms = allowed_lateness_ms
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterable[Any]:
         raw, topic, partition, offset = value[0], value[1], value[2], value[3]
@@ -85,30 +80,27 @@ class CleanFunction(ProcessFunction):
             return
         assert isinstance(out, DeadLetter)
         yield DLQ_TAG, out.to_json().decode()
-        event_time = out.event_time if out.event_time is not None else ctx.timestamp()
-        image = {
+        yield {
             "image_id": out.image_id,
             "producer": out.producer,
             "content_type": out.content_type,
-            "event_time": event_time,
+            "event_time": out.event_time if out.event_time is not None else ctx.timestamp(),
             "reason": out.reason,
             "error": out.error[:1000],
             "topic": topic,
             "partition": partition,
             "offset": offset,
+            **Verdict.rejected(out.image_id).to_dict(),
         }
-        watermark = ctx.timer_service().current_watermark()
-        image = with_lateness(image, watermark, self.window_ms, self.allowed_lateness_ms)
-        yield REJECTED_TAG, {**image, **Verdict.rejected(out.image_id).to_dict()}
 
 
-# --- dedup: replay drop, exact and near duplicates (one index, decided in event-time order) ---
+# --- decide: replay drop, exact and near duplicates, windows, Cassandra (one keyed operator) ---
 
 #: Every image goes to one index: "duplicate" compares each image with every earlier one.
 INDEX_KEY = "index"
 #: Images wait for the watermark in buckets of this much event time (one timer per bucket,
 #: not per image: each timer registration is a round trip from Python to the JVM). It must
-#: divide the window length, so an image is decided before its window can fire downstream.
+#: divide the window length, so an image is decided before its window fires.
 ORDER_BUCKET_MS = 200
 #: How often (event time) the index drops entries whose TTL has passed ...
 PRUNE_EVERY_MS = 60_000
@@ -121,25 +113,36 @@ def _pending_key(image: dict[str, Any]) -> str:
     return f"{int(image['event_time']):015d}|{image['image_id']}|{image['partition']}|{image['offset']}"
 
 
-class DedupIndex(KeyedProcessFunction):
-    """Decides every image with one :class:`~imgstream.dedup.Deduplicator` over keyed state.
+class Decide(KeyedProcessFunction):
+    """Decides every image, counts every window and writes the results, keyed by :data:`INDEX_KEY`.
 
-    Keyed by :data:`INDEX_KEY`. An image ahead of the watermark waits in ``pending`` until the
-    watermark passes its bucket, then images are decided in ``(event_time, image_id)`` order,
-    which a replay after a failure reproduces; an image already behind the watermark (late) is
-    decided on arrival. Its lateness is classified here, on arrival, and travels with the verdict.
+    * **Order.** An image ahead of the watermark waits in ``pending`` until the watermark
+      passes its 200 ms bucket; images are then decided in ``(event_time, image_id)`` order,
+      which a replay after a failure reproduces. An image already behind the watermark (late)
+      and a rejected event are handled on arrival. Lateness is classified on arrival.
+    * **Decisions**: one :class:`~imgstream.dedup.Deduplicator` (replay drop, exact, near).
+    * **Windows**: one :class:`~imgstream.windows.WindowBook`; the watermark passing a
+      window's end fires it, passing its end plus the allowed lateness makes it final.
+    * **Writes**: each step (an arrival or a timer) writes its verdicts and window versions
+      to Cassandra with ``writer`` and waits for them before it returns, so a checkpoint
+      barrier (which waits for the step) never passes an unwritten result. The writes are
+      idempotent upserts: a replay after a restore rewrites the same rows.
+    * **Output**: per step, ``{"verdicts": [...], "windows": [...]}`` (what tests collect).
 
-    The dedup state (replay marks, first image per SHA-256, band candidates) and the pending
-    buffer are ``MapState`` mirrored in memory (:class:`~flink_jobs.mirror.MirroredMap`), so a
-    decision costs no round trip to the JVM.
+    All state is ``MapState`` mirrored in memory (:class:`~flink_jobs.mirror.MirroredMap`):
+    no round trip to the JVM per decision. One operator instead of a chain of them because
+    every hop between Python operators costs a JVM round trip per record (docs/flink-jobs.md).
     """
 
-    def __init__(self, policy: DedupPolicy, window_ms: int, allowed_lateness_ms: int) -> None:
+    def __init__(
+        self, policy: DedupPolicy, window_ms: int, allowed_lateness_ms: int, writer: CassandraWriter | None = None
+    ) -> None:
         if window_ms % ORDER_BUCKET_MS:
             raise ValueError(f"window_ms must be a multiple of {ORDER_BUCKET_MS}, got {window_ms}")
         self.policy = policy
         self.window_ms = window_ms
         self.allowed_lateness_ms = allowed_lateness_ms
+        self.writer = writer
 
     def open(self, runtime_context: RuntimeContext) -> None:
         def mirrored(name: str, ttl_ms: int = 0) -> MirroredMap:
@@ -155,31 +158,43 @@ class DedupIndex(KeyedProcessFunction):
             mirrored("exact", policy.exact_ttl_ms),
             mirrored("bands", policy.near_ttl_ms),
         )
-        self.mirrors = (self.pending, replays, exact, bands)
+        windows = mirrored("windows")
+        self.mirrors = (self.pending, replays, exact, bands, windows)
         self.dedup = Deduplicator(policy, replays=replays, exact=exact, bands=bands)
+        self.book = WindowBook(self.window_ms, self.allowed_lateness_ms, windows)
         self.key: Any = None
         self.timers: set[int] = set()  # registered in this attempt (re-registering is harmless)
         self.pruned_at: int | None = None
+        if self.writer is not None:
+            self.writer.open()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
     def _use_key(self, key: Any) -> None:
         if key != self.key:
             for mirror in self.mirrors:
                 mirror.reset()
+            self.book.reset()
             self.key = key
+
+    def _timer(self, ctx: Any, timestamp: int) -> None:
+        if timestamp not in self.timers:
+            ctx.timer_service().register_event_time_timer(timestamp)
+            self.timers.add(timestamp)
 
     def process_element(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         self._use_key(ctx.get_current_key())
         watermark = ctx.timer_service().current_watermark()
         ts = int(image["event_time"])
         image = with_lateness(image, watermark, self.window_ms, self.allowed_lateness_ms)
-        if ts <= watermark:
-            yield from self._decide([image])
+        if ts <= watermark or image.get("status") == STATUS_REJECTED:
+            verdicts = [image] if "status" in image else self._decide([image])
+            yield from self._finish(verdicts, ctx)
             return
         self.pending[_pending_key(image)] = image
-        due = ts - ts % ORDER_BUCKET_MS + ORDER_BUCKET_MS - 1
-        if due not in self.timers:
-            ctx.timer_service().register_event_time_timer(due)
-            self.timers.add(due)
+        self._timer(ctx, ts - ts % ORDER_BUCKET_MS + ORDER_BUCKET_MS - 1)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable[Any]:
         self._use_key(ctx.get_current_key())
@@ -188,88 +203,36 @@ class DedupIndex(KeyedProcessFunction):
         images = [self.pending[key] for key in due]
         for key in due:
             del self.pending[key]
-        yield from self._decide(images)
+        yield from self._finish(self._decide(images), ctx, timestamp)
         if self.pruned_at is None or timestamp - self.pruned_at >= PRUNE_EVERY_MS:
             self.dedup.prune(timestamp - PRUNE_SLACK_MS)
             self.pruned_at = timestamp
 
-    def _decide(self, images: list[dict[str, Any]]) -> Iterable[Any]:
+    def _decide(self, images: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        verdicts = []
         for image in images:
             verdict = self.dedup.process(_ref(image))
             if verdict is not None:  # None: a replay, dropped
-                yield {**image, **verdict.to_dict()}
+                verdicts.append({**image, **verdict.to_dict()})
+        return verdicts
 
-
-# --- windowed statistics (keyed by window_start|producer|content_type) ----------------------
-
-
-def window_key(verdict: dict[str, Any], window_ms: int) -> str:
-    """Key of the window-stats operator: one window of one (producer, content type)."""
-    return f"{window_start(int(verdict['event_time']), window_ms)}|{verdict['producer']}|{verdict['content_type']}"
-
-
-class WindowStats(KeyedProcessFunction):
-    """Owns one window of one group: counts its verdicts, decides lateness, emits versions.
-
-    Lateness comes with the verdict (see :func:`with_lateness`: classified by the dedup index,
-    or by cleaning for rejected events, on arrival; watermarks only grow downstream, so an
-    event on time there is on time here). It agrees with this operator's windows: an on-time image is decided
-    when the watermark passes its bucket, which ends no later than its window, so it arrives
-    here before the watermark that fires the window. (A SQL window would drop late rows
-    silently, by its own watermark.) Main output: versions of the window row (dicts).
-    Side output ``VERDICTS_TAG``: every verdict as a typed row with its ``lateness``, for the
-    images/duplicates/late_events writes.
-    """
-
-    def __init__(self, window_ms: int, allowed_lateness_ms: int) -> None:
-        self.window_ms = window_ms
-        self.allowed_lateness_ms = allowed_lateness_ms
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        # one value per key: [producer, content_type, window state as list]
-        self.state = runtime_context.get_state(ValueStateDescriptor("window", Types.PICKLED_BYTE_ARRAY()))
-
-    def process_element(self, verdict: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
-        watermark = ctx.timer_service().current_watermark()
-        event_time = int(verdict["event_time"])
-        lateness = Lateness(verdict["lateness"])
-        yield VERDICTS_TAG, verdict_row(verdict)
-        if lateness is Lateness.TOO_LATE:
-            return  # listed in late_events by the sink; a final row never changes
-        stored = self.state.value()
-        if stored is None:
-            start = window_start(event_time, self.window_ms)
-            group = (verdict["producer"], verdict["content_type"])
-            state = WindowState.open(start, start + self.window_ms)
-            ctx.timer_service().register_event_time_timer(fires_at(state.end))
-            ctx.timer_service().register_event_time_timer(final_at(state.end, self.allowed_lateness_ms))
-        else:
-            group, state = (stored[0], stored[1]), WindowState.from_list(stored[2])
-        partial = UPLOAD_STATS.add(UPLOAD_STATS.create(), verdict)
-        if watermark >= fires_at(state.end):  # the window has fired (or its timer is due): a new version
-            state = (state if state.fired else state.fire()).add_late(partial)
-            self.state.update([*group, state.to_list()])
-            yield _window_row(group, state)
-        else:
-            self.state.update([*group, state.add(partial).to_list()])
-
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable[Any]:
-        stored = self.state.value()
-        if stored is None:
+    def _finish(self, verdicts: list[dict[str, Any]], ctx: Any, watermark: int | None = None) -> Iterable[Any]:
+        """Count ``verdicts`` in their windows, advance the windows to ``watermark``, write, emit."""
+        windows = []
+        for verdict in verdicts:
+            version = self.book.add(verdict, Lateness(verdict["lateness"]), int(verdict["watermark"]))
+            if version is not None:
+                windows.append(version)
+            for deadline in self.book.deadlines(int(verdict["event_time"])):
+                self._timer(ctx, deadline)
+        if watermark is not None:
+            windows.extend(self.book.advance(watermark))
+        self.book.flush()
+        if not verdicts and not windows:
             return
-        group, state = (stored[0], stored[1]), WindowState.from_list(stored[2])
-        final = state.on_watermark(timestamp, self.allowed_lateness_ms)
-        if final is not None:
-            self.state.clear()
-            yield _window_row(group, final)
-            return
-        if not state.fired and timestamp >= fires_at(state.end):
-            state = state.fire()
-            self.state.update([*group, state.to_list()])
-            yield _window_row(group, state)
-
-
-def _window_row(group: tuple[str, str], state: WindowState) -> dict[str, Any]:
-    row = state.result()
-    row.update(producer=group[0], content_type=group[1])
-    return row
+        if self.writer is not None:
+            self.writer.write(
+                [w for v in verdicts for w in image_writes(v, self.window_ms)]
+                + [w for row in windows for w in window_writes(row, self.window_ms)]
+            )
+        yield {"verdicts": verdicts, "windows": windows}

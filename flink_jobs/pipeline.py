@@ -1,21 +1,20 @@
-"""The imgstream pipeline job: clean -> replay drop -> exact/near dedup -> windowed statistics.
+"""The imgstream pipeline job: clean -> decide (replay drop, exact/near dedup, windows) -> Cassandra.
 
 Topology (operator names as shown in the Flink web UI; ``[key]`` = keyed by)::
 
     source: Kafka images.uploaded (per-partition watermarks on received_at, in the JVM)
-      -> clean --------------------------------------------> kafka-dead-letters (images.dlq)
-         |  '--> rejected verdicts ----------------------------.
-         -> [index] dedup (replay drop, exact, near; in event-time order)
-                          |                                     |
-          [window|producer|type] window-stats <-----------------'  -> cassandra-upload-stats
-                          '--(every verdict, with its lateness)--> cassandra-images
-                               (images, duplicates, late_events)
+      -> clean ---------------------------------------> kafka-dead-letters (images.dlq)
+         |  (images, and rejected events as verdicts)
+         -> [index] decide: replay drop, exact and near dedup in event-time order,
+                    upload-stats windows, Cassandra writes (images, duplicates,
+                    late_events, upload_stats) -> results (discarded; tests collect them)
 
 The dedup index is one keyed partition on purpose: "duplicate" means "matches any earlier
-image", so every image is compared against one index (banded lookups, not a scan). Its state
-is Flink ``MapState`` mirrored in the Python worker (see ``flink_jobs.mirror``): a decision
-costs no round trip to the JVM, which is what bounded the earlier per-band fan-out design
-(docs/flink-jobs.md has the numbers). Parallelism still spreads cleaning, windows and sinks.
+image", so every image is compared against one index (banded lookups, not a scan). The
+windows and the Cassandra writes live in the same operator because each hop between Python
+operators is a JVM round trip per record, which bounded the earlier multi-operator designs
+(docs/flink-jobs.md has the numbers). Its state is Flink ``MapState`` mirrored in the Python
+worker (see ``flink_jobs.mirror``): a decision costs no round trip to the JVM.
 
 ``build`` wires everything from a raw stream and returns the output streams; ``attach_sinks``
 adds the production sinks; ``main`` reads config, builds the Kafka source and runs.
@@ -36,25 +35,13 @@ from typing import Mapping, Sequence
 from pyflink.common import Configuration, Types
 from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
-from pyflink.datastream.async_data_stream import AsyncDataStream
 from pyflink.datastream.connectors.base import DeliveryGuarantee, Sink
 from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
 from pyflink.table import StreamTableEnvironment
-from pyflink.common.time import Time
 
-from flink_jobs.cassandra_sink import CassandraWriter, image_writes, window_writes
+from flink_jobs.cassandra_sink import CassandraWriter
 from flink_jobs.config import PipelineConfig, connector_jars
-from flink_jobs.functions import (
-    DLQ_TAG,
-    INDEX_KEY,
-    REJECTED_TAG,
-    VERDICTS_TAG,
-    CleanFunction,
-    DedupIndex,
-    WindowStats,
-    window_key,
-)
-from flink_jobs.rows import VERDICT_FIELDS
+from flink_jobs.functions import DLQ_TAG, INDEX_KEY, CleanFunction, Decide
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DISCARDING_SINK = "org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink"
@@ -62,10 +49,11 @@ DISCARDING_SINK = "org.apache.flink.streaming.api.functions.sink.v2.DiscardingSi
 
 @dataclass(frozen=True)
 class PipelineStreams:
-    """The job's outputs, before sinks: what tests collect and ``attach_sinks`` writes."""
+    """The job's outputs, before sinks: what tests collect and ``attach_sinks`` ends."""
 
-    verdicts: DataStream  # VERDICT_TYPE rows, one per image (and per rejected event), with lateness
-    window_rows: DataStream  # dicts: versions of upload_stats rows
+    #: One dict per step of ``decide``: ``{"verdicts": [...], "windows": [...]}`` (verdicts with
+    #: their lateness; versions of upload_stats rows), already written when writing is on.
+    results: DataStream
     dead_letters: DataStream  # JSON strings for the dead-letter topic
 
 
@@ -74,49 +62,29 @@ def build(
     t_env: StreamTableEnvironment,
     raw: DataStream,
     config: PipelineConfig,
+    write: bool = True,
 ) -> PipelineStreams:
     """Wire the pipeline on ``raw`` (rows ``value, topic, partition, offset`` with event-time
-    timestamps and watermarks) and return its output streams."""
-    cleaned = raw.process(CleanFunction(config.window_ms, config.allowed_lateness_ms)).name("clean").uid("clean")
-    dead_letters = cleaned.get_side_output(DLQ_TAG)
-    rejected = cleaned.get_side_output(REJECTED_TAG)
-    decided = (
+    timestamps and watermarks) and return its output streams; ``write=False`` leaves
+    Cassandra out (a test collects ``results`` instead)."""
+    cleaned = raw.process(CleanFunction()).name("clean").uid("clean")
+    writer = (
+        CassandraWriter(config.cassandra, config.sink_capacity, config.sink_timeout_ms / 1000) if write else None
+    )
+    decide = Decide(config.dedup(), config.window_ms, config.allowed_lateness_ms, writer)
+    results = (
         cleaned.key_by(lambda image: INDEX_KEY, key_type=Types.STRING())
-        .process(DedupIndex(config.dedup(), config.window_ms, config.allowed_lateness_ms))
-        .name("dedup")
-        .uid("dedup")
+        .process(decide)
+        .name("decide: dedup, windows, cassandra")
+        .uid("decide")
     )
-    verdicts = decided.union(rejected)
-    window_ms = config.window_ms
-    window_rows = (
-        verdicts.key_by(lambda verdict: window_key(verdict, window_ms), key_type=Types.STRING())
-        .process(WindowStats(config.window_ms, config.allowed_lateness_ms))
-        .name("window-stats")
-        .uid("window-stats")
-    )
-    return PipelineStreams(window_rows.get_side_output(VERDICTS_TAG), window_rows, dead_letters)
+    return PipelineStreams(results, cleaned.get_side_output(DLQ_TAG))
 
 
 def attach_sinks(streams: PipelineStreams, config: PipelineConfig) -> None:
-    """Cassandra for verdicts and window rows, Kafka for dead letters."""
-    cassandra_sink(streams.verdicts, CassandraWriter(config.cassandra, image_writes, config.window_ms, VERDICT_FIELDS,
-                                                     config.sink_timeout_ms / 1000), "cassandra-images", config)  # fmt: skip
-    cassandra_sink(streams.window_rows, CassandraWriter(config.cassandra, window_writes, config.window_ms, None,
-                                                        config.sink_timeout_ms / 1000), "cassandra-upload-stats", config)  # fmt: skip
+    """Kafka for dead letters; results are already in Cassandra and end here."""
+    streams.results.sink_to(Sink(DISCARDING_SINK)).name("results-written").uid("results-written")
     streams.dead_letters.sink_to(dlq_sink(config)).name("kafka-dead-letters").uid("kafka-dead-letters")
-
-
-def cassandra_sink(stream: DataStream, writer: CassandraWriter, name: str, config: PipelineConfig) -> None:
-    """``writer`` as an async operator named ``name``, ended by a discarding sink.
-
-    No operator-level timeout: PyFlink starts a timer thread per element for one; the
-    driver's request timeout (``sink_timeout_ms``, given to the writer) fails a hung write.
-    """
-    written = AsyncDataStream.unordered_wait(
-        stream, writer, Time.milliseconds(0), config.sink_capacity, Types.PICKLED_BYTE_ARRAY()
-    )
-    written.name(name).uid(name)
-    written.sink_to(Sink(DISCARDING_SINK)).name(f"{name}-done").uid(f"{name}-done")
 
 
 def dlq_sink(config: PipelineConfig) -> KafkaSink:

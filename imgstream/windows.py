@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Callable, Generic, Iterable, Mapping, Protocol, TypeVar
+from typing import Any, Callable, Generic, Iterable, Mapping, MutableMapping, Protocol, TypeVar
 
 from imgstream.dedup import KIND_EXACT, KIND_NEAR, STATUS_ACCEPTED, STATUS_DUPLICATE, STATUS_REJECTED
 
@@ -325,3 +325,124 @@ class WindowState:
     @classmethod
     def from_list(cls, data: list[Any]) -> "WindowState":
         return cls(int(data[0]), int(data[1]), dict(data[2]), int(data[3]), int(data[4]), bool(data[5]), bool(data[6]))
+
+
+# --- the windows of a verdict stream ------------------------------------------------------
+
+
+class WindowBook:
+    """Every open upload-statistics window of a verdict stream, driven by one watermark.
+
+    Windows are per ``window_ms`` x producer x content type and live in ``store``, a mapping of
+    plain lists (``"start|producer|content_type" -> [producer, content_type, state]``), so a
+    Flink ``MapState`` can hold them. Changes are kept in memory and written back by
+    :meth:`flush`, once per batch of verdicts rather than once per verdict.
+
+    * :meth:`add` counts one verdict by its lateness on arrival: on time (or late into a window
+      that has not fired) it accumulates; late into a fired window it yields a new revision;
+      too late it changes nothing (the caller records it as a late event).
+    * :meth:`advance` fires and finalises the windows a watermark has passed; a final window
+      leaves the book.
+    """
+
+    def __init__(self, window_ms: int, allowed_lateness_ms: int, store: MutableMapping[str, Any]) -> None:
+        self.window_ms = window_ms
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self._store = store
+        self._live: dict[str, tuple[str, str, WindowState]] | None = None
+        self._dirty: set[str] = set()
+        self._next_due: int | None = None
+
+    @property
+    def live(self) -> dict[str, tuple[str, str, WindowState]]:
+        """The open windows, decoded from the store on first use."""
+        if self._live is None:
+            self._live = {
+                key: (value[0], value[1], WindowState.from_list(value[2])) for key, value in self._store.items()
+            }
+            self._next_due = min((self._due(state) for _, _, state in self._live.values()), default=None)
+        return self._live
+
+    def reset(self) -> None:
+        """Forget the decoded windows (the store changed underneath); unflushed changes are lost."""
+        self._live, self._dirty, self._next_due = None, set(), None
+
+    def deadlines(self, event_time: int) -> tuple[int, int]:
+        """Watermarks at which the window of ``event_time`` fires and becomes final (timers)."""
+        end = window_start(event_time, self.window_ms) + self.window_ms
+        return fires_at(end), final_at(end, self.allowed_lateness_ms)
+
+    def add(self, record: Record, lateness: Lateness, watermark: int) -> dict[str, Any] | None:
+        """Count ``record`` (a verdict with ``event_time``, ``producer``, ``content_type``)
+        that arrived at ``watermark``; the window's new version if it had fired, else ``None``.
+
+        Like a Flink window, one the watermark has passed fires on its first event: a late
+        event opening a window of its group yields revision 2 (1 being the empty on-time one).
+        """
+        if lateness is Lateness.TOO_LATE:
+            return None
+        event_time = int(record["event_time"])
+        producer, content_type = str(record["producer"]), str(record["content_type"])
+        start = window_start(event_time, self.window_ms)
+        key = f"{start}|{producer}|{content_type}"
+        live = self.live
+        if key in live:
+            state = live[key][2]
+        else:
+            state = WindowState.open(start, start + self.window_ms)
+            due = self._due(state)
+            self._next_due = due if self._next_due is None else min(self._next_due, due)
+        partial = UPLOAD_STATS.add(UPLOAD_STATS.create(), record)
+        version = None
+        if not state.fired and watermark >= fires_at(state.end):
+            state = state.fire()
+        if state.fired:
+            state = state.add_late(partial)
+            version = _row(producer, content_type, state)
+        else:
+            state = state.add(partial)
+        live[key] = (producer, content_type, state)
+        self._dirty.add(key)
+        return version
+
+    def advance(self, watermark: int) -> list[dict[str, Any]]:
+        """Versions of the windows ``watermark`` fires or finalises, oldest window first."""
+        live = self.live
+        if self._next_due is None or watermark < self._next_due:
+            return []
+        rows = []
+        for key in sorted(live, key=lambda k: (live[k][2].start, k)):
+            producer, content_type, state = live[key]
+            final = state.on_watermark(watermark, self.allowed_lateness_ms)
+            if final is not None:  # (a window that never fired becomes final as revision 1)
+                rows.append(_row(producer, content_type, final))
+                del live[key]
+            elif not state.fired and watermark >= fires_at(state.end):
+                state = state.fire()
+                rows.append(_row(producer, content_type, state))
+                live[key] = (producer, content_type, state)
+            else:
+                continue
+            self._dirty.add(key)
+        self._next_due = min((self._due(state) for _, _, state in live.values()), default=None)
+        return rows
+
+    def flush(self) -> None:
+        """Write the changed windows back to the store (final ones are removed)."""
+        live = self.live
+        for key in self._dirty:
+            if key in live:
+                producer, content_type, state = live[key]
+                self._store[key] = [producer, content_type, state.to_list()]
+            elif key in self._store:
+                del self._store[key]
+        self._dirty.clear()
+
+    def _due(self, state: WindowState) -> int:
+        return final_at(state.end, self.allowed_lateness_ms) if state.fired else fires_at(state.end)
+
+
+def _row(producer: str, content_type: str, state: WindowState) -> dict[str, Any]:
+    row = state.result()
+    row.update(producer=producer, content_type=content_type)
+    return row

@@ -65,11 +65,14 @@ def _run_pipeline(planned, **overrides):
     raw = env.from_collection(rows, type_info=raw_type).assign_timestamps_and_watermarks(
         WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(2_000)).with_timestamp_assigner(FromField())
     )
-    streams = build(env, t_env, raw, config)
+    streams = build(env, t_env, raw, config, write=False)
     tagged = (
-        streams.verdicts.map(lambda r: json.dumps(["verdict", r.as_dict()]), Types.STRING()).uid("t-verdicts")
+        streams.results.flat_map(
+            lambda r: [json.dumps(["verdict", v]) for v in r["verdicts"]]
+            + [json.dumps(["window", w]) for w in r["windows"]],
+            Types.STRING(),
+        ).uid("t-results")
     ).union(
-        streams.window_rows.map(lambda r: json.dumps(["window", r]), Types.STRING()).uid("t-windows"),
         streams.dead_letters.map(lambda s: json.dumps(["dlq", json.loads(s)]), Types.STRING()).uid("t-dlq"),
     )
     out = {"verdict": [], "window": [], "dlq": []}

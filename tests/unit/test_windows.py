@@ -9,6 +9,7 @@ from imgstream.windows import (
     MINUTE_MS,
     STAT_FIELDS,
     UPLOAD_STATS,
+    WindowBook,
     Count,
     Interval,
     Lateness,
@@ -194,3 +195,92 @@ def test_to_millis_requires_aware():
     with pytest.raises(ValueError):
         to_millis(datetime(2026, 1, 1))
     assert from_millis(to_millis(datetime(2026, 1, 1, tzinfo=timezone.utc))).year == 2026
+
+
+# --- WindowBook: the windows of a verdict stream -------------------------------------------
+
+W, L = 60_000, 120_000  # window, allowed lateness
+
+
+def _verdict(ts, producer="p", status="accepted", size=10):
+    return {"event_time": ts, "producer": producer, "content_type": "image/png", "status": status, "size": size}
+
+
+def test_window_book_fires_revises_and_finalises_then_forgets():
+    store = {}
+    book = WindowBook(W, L, store)
+    assert book.deadlines(61_000) == (119_999, 239_999)
+    assert book.add(_verdict(1_000), Lateness.ON_TIME, 0) is None
+    assert book.add(_verdict(2_000, "q"), Lateness.ON_TIME, 0) is None
+    assert book.add(_verdict(61_000), Lateness.ON_TIME, 0) is None
+    assert book.advance(59_998) == []
+    fired = book.advance(59_999)
+    assert [(r["producer"], r["revision"], r["uploads"], r["final"]) for r in fired] == [
+        ("p", 1, 1, False), ("q", 1, 1, False),
+    ]  # fmt: skip
+    late = book.add(_verdict(3_000, status="rejected"), Lateness.LATE, 60_000)
+    assert late is not None and (late["revision"], late["late_events"], late["rejected"], late["uploads"]) == (2, 1, 1, 1)
+    assert book.add(_verdict(4_000), Lateness.TOO_LATE, 180_000) is None  # never changes a row
+    # a late event opening its group's window: it fires on arrival (revision 1 was empty)
+    opened = book.add(_verdict(5_000, "r"), Lateness.LATE, 60_000)
+    assert opened is not None and (opened["revision"], opened["late_events"], opened["uploads"]) == (2, 1, 1)
+    book.flush()
+    assert len(store) == 4
+    final = book.advance(179_999)
+    assert [(r["window_start"], r["producer"], r["revision"], r["final"]) for r in final] == [
+        (0, "p", 3, True), (0, "q", 2, True), (0, "r", 3, True), (60_000, "p", 1, False),
+    ]  # fmt: skip
+    book.flush()
+    assert list(store) == ["60000|p|image/png"]  # final windows leave the store
+
+
+def test_window_book_fires_and_finalises_in_one_jump():
+    book = WindowBook(W, 0, {})
+    book.add(_verdict(1_000), Lateness.ON_TIME, 0)
+    rows = book.advance(10**9)
+    assert [(r["revision"], r["final"]) for r in rows] == [(1, True)]
+    assert book.live == {}
+
+
+arrivals = st.lists(
+    st.tuples(st.integers(0, 5 * W), st.sampled_from(["p", "q"]), st.integers(0, 3 * W)), max_size=40
+)
+
+
+@given(arrivals, st.integers(0, 40))
+def test_window_book_final_rows_count_every_event_not_too_late_and_survive_a_restore(events, cut):
+    """Arrivals at a growing watermark: final rows equal the aggregate of every verdict that
+    was not too late; revisions grow by one (from 2 when a late event opened the window);
+    and a book rebuilt from its flushed store at any
+    point (a restore) continues exactly like one that never stopped."""
+
+    def run(restore_at):
+        store, out, counted = {}, [], []
+        book = WindowBook(W, L, store)
+        watermark = -1
+        for i, (ts, producer, step) in enumerate(events):
+            if i == restore_at:
+                book.flush()
+                book = WindowBook(W, L, dict(store))
+                store = book._store
+            lateness = classify(ts, watermark, W, L)
+            version = book.add(_verdict(ts, producer), lateness, watermark)
+            out.extend([version] if version else [])
+            if lateness is not Lateness.TOO_LATE:
+                counted.append((window_start(ts, W), producer))
+            watermark += step
+            out.extend(book.advance(watermark))
+            book.flush()
+        out.extend(book.advance(10**12))
+        book.flush()
+        assert store == {}
+        return out, counted
+
+    out, counted = run(None)
+    assert run(cut)[0] == out
+    finals = {(r["window_start"], r["producer"]): r for r in out if r["final"]}
+    assert sum(r["final"] for r in out) == len(finals)
+    assert {k: v["uploads"] for k, v in finals.items()} == {k: counted.count(k) for k in set(counted)}
+    for key, final in finals.items():
+        revisions = [r["revision"] for r in out if (r["window_start"], r["producer"]) == key]
+        assert revisions[0] in (1, 2) and revisions == list(range(revisions[0], final["revision"] + 1))
