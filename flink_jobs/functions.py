@@ -118,8 +118,9 @@ class Decide(KeyedProcessFunction):
 
     * **Order.** An image ahead of the watermark waits in ``pending`` until the watermark
       passes its 200 ms bucket; images are then decided in ``(event_time, image_id)`` order,
-      which a replay after a failure reproduces. An image already behind the watermark (late)
-      and a rejected event are handled on arrival. Lateness is classified on arrival.
+      which a replay after a failure reproduces; rejected events wait with them (they skip
+      the index). An event already behind the watermark (late) is handled on arrival.
+      Lateness is classified on arrival.
     * **Decisions**: one :class:`~imgstream.dedup.Deduplicator` (replay drop, exact, near).
     * **Windows**: one :class:`~imgstream.windows.WindowBook`; the watermark passing a
       window's end fires it, passing its end plus the allowed lateness makes it final.
@@ -189,9 +190,8 @@ class Decide(KeyedProcessFunction):
         watermark = ctx.timer_service().current_watermark()
         ts = int(image["event_time"])
         image = with_lateness(image, watermark, self.window_ms, self.allowed_lateness_ms)
-        if ts <= watermark or image.get("status") == STATUS_REJECTED:
-            verdicts = [image] if "status" in image else self._decide([image])
-            yield from self._finish(verdicts, ctx)
+        if ts <= watermark:
+            yield from self._finish(self._decide([image]), ctx)
             return
         self.pending[_pending_key(image)] = image
         self._timer(ctx, ts - ts % ORDER_BUCKET_MS + ORDER_BUCKET_MS - 1)
@@ -211,6 +211,9 @@ class Decide(KeyedProcessFunction):
     def _decide(self, images: list[dict[str, Any]]) -> list[dict[str, Any]]:
         verdicts = []
         for image in images:
+            if image.get("status") == STATUS_REJECTED:  # never meets the index
+                verdicts.append(image)
+                continue
             verdict = self.dedup.process(_ref(image))
             if verdict is not None:  # None: a replay, dropped
                 verdicts.append({**image, **verdict.to_dict()})

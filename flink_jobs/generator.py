@@ -29,6 +29,10 @@ class Planned:
     kind: str  # original | exact | near | replay | malformed
     event_time: int | None
     image_id: str | None
+    #: When it is sent on the plan's clock: a Kafka record timestamp consistent with the event
+    #: times (an unreadable event's event time is its record timestamp; "now" would push the
+    #: watermark past every planned event and make them all late).
+    sent_at: int | None = None
 
 
 @dataclass
@@ -120,15 +124,15 @@ def plan(
             e = event(rnd.choice(producers), f"{rnd.getrandbits(256):064x}", _flip(int(o.phash, 16), near_bits, rnd), o.content_type)
         elif kind == "replay":
             o = rnd.choice(sent)
-            out.append(Planned(o.to_json(), "replay", None, o.image_id))
+            out.append(Planned(o.to_json(), "replay", None, o.image_id, clock))
             continue
         else:
             clock += step_ms
             bad = rnd.choice([b"{not json", b"[]", b'{"schema_version": 9}', b'{"schema_version": 1, "producer": "alice"}'])
-            out.append(Planned(bad, "malformed", None, None))
+            out.append(Planned(bad, "malformed", None, None, clock))
             continue
         sent.append(e)
-        out.append(Planned(e.to_json(), kind, _ms(e.received_at), e.image_id))
+        out.append(Planned(e.to_json(), kind, _ms(e.received_at), e.image_id, clock))
     return out
 
 

@@ -69,7 +69,9 @@ def build(
     Cassandra out (a test collects ``results`` instead)."""
     cleaned = raw.process(CleanFunction()).name("clean").uid("clean")
     writer = (
-        CassandraWriter(config.cassandra, config.sink_capacity, config.sink_timeout_ms / 1000) if write else None
+        CassandraWriter(config.cassandra, config.sink_capacity, config.sink_timeout_ms / 1000, config.sink_batch_size)
+        if write
+        else None
     )
     decide = Decide(config.dedup(), config.window_ms, config.allowed_lateness_ms, writer)
     results = (
@@ -154,8 +156,10 @@ def flink_configuration(config: PipelineConfig, jars: Sequence[str]) -> Configur
     if jars:
         conf.set_string("pipeline.jars", ";".join(jars))
     conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.execution-mode", config.python_execution_mode)
     conf.set_string("table.local-time-zone", "UTC")
     conf.set_string("python.state.cache-size", str(config.python_state_cache))
+    conf.set_string("python.map-state.write-cache-size", str(config.python_map_write_cache))
     conf.set_string("execution.checkpointing.interval", f"{config.checkpoint_interval_ms} ms")
     conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
     conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")

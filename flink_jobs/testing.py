@@ -35,8 +35,16 @@ async def poll(check: Callable[[], T | None], what: str, deadline_s: float = 240
     raise AssertionError(f"timed out after {deadline_s}s waiting for {what}; last: {last!r}")
 
 
-async def produce(bootstrap: str, topic: str, values: Iterable[bytes], *, per_second: float | None = None) -> int:
-    """Send values (keyed by index) and flush; ``per_second`` paces the stream. Returns the count."""
+async def produce(
+    bootstrap: str,
+    topic: str,
+    values: Iterable[bytes],
+    *,
+    per_second: float | None = None,
+    timestamps: Sequence[int | None] | None = None,
+) -> int:
+    """Send values (keyed by index) and flush; ``per_second`` paces the stream; ``timestamps``
+    (epoch ms, ``None`` = now) set the record timestamps. Returns the count."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
@@ -45,7 +53,8 @@ async def produce(bootstrap: str, topic: str, values: Iterable[bytes], *, per_se
     start = time.monotonic()
     try:
         for value in values:
-            await producer.send(topic, value, key=str(sent).encode())
+            timestamp = timestamps[sent] if timestamps is not None else None
+            await producer.send(topic, value, key=str(sent).encode(), timestamp_ms=timestamp)
             sent += 1
             if per_second:
                 ahead = start + sent / per_second - time.monotonic()

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("pyflink")
 
-from flink_jobs.cassandra_sink import STATEMENTS, image_writes, window_writes  # noqa: E402
+from flink_jobs.cassandra_sink import STATEMENTS, image_writes, requests, window_writes  # noqa: E402
 from flink_jobs.config import PipelineConfig, connector_jars  # noqa: E402
 from imgstream.dedup import ProducerPolicy, Scope  # noqa: E402
 from imgstream.windows import STAT_FIELDS  # noqa: E402
@@ -29,7 +29,11 @@ def test_config_from_env_and_args():
     assert policy.for_producer("bob") == ProducerPolicy(Scope.GLOBAL, near=False)
 
 
-@pytest.mark.parametrize("argv", [["window_ms=1"], ["--dedup_policy=a=nowhere"], ["--window_ms=abc"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["window_ms=1"], ["--dedup_policy=a=nowhere"], ["--window_ms=abc"], ["--python_execution_mode=fork"],
+     ["--state_backend=leveldb"], ["--dlq_delivery=maybe"]],
+)  # fmt: skip
 def test_config_rejects_bad_input_at_the_entry_point(argv):
     with pytest.raises(ValueError):
         PipelineConfig.from_env({}, argv)
@@ -92,3 +96,15 @@ def test_window_row_write_is_whole():
     [(name, params)] = window_writes(r, 60_000, NOW)
     assert name == "upload_stats" and len(params) == placeholders("upload_stats")
     assert params[-2] is True and params[-1] == NOW
+
+
+def test_requests_batch_unique_rows_but_send_window_versions_one_by_one_in_order():
+    writes = [("image", (i,)) for i in range(5)] + [("upload_stats", ("w", 1)), ("duplicate", ("d",)),
+                                                    ("upload_stats", ("w", 2)), ("late_event", ("l",))]  # fmt: skip
+    out = requests(writes, batch_size=2)
+    assert all(len(r) <= 2 for r in out)
+    assert sorted(w for r in out for w in r) == sorted(writes)  # nothing lost or repeated
+    stats = [r for r in out if any(w[0] == "upload_stats" for w in r)]
+    assert stats == [[("upload_stats", ("w", 1))], [("upload_stats", ("w", 2))]]  # alone, in order
+    assert [w for r in out for w in r if w[0] == "image"] == writes[:5]
+    assert requests(writes, batch_size=1) == [[w] for w in writes]
