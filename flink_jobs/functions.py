@@ -223,11 +223,14 @@ class Decide(KeyedProcessFunction):
         """Count ``verdicts`` in their windows, advance the windows to ``watermark``, write, emit."""
         windows = []
         for verdict in verdicts:
-            version = self.book.add(verdict, Lateness(verdict["lateness"]), int(verdict["watermark"]))
+            lateness, arrived_at = Lateness(verdict["lateness"]), int(verdict["watermark"])
+            version = self.book.add(verdict, lateness, arrived_at)
             if version is not None:
                 windows.append(version)
-            for deadline in self.book.deadlines(int(verdict["event_time"])):
-                self._timer(ctx, deadline)
+            if lateness is not Lateness.TOO_LATE:  # a too-late event's window is gone already
+                for deadline in self.book.deadlines(int(verdict["event_time"])):
+                    if deadline > arrived_at:  # a passed deadline was handled on arrival
+                        self._timer(ctx, deadline)
         if watermark is not None:
             windows.extend(self.book.advance(watermark))
         self.book.flush()
