@@ -1,17 +1,11 @@
-"""Row types at the job's typed boundaries (Kafka/Table <-> DataStream).
+"""Fields at the job's typed boundary (Kafka/Table -> DataStream).
 
-Between Python operators records are plain pickled dicts; where a stream meets the Table API
-or a Java operator it must be typed, and these are those types.
+Between Python operators records are plain pickled dicts; the raw Kafka rows the SQL source
+hands over are the one typed stream, and these are its fields.
 """
 
 from __future__ import annotations
 
-from pyflink.common import Types
-
 #: A raw Kafka record: value bytes and its coordinates (the record timestamp travels as the
 #: stream record's timestamp).
 RAW_FIELDS = ["value", "topic", "partition", "offset"]
-RAW_TYPE = Types.ROW_NAMED(
-    RAW_FIELDS,
-    [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG()],
-)
