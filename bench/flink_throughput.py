@@ -5,8 +5,11 @@ in bounded mode (they stop at the offsets current at start). Two pass-throughs c
 Kafka -> Kafka: one all in the JVM (Flink SQL), one through a Python identity map (the
 JVM <-> Python bridge every PyFlink operator pays); the pipeline cleans, drops replays,
 dedups (exact and near), aggregates windows and writes Cassandra. Reported: events/s of each
-(job RUNNING -> FINISHED, so start-up is included and N should be large) and the ratios; then
-the end-to-end latency (received_at -> images row written) of a live paced stream, p50/p99.
+and the ratios, two ways: over the job's life (RUNNING -> FINISHED, start-up included: task
+deployment, Python workers, Kafka transactions - seconds that dwarf a short JVM run) and
+steady (events / time from the first output to the last: broker append times of the
+pass-throughs' output, ``processed_at`` of the pipeline's images rows). Then the end-to-end
+latency (received_at -> images row written) of a live paced stream, p50/p99.
 
     .venv/bin/python bench/flink_throughput.py [--events=20000] [--live-seconds=30] [--live-rate=50]
 """
@@ -66,6 +69,42 @@ async def timed_job(rest: str, job: str, args: list[str], env: dict[str, str], s
     return (stamps["FINISHED"] - stamps["RUNNING"]) / 1000
 
 
+async def kafka_span(bootstrap: str, topic: str, partitions: int) -> float:
+    """Seconds from the first to the last record appended to ``topic`` (LogAppendTime)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(parts)
+        starts, ends = await consumer.beginning_offsets(parts), await consumer.end_offsets(parts)
+        stamps = []
+        for tp in parts:
+            for offset in (starts[tp], ends[tp] - 1) if ends[tp] > starts[tp] else ():
+                consumer.seek(tp, offset)
+                stamps.append((await consumer.getone(tp)).timestamp)
+        return (max(stamps) - min(stamps)) / 1000
+    finally:
+        await consumer.stop()
+
+
+def cassandra_span(config: StackConfig, image_ids: list[str]) -> tuple[float, int]:
+    """Seconds from the first to the last ``processed_at`` of these images rows, and how many."""
+    from cassandra.cluster import Cluster
+    from cassandra.concurrent import execute_concurrent_with_args
+
+    cluster = Cluster(list(config.cassandra.hosts), port=config.cassandra.port)
+    try:
+        session = cluster.connect(config.cassandra.keyspace)
+        select = session.prepare("SELECT processed_at FROM images WHERE image_id = ?")
+        results = execute_concurrent_with_args(session, select, [(i,) for i in image_ids], concurrency=64)
+        stamps = [r.result_or_exc.one().processed_at for r in results if r.success and r.result_or_exc.one()]
+    finally:
+        cluster.shutdown()
+    return (max(stamps) - min(stamps)).total_seconds(), len(stamps)
+
+
 async def throughput(config: StackConfig, env: dict[str, str], events: int, extra: list[str]) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -74,7 +113,9 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
     source, sink, dlq = f"bench-in-{run}", f"bench-out-{run}", f"bench-dlq-{run}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
-    await admin.create_topics([NewTopic(source, 2, 1), NewTopic(f"{sink}-jvm", 2, 1), NewTopic(f"{sink}-python", 2, 1), NewTopic(dlq, 1, 1)])
+    appended = {"message.timestamp.type": "LogAppendTime"}  # output spans from broker clocks
+    await admin.create_topics([NewTopic(source, 2, 1), NewTopic(f"{sink}-jvm", 2, 1, topic_configs=appended),
+                               NewTopic(f"{sink}-python", 2, 1, topic_configs=appended), NewTopic(dlq, 1, 1)])  # fmt: skip
     try:
         n = max(events, 100)
         planned = testing.renamed(
@@ -94,12 +135,21 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         t_pipe = await timed_job(rest, "pipeline", [*common, f"--dlq_topic={dlq}", f"--job_name=bench-pipeline-{run}",
                                                       f"--group_id=bench-pipeline-{run}", "--checkpoint_interval_ms=10000", *extra], env,
                                  sample_after_s=60)  # fmt: skip
-        r_jvm, r_py, r_pipe = sent / timings["jvm"], sent / timings["python"], sent / t_pipe
-        print(f"pass-through, JVM only (Flink SQL, Kafka->Kafka): {sent} events in {timings['jvm']:.1f}s = {r_jvm:,.0f} events/s")
-        print(f"pass-through via a Python identity map:          {sent} events in {timings['python']:.1f}s = {r_py:,.0f} events/s")
-        print(f"pipeline (clean+dedup+windows+Cassandra):         {sent} events in {t_pipe:.1f}s = {r_pipe:,.0f} events/s")
-        print(f"ratio pipeline / JVM pass-through    = {r_pipe / r_jvm:.3f}")
-        print(f"ratio pipeline / Python pass-through = {r_pipe / r_py:.3f}")
+        timings["pipeline"] = t_pipe
+        spans = {label: await kafka_span(bootstrap, f"{sink}-{label}", 2) for label in ("jvm", "python")}
+        ids = [p.image_id for p in planned if p.image_id]
+        spans["pipeline"], rows = await asyncio.to_thread(cassandra_span, config, ids)
+        print(f"pipeline wrote {rows} images rows for {len(set(ids))} distinct planned ids")
+        names = {"jvm": "pass-through, JVM only (Flink SQL, Kafka->Kafka)", "python": "pass-through via a Python identity map",
+                 "pipeline": "pipeline (clean+dedup+windows+Cassandra)"}  # fmt: skip
+        life = {label: sent / t for label, t in timings.items()}
+        steady = {label: sent / max(span, 1e-3) for label, span in spans.items()}
+        for label, name in names.items():
+            print(f"{name:50s} {sent} events: life {timings[label]:6.1f}s = {life[label]:7,.0f}/s   "
+                  f"steady {spans[label]:6.1f}s = {steady[label]:7,.0f}/s")  # fmt: skip
+        for base in ("jvm", "python"):
+            print(f"ratio pipeline / {base:6s} pass-through: life {life['pipeline'] / life[base]:.3f}   "
+                  f"steady {steady['pipeline'] / steady[base]:.3f}")  # fmt: skip
     finally:
         await admin.delete_topics([source, f"{sink}-jvm", f"{sink}-python", dlq])
         await admin.close()

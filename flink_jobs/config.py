@@ -62,6 +62,10 @@ class PipelineConfig:
     #: every partition alive, so this only matters when the heartbeat process is down; it is
     #: long because a backpressured (slow, restarting) job must not mistake a backlog for silence.
     idle_timeout_ms: int = 60_000
+    #: How often the source emits a watermark (Flink's ``pipeline.auto-watermark-interval``).
+    #: Each watermark makes every Python operator finish its bundle - a synchronous round trip
+    #: to its worker - and ``decide`` fire its timers, so this sets how often the job stalls.
+    watermark_interval_ms: int = 1_000
     window_ms: int = MINUTE_MS
     #: Late events up to this far behind still update their window (a new revision).
     allowed_lateness_ms: int = 5 * MINUTE_MS
@@ -80,6 +84,10 @@ class PipelineConfig:
     #: half of the deciding time (283 -> 405 events/s measured with 100,000). A checkpoint
     #: flushes them anyway; the buffered values are the mirror's, so memory barely grows.
     python_map_write_cache: int = 100_000
+    #: Records a Python operator takes before it must finish the bundle: the JVM task then
+    #: waits, idle, until the worker has answered all of them (PyFlink's default is 1,000).
+    #: Bundles also end on each watermark, each checkpoint and after 1 s.
+    python_bundle_size: int = 100_000
     #: Cassandra writes in flight per subtask of the deciding operator.
     sink_capacity: int = 256
     #: Rows per Cassandra request (unlogged batch) for images/duplicates/late_events; 1 = no
@@ -91,6 +99,10 @@ class PipelineConfig:
     #: PyFlink's ``process`` (a Python worker process per slot) or ``thread`` (Python embedded
     #: in the TaskManager through PEMJA: no gRPC, no per-record coding between JVM and Python).
     python_execution_mode: str = "process"
+    #: Slot sharing group of ``decide`` ("" = the default group, shared with ``clean``). PyFlink
+    #: runs one Python worker process per slot, so its own group gives ``decide`` its own worker
+    #: (its own GIL), in parallel with the one that cleans; it takes one more task slot.
+    decide_slot_group: str = "decide"
     #: Stop at the offsets current at start (benchmarks, batch re-runs).
     bounded: int = 0
     #: Extra jars (``file://`` URLs); the Kafka connector is found by :func:`connector_jars`.

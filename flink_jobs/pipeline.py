@@ -80,6 +80,8 @@ def build(
         .name("decide: dedup, windows, cassandra")
         .uid("decide")
     )
+    if config.decide_slot_group:
+        results = results.slot_sharing_group(config.decide_slot_group)
     return PipelineStreams(results, cleaned.get_side_output(DLQ_TAG))
 
 
@@ -159,13 +161,19 @@ def flink_configuration(config: PipelineConfig, jars: Sequence[str]) -> Configur
     conf.set_string("python.execution-mode", config.python_execution_mode)
     conf.set_string("table.local-time-zone", "UTC")
     conf.set_string("python.state.cache-size", str(config.python_state_cache))
+    conf.set_string("python.fn-execution.bundle.size", str(config.python_bundle_size))
     conf.set_string("python.map-state.write-cache-size", str(config.python_map_write_cache))
+    conf.set_string("pipeline.auto-watermark-interval", f"{config.watermark_interval_ms} ms")
     conf.set_string("execution.checkpointing.interval", f"{config.checkpoint_interval_ms} ms")
     conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
     conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     if config.checkpoint_dir:
         conf.set_string("execution.checkpointing.dir", config.checkpoint_dir)
         conf.set_string("execution.checkpointing.savepoint-dir", config.checkpoint_dir.rstrip("/") + "-savepoints")
+    if config.decide_slot_group:
+        # a local (mini-cluster) run sizes its one TaskManager by this; a session cluster's
+        # TaskManagers have their own slots and ignore it
+        conf.set_string("taskmanager.numberOfTaskSlots", str(2 * config.parallelism))
     if config.state_backend:
         conf.set_string("state.backend.type", config.state_backend)
     conf.set_string("restart-strategy.type", "exponential-delay")

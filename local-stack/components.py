@@ -54,7 +54,9 @@ S3PROXY_HEAP = "512m"
 FLINK_JM_PROCESS = "1200m"
 FLINK_TM_PROCESS = "4g"
 FLINK_TM_METASPACE = "768m"
-FLINK_TM_SLOTS = 4
+#: The pipeline takes two slots (``clean`` and ``decide`` each get a Python worker); a test or
+#: bench job beside it takes up to two more, and a cancelled job frees its slots a little later.
+FLINK_TM_SLOTS = 6
 #: Variables a component must not inherit from whoever runs stackctl: JVM option overrides, and
 #: what PyFlink's in-process (loopback) Python worker writes into its host's environment - a
 #: TaskManager started with PYTHON_LOOPBACK_SERVER_ADDRESS runs every Python worker inside that

@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import given, strategies as st
 
+from imgstream import events
 from imgstream.cleaning import (
     MAX_DLQ_RAW_BYTES,
     MAX_EVENT_BYTES,
@@ -16,6 +17,7 @@ from imgstream.cleaning import (
     encode_raw,
     heartbeat_value,
 )
+from imgstream.errors import InvalidEvent
 
 SEEN = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
 SRC = Source("images.uploaded", 2, 41, 1_700_000_000_000)
@@ -163,3 +165,24 @@ def test_clean_never_raises_on_mangled_events(over):
     assert isinstance(out, (Cleaned, Heartbeat, DeadLetter))
     if isinstance(out, DeadLetter):
         json.loads(out.to_json())
+
+
+@given(
+    st.dictionaries(st.sampled_from(sorted(event())), json_values, max_size=4),
+    st.sets(st.sampled_from(sorted(event())), max_size=2),
+    st.dictionaries(st.sampled_from(["idempotency_key", "gateway", "extra", "Size"]), json_values, max_size=2),
+)
+def test_compiled_check_never_accepts_what_the_schema_rejects(over, dropped, added):
+    """validate() skips the reference validator when the compiled one accepts: that is only
+    right if the compiled check is never looser than the schema."""
+    data = {k: v for k, v in event(**over, **added).items() if k not in dropped}
+    if events._quick_check(1, data):
+        assert events._validator(1).is_valid(data), data
+
+
+def test_compiled_check_rejection_is_only_a_hint():
+    # the reference decides and names the error; a valid event passes both
+    assert events._quick_check(1, event()) and events._validator(1).is_valid(event())
+    with pytest.raises(InvalidEvent) as err:
+        events.validate(event(size=0))
+    assert err.value.details["field"] == "size" and "minimum" in err.value.message
