@@ -47,6 +47,30 @@ def test_missing_connector_jar_is_named(tmp_path):
     assert connector_jars(env={"IMGSTREAM_FLINK_LIB": str(tmp_path)}) == [jar.as_uri()]
 
 
+def test_job_settings_that_keep_the_python_workers_busy():
+    from flink_jobs.pipeline import flink_configuration
+
+    conf = flink_configuration(PipelineConfig.from_env({}, ["--parallelism=3"]), jars=[])
+    assert conf.get_string("python.fn-execution.bundle.size", "") == "100000"  # PyFlink's is 1,000
+    assert conf.get_string("pipeline.auto-watermark-interval", "") == "1000 ms"
+    assert conf.get_string("taskmanager.numberOfTaskSlots", "") == "6"  # a mini-cluster fits both groups
+    shared = flink_configuration(PipelineConfig.from_env({}, ["--decide_slot_group="]), jars=[])
+    assert shared.get_string("taskmanager.numberOfTaskSlots", "unset") == "unset"
+
+
+def test_index_state_ttl_never_cleans_in_the_background():
+    # heap-backend background cleanup copies the whole one-key index on each state access
+    from pyflink.common import Types
+    from pyflink.datastream.state import MapStateDescriptor
+
+    from flink_jobs.functions import GC_FACTOR, _ttl
+
+    descriptor = _ttl(MapStateDescriptor("exact", Types.STRING(), Types.PICKLED_BYTE_ARRAY()), 1_000)
+    ttl = descriptor._ttl_config
+    assert not ttl.get_cleanup_strategies().is_cleanup_in_background()
+    assert ttl.get_ttl().to_milliseconds() == 1_000 * GC_FACTOR
+
+
 def row(**over):
     values = {
         "image_id": "i1", "producer": "p", "sha256": "s", "phash": "00", "size": 10, "content_type": "image/png",
