@@ -65,6 +65,9 @@ async def timed_job(rest: str, job: str, args: list[str], env: dict[str, str], s
     body = await testing.poll(ended, f"{job} to finish", deadline_s=1800)
     if body["state"] != "FINISHED":
         raise SystemExit(f"{job} ended {body['state']}")
+    failures = _get(rest, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+    if failures:  # RUNNING is then the last restart's: the figures are not comparable
+        print(f"WARNING: {job} restarted {len(failures)}x; first: {failures[0]['exceptionName']}", flush=True)
     stamps = body["timestamps"]
     return (stamps["FINISHED"] - stamps["RUNNING"]) / 1000
 
@@ -137,9 +140,9 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
                                  sample_after_s=60)  # fmt: skip
         timings["pipeline"] = t_pipe
         spans = {label: await kafka_span(bootstrap, f"{sink}-{label}", 2) for label in ("jvm", "python")}
-        ids = [p.image_id for p in planned if p.image_id]
+        ids = sorted({p.image_id for p in planned if p.image_id})
         spans["pipeline"], rows = await asyncio.to_thread(cassandra_span, config, ids)
-        print(f"pipeline wrote {rows} images rows for {len(set(ids))} distinct planned ids")
+        print(f"pipeline wrote {rows} images rows for {len(ids)} distinct planned ids")
         names = {"jvm": "pass-through, JVM only (Flink SQL, Kafka->Kafka)", "python": "pass-through via a Python identity map",
                  "pipeline": "pipeline (clean+dedup+windows+Cassandra)"}  # fmt: skip
         life = {label: sent / t for label, t in timings.items()}

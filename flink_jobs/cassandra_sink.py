@@ -162,6 +162,28 @@ def requests(writes: Sequence[Write], batch_size: int) -> list[list[Write]]:
     return out
 
 
+#: Times a write that timed out or found no replica is retried before it fails the task. The
+#: writes are idempotent upserts, so a retry is always safe; the driver's default policy gives
+#: up at once on an unlogged batch, and one slow moment of a loaded node then restarted the job.
+WRITE_RETRIES = 3
+
+
+def retry_policy(max_retries: int = WRITE_RETRIES) -> Any:
+    """A driver ``RetryPolicy`` that retries timed-out and unavailable writes ``max_retries`` times."""
+    from cassandra.policies import RetryPolicy
+
+    class RetryIdempotentWrites(RetryPolicy):  # type: ignore[misc]
+        def on_write_timeout(self, query: Any, consistency: Any, write_type: Any, required_responses: int,
+                             received_responses: int, retry_num: int) -> tuple[int, Any]:  # fmt: skip
+            return (self.RETRY, consistency) if retry_num < max_retries else (self.RETHROW, None)
+
+        def on_unavailable(self, query: Any, consistency: Any, required_replicas: int, alive_replicas: int,
+                           retry_num: int) -> tuple[int, Any]:  # fmt: skip
+            return (self.RETRY_NEXT_HOST, None) if retry_num < max_retries else (self.RETHROW, None)
+
+    return RetryIdempotentWrites()
+
+
 class CassandraWriter:
     """Executes batches of writes with one driver session (opened in ``open``, per subtask).
 
@@ -171,7 +193,7 @@ class CassandraWriter:
     """
 
     def __init__(
-        self, config: CassandraConfig, capacity: int = 256, request_timeout_s: float = 30.0, batch_size: int = 8
+        self, config: CassandraConfig, capacity: int = 32, request_timeout_s: float = 30.0, batch_size: int = 8
     ) -> None:
         self.config = config
         self.capacity = capacity
@@ -190,7 +212,10 @@ class CassandraWriter:
         from cassandra.query import BatchStatement, BatchType
 
         # no frame compression: on a local network it costs more CPU than it saves
-        self._cluster = Cluster(list(self.config.hosts), port=self.config.port, connect_timeout=20, compression=False)
+        self._cluster = Cluster(
+            list(self.config.hosts), port=self.config.port, connect_timeout=20, compression=False,
+            default_retry_policy=retry_policy(),
+        )  # fmt: skip
         self._session = self._cluster.connect(self.config.keyspace)
         self._session.default_timeout = self.request_timeout_s
         for name, cql in STATEMENTS.items():

@@ -88,8 +88,10 @@ class PipelineConfig:
     #: waits, idle, until the worker has answered all of them (PyFlink's default is 1,000).
     #: Bundles also end on each watermark, each checkpoint and after 1 s.
     python_bundle_size: int = 100_000
-    #: Cassandra writes in flight per subtask of the deciding operator.
-    sink_capacity: int = 256
+    #: Cassandra requests in flight per subtask of the deciding operator. A step can hold
+    #: thousands of rows (one watermark advance); 256 batches at once overran the local node
+    #: (server-side write timeouts), 32 keep it busy without queueing past its 2 s timeout.
+    sink_capacity: int = 32
     #: Rows per Cassandra request (unlogged batch) for images/duplicates/late_events; 1 = no
     #: batches. 8 cuts the driver's CPU per row by 4x; keep it <= 10: Cassandra warns about
     #: unlogged batches over more than 10 partitions, and 20-row batches took 47 ms instead of 3.

@@ -132,3 +132,16 @@ def test_requests_batch_unique_rows_but_send_window_versions_one_by_one_in_order
     assert stats == [[("upload_stats", ("w", 1))], [("upload_stats", ("w", 2))]]  # alone, in order
     assert [w for r in out for w in r if w[0] == "image"] == writes[:5]
     assert requests(writes, batch_size=1) == [[w] for w in writes]
+
+
+def test_writes_retry_timeouts_a_few_times_then_fail():
+    from cassandra.policies import RetryPolicy
+
+    from flink_jobs.cassandra_sink import WRITE_RETRIES, retry_policy
+
+    policy = retry_policy()
+    assert policy.on_write_timeout(None, "Q", "UNLOGGED_BATCH", 1, 0, 0) == (RetryPolicy.RETRY, "Q")
+    assert policy.on_write_timeout(None, "Q", "SIMPLE", 1, 0, WRITE_RETRIES - 1)[0] == RetryPolicy.RETRY
+    assert policy.on_write_timeout(None, "Q", "SIMPLE", 1, 0, WRITE_RETRIES) == (RetryPolicy.RETHROW, None)
+    assert policy.on_unavailable(None, "Q", 1, 0, 0)[0] == RetryPolicy.RETRY_NEXT_HOST
+    assert policy.on_unavailable(None, "Q", 1, 0, WRITE_RETRIES)[0] == RetryPolicy.RETHROW
