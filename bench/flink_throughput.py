@@ -102,7 +102,8 @@ def cassandra_span(config: StackConfig, image_ids: list[str]) -> tuple[float, in
         session = cluster.connect(config.cassandra.keyspace)
         select = session.prepare("SELECT processed_at FROM images WHERE image_id = ?")
         results = execute_concurrent_with_args(session, select, [(i,) for i in image_ids], concurrency=64)
-        stamps = [r.result_or_exc.one().processed_at for r in results if r.success and r.result_or_exc.one()]
+        rows = [r.result_or_exc.one() for r in results if r.success]
+        stamps = [row.processed_at for row in rows if row is not None]
     finally:
         cluster.shutdown()
     return (max(stamps) - min(stamps)).total_seconds(), len(stamps)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from imgstream.errors import InvalidEvent
 
@@ -92,17 +92,15 @@ class ImageUploaded:
 
 def validate(data: Any) -> dict[str, Any]:
     """Validate a decoded event against its schema version; raise :class:`InvalidEvent` with the reason."""
-    import jsonschema  # local import keeps module import cheap on Flink workers that never validate
-
     if not isinstance(data, dict):
         raise InvalidEvent("event is not a JSON object", reason="not_an_object")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise InvalidEvent(f"unknown schema_version {version!r}", reason="unknown_version")
-    if not _quick_check(version, data):
-        errors = sorted(_validator(version).iter_errors(data), key=lambda e: list(e.path))
-    else:
+    if _quick_check(version)(data):
         errors = []
+    else:
+        errors = sorted(_validator(version).iter_errors(data), key=lambda e: list(e.path))
     if errors:
         first = errors[0]
         where = "/".join(str(p) for p in first.path) or "(root)"
@@ -114,29 +112,29 @@ def validate(data: Any) -> dict[str, Any]:
     return data
 
 
-def _quick_check(version: int, data: dict[str, Any]) -> bool:
-    """Whether the compiled (fastjsonschema) validator accepts ``data``.
+@lru_cache(maxsize=None)
+def _quick_check(version: int) -> Callable[[Any], bool]:
+    """Whether the compiled (fastjsonschema) validator accepts an event, as a predicate.
 
     It runs 40 times faster than ``jsonschema`` (14 vs 540 us per event, measured), so valid
     events - nearly all of them - skip the reference validator. A rejection is only a hint:
     the reference validator then decides and names the error, so messages stay the same and a
     stricter compiled check can never turn away an event the schema allows. Formats are left
     to the reference (which, like here, does not check ``date-time``: :func:`parse_time` does).
+    Imports and compiles once per version (local import: module import stays cheap).
     """
     import fastjsonschema
 
-    try:
-        _compiled(version)(data)
-    except fastjsonschema.JsonSchemaException:
-        return False
-    return True
+    compiled = fastjsonschema.compile(schema(version), use_formats=False)
 
+    def accepts(data: Any) -> bool:
+        try:
+            compiled(data)
+        except fastjsonschema.JsonSchemaException:
+            return False
+        return True
 
-@lru_cache(maxsize=None)
-def _compiled(version: int) -> Any:
-    import fastjsonschema
-
-    return fastjsonschema.compile(schema(version), use_formats=False)
+    return accepts
 
 
 @lru_cache(maxsize=None)
