@@ -76,6 +76,9 @@ class PipelineConfig:
     near_ttl_ms: int = DEFAULT_NEAR_TTL_MS
     replay_ttl_ms: int = DEFAULT_REPLAY_TTL_MS
     max_band_candidates: int = MAX_BAND_CANDIDATES
+    #: Bands of the near-duplicate index (0 = automatic: 4 bands of 16 bits at the default
+    #: distance, see ``imgstream.hashing.default_bands``). A change re-bands the stored index.
+    near_bands: int = 0
     #: Keyed states cached in each Python worker. The pipeline does not rely on it: its
     #: MapState is mirrored in the worker (flink_jobs/mirror.py).
     python_state_cache: int = 100_000
@@ -120,6 +123,7 @@ class PipelineConfig:
             near_ttl_ms=self.near_ttl_ms,
             replay_ttl_ms=self.replay_ttl_ms,
             max_band_candidates=self.max_band_candidates,
+            near_bands=self.near_bands or None,
         )
 
     def __post_init__(self) -> None:

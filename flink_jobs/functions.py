@@ -10,6 +10,7 @@ coordinates and, once decided, the verdict fields (``status``, ``duplicate_of``,
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable
 
 from pyflink.common import Row, Types
@@ -24,6 +25,8 @@ from imgstream.windows import Lateness, WindowBook, classify
 
 from flink_jobs.cassandra_sink import CassandraWriter, image_writes, window_writes
 from flink_jobs.mirror import MirroredMap
+
+log = logging.getLogger(__name__)
 
 DLQ_TAG = OutputTag("dead-letters", Types.STRING())
 
@@ -188,6 +191,9 @@ class Decide(KeyedProcessFunction):
             self.book.reset()
             self.decided_to = None
             self.key = key
+            moved = self.dedup.reband()  # an index stored under other bands (older version)
+            if moved:
+                log.info("re-banded %d near-duplicate candidates of key %r to %s", moved, key, self.policy.band_plan)
 
     def _timer(self, ctx: Any, timestamp: int) -> None:
         if timestamp not in self.timers:

@@ -17,8 +17,8 @@ Semantics
 * **Exact.** The first image with a SHA-256 (within the producer's scope, below) is
   ``accepted``; later ones are ``duplicate``/``exact`` with ``duplicate_of`` = that first image
   and ``distance`` 0.
-* **Near.** Among earlier images that share a band with it (see :mod:`imgstream.hashing`) and
-  lie within ``near_max_distance`` bits, the *closest* is the original; ties go to the earliest
+* **Near.** Among earlier images within ``near_max_distance`` bits (found through the band
+  index, which never misses one: see :mod:`imgstream.hashing`), the *closest* is the original; ties go to the earliest
   ``(event_time, image_id)``. Every image that is not an exact duplicate is registered as a
   candidate, so ``duplicate_of`` of a near duplicate may itself be a near duplicate (the link
   always names a concrete earlier image and its pairwise ``distance``).
@@ -36,11 +36,12 @@ Semantics
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cached_property
 from enum import Enum
 from typing import Any, Iterable, Mapping, MutableMapping, NamedTuple
 
-from imgstream.hashing import band_count, band_keys, parse_hash
+from imgstream.hashing import BandPlan, parse_hash
 
 STATUS_PENDING = "pending"
 STATUS_ACCEPTED = "accepted"
@@ -50,11 +51,12 @@ KIND_EXACT = "exact"
 KIND_NEAR = "near"
 
 #: Default near-duplicate threshold in bits of a 64-bit pHash. Re-encoded/resized copies of
-#: one photo typically land within 0-6 bits while unrelated photos sit near 32; 6 keeps the
-#: band count (7 bands of 9-10 bits) high enough that unrelated images rarely share a band.
+#: one photo typically land within 0-6 bits while unrelated photos sit near 32.
 DEFAULT_NEAR_MAX_DISTANCE = 6
 #: Cap on candidates kept per band key. Degenerate hashes (blank or single-colour images all
 #: hash alike) would otherwise grow one key without bound; the oldest candidates go first.
+#: With 16-bit bands a key of random hashes holds ~15 at 1,000,000 images: only such
+#: degenerate keys reach the cap.
 MAX_BAND_CANDIDATES = 512
 DAY_MS = 24 * 3600 * 1000
 #: Default TTLs (event time). A week of exact/near memory bounds state for ~1000 uploads/s.
@@ -90,19 +92,22 @@ class DedupPolicy:
     near_ttl_ms: int = DEFAULT_NEAR_TTL_MS
     replay_ttl_ms: int = DEFAULT_REPLAY_TTL_MS
     max_band_candidates: int = MAX_BAND_CANDIDATES
+    #: Bands of the near-duplicate index; ``None`` = :func:`imgstream.hashing.default_bands`.
+    #: Changing it re-bands a stored index on the next start (:meth:`Deduplicator.reband`).
+    near_bands: int | None = None
 
     def __post_init__(self) -> None:
-        band_count(self.near_max_distance)  # validates the threshold
+        self.band_plan  # validates the threshold and the band count
         if self.max_band_candidates < 1:
             raise ValueError("max_band_candidates must be >= 1")
         for name in ("exact_ttl_ms", "near_ttl_ms", "replay_ttl_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
 
-    @property
-    def bands(self) -> int:
-        """Number of band keys each image is fanned out to."""
-        return band_count(self.near_max_distance)
+    @cached_property
+    def band_plan(self) -> BandPlan:
+        """Band keys of the near-duplicate index: where an image registers and looks."""
+        return BandPlan.for_distance(self.near_max_distance, self.near_bands)
 
     def for_producer(self, producer: str) -> ProducerPolicy:
         """The policy that applies to ``producer``."""
@@ -181,6 +186,10 @@ class Seen(NamedTuple):
     def from_list(cls, data: list[Any]) -> "Seen":
         # the lists come from to_list, so their fields already have the right types
         return cls._make(data)
+
+
+#: Where a stored candidate (a :meth:`Seen.to_list`) keeps its pHash.
+_PHASH = Seen._fields.index("phash")
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,36 +350,6 @@ def register_candidate(
     return kept
 
 
-# --- merging the per-band results into one verdict ----------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BandMerge:
-    """Per-image merge state: how many band results arrived and the best so far."""
-
-    received: int = 0
-    best: NearMatch | None = None
-
-    def add(self, result: NearMatch | None) -> "BandMerge":
-        return replace(self, received=self.received + 1, best=best_match(self.best, result))
-
-    def complete(self, bands: int) -> bool:
-        return self.received >= bands
-
-    def verdict(self, image_id: str) -> Verdict:
-        if self.best is None:
-            return Verdict.accepted(image_id)
-        return Verdict.near(image_id, self.best.original, self.best.distance)
-
-
-def merge_band_results(image_id: str, results: Iterable[NearMatch | None]) -> Verdict:
-    """One verdict from all band results of an image."""
-    merge = BandMerge()
-    for result in results:
-        merge = merge.add(result)
-    return merge.verdict(image_id)
-
-
 # --- the deduplicator: replay drop, exact and near dedup over one store ---------------------
 
 
@@ -382,7 +361,7 @@ class Deduplicator:
 
     * ``replays``: ``image_id`` -> event time of its first sighting;
     * ``exact``: ``sha256`` -> ``[first image (Seen list) or None, {producer: Seen list}]``;
-    * ``bands``: band key -> candidates (Seen lists), see :func:`band_keys`.
+    * ``bands``: band key -> candidates (Seen lists), see :class:`~imgstream.hashing.BandPlan`.
 
     Given plain dicts it is the in-memory reference the tests compare the job against; the
     job passes state-backed mappings and gets the same decisions by construction. Values are
@@ -421,14 +400,50 @@ class Deduplicator:
         self.exact[image.sha256] = [exact.first_global.to_list(), {**own, image.producer: exact.first_own.to_list()}]
         if exact.original is not None:
             return Verdict.exact(image.image_id, exact.original.image_id)
-        merge = BandMerge()
-        for key in band_keys(image.phash, policy.near_max_distance):
-            candidates = list(map(Seen._make, self.bands.get(key, ())))
-            if producer_policy.near:
-                merge = merge.add(near_match(image, candidates, producer_policy.scope, policy.near_max_distance))
+        bands, plan = self.bands, policy.band_plan
+        match = None
+        if producer_policy.near:
+            # the stored lists are compared as they are; only the close ones become Seen
+            phash, limit = image.phash, policy.near_max_distance
+            close = [c for key in plan.probe_keys(phash) for c in bands.get(key, ()) if (c[_PHASH] ^ phash).bit_count() <= limit]
+            match = near_match(image, map(Seen._make, close), producer_policy.scope, limit)
+        for key in plan.keys(image.phash):
+            candidates = list(map(Seen._make, bands.get(key, ())))
             kept = register_candidate(candidates, image, ttl_ms=policy.near_ttl_ms, cap=policy.max_band_candidates)
-            self.bands[key] = [c.to_list() for c in kept]
-        return merge.verdict(image.image_id)
+            bands[key] = [c.to_list() for c in kept]
+        if match is None:
+            return Verdict.accepted(image.image_id)
+        return Verdict.near(image.image_id, match.original, match.distance)
+
+    def reband(self) -> int:
+        """Move candidates stored under another band layout to this policy's; returns how many
+        were moved (0 when the index already uses it).
+
+        The job calls this when it opens its state: an index written with other bands (an
+        older version, or ``near_bands`` changed) keeps deciding the same way, because every
+        stored candidate carries its full pHash. Candidates are registered in event-time order,
+        so each new list keeps the newest :attr:`~DedupPolicy.max_band_candidates`.
+        """
+        plan, bands = self.policy.band_plan, self.bands
+        stale = [key for key in bands if not plan.owns(key)]
+        if not stale:
+            return 0
+        moved: dict[str, Seen] = {}
+        for key in stale:
+            for candidate in map(Seen._make, bands[key]):
+                moved[candidate.image_id] = candidate
+            del bands[key]
+        regrouped: dict[str, list[Seen]] = {}
+        for candidate in sorted(moved.values(), key=lambda c: (c.event_time, c.image_id)):
+            for key in plan.keys(candidate.phash):
+                regrouped.setdefault(key, []).append(candidate)
+        cap = self.policy.max_band_candidates
+        for key, candidates in regrouped.items():
+            merged = {c.image_id: c for c in map(Seen._make, bands.get(key, ()))}
+            merged.update((c.image_id, c) for c in candidates)
+            ordered = sorted(merged.values(), key=lambda c: (c.event_time, c.image_id))[-cap:]
+            bands[key] = [c.to_list() for c in ordered]
+        return len(moved)
 
     def prune(self, now: int) -> int:
         """Forget what no image at event time ``now`` or later can match; returns the number

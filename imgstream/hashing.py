@@ -1,18 +1,26 @@
-"""64-bit perceptual hashes: Hamming distance and banding for near-duplicate candidate search.
+"""64-bit perceptual hashes: Hamming distance and the band index for near-duplicate search.
 
 Near-duplicate detection must not compare every image with every other. Instead each hash is
-split into ``d + 1`` contiguous *bands* (``d`` = the largest Hamming distance still called a
-near duplicate). Two hashes that differ in at most ``d`` bits can differ in at most ``d`` bands,
-so by the pigeonhole principle they agree exactly on at least one band. Keying state by
-``(band index, band value)`` therefore puts every pair within the threshold into at least one
-common key, and only images sharing a key are ever compared.
+split into ``m`` contiguous *bands* and the index keys every image by ``(band index, band
+value)`` - multi-index hashing. Two hashes within ``d`` bits (``d`` = the largest Hamming
+distance still called a near duplicate) cannot differ in more than ``d // m`` bits in *every*
+band, or they would differ in more than ``d`` bits in all (pigeonhole). So an image looks up,
+per band, every band value within ``r = d // m`` bits of its own, and finds every earlier hash
+within ``d`` among what those keys hold; only those are compared.
+
+``m = d + 1`` bands need no probing (``r = 0``) but are narrow: at ``d = 6``, 7 bands of 9-10
+bits, so each key collects ``1/1,024`` of all images. The default is 4 bands of 16 bits with
+``r = 1``: 68 lookups per image, each key holding ``1/65,536`` of the images (see
+:class:`BandPlan`).
 
 Pure functions, no framework imports: used by the Flink jobs and by unit tests alike.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from math import comb
 
 #: Width of the perceptual hash the gateway publishes (``imaging.phash``: 16 hex chars).
 HASH_BITS = 64
@@ -21,6 +29,13 @@ _HASH_MASK = (1 << HASH_BITS) - 1
 
 #: Largest threshold banding supports: ``d + 1`` bands of at least one bit each.
 MAX_BANDED_DISTANCE = HASH_BITS - 1
+#: Bands of the near-duplicate index by default: 4 bands of 16 bits. Each key then holds about
+#: ``N / 65,536`` of ``N`` indexed hashes (random ones), so the lists stay short up to millions
+#: of images; 7 bands of 9-10 bits (one per bit of the default threshold, no probing) held
+#: ``N / 1,024`` each, and every image rewrote 7 of them.
+DEFAULT_INDEX_BANDS = 4
+#: Most keys one image may look up (see :func:`probe_count`): 4 bands at distance 6 need 68.
+MAX_PROBES = 4096
 
 HashLike = str | int
 
@@ -56,13 +71,6 @@ def hamming(a: HashLike, b: HashLike) -> int:
     return (parse_hash(a) ^ parse_hash(b)).bit_count()
 
 
-def band_count(max_distance: int) -> int:
-    """How many bands guarantee a shared band for any pair within ``max_distance`` bits."""
-    if not 0 <= max_distance <= MAX_BANDED_DISTANCE:
-        raise ValueError(f"max_distance must be in 0..{MAX_BANDED_DISTANCE}, got {max_distance}")
-    return max_distance + 1
-
-
 def band_layout(bands: int) -> tuple[tuple[int, int], ...]:
     """``(shift, width)`` of each band, most significant first, widths differing by at most 1.
 
@@ -86,20 +94,113 @@ def split_bands(value: HashLike, bands: int) -> tuple[int, ...]:
     return tuple((h >> shift) & ((1 << width) - 1) for shift, width in band_layout(bands))
 
 
-def band_keys(value: HashLike, max_distance: int) -> tuple[str, ...]:
-    """State keys for ``value``: one ``"<index>:<band hex>"`` per band.
+def probe_radius(max_distance: int, bands: int) -> int:
+    """Bits a probe may flip per band so no pair within ``max_distance`` is missed.
 
-    The band index is part of the key so equal bit patterns in different positions never
-    collide. Any two hashes with ``hamming(a, b) <= max_distance`` share at least one key.
+    If every band of two hashes differed in more than ``max_distance // bands`` bits, they
+    would differ in more than ``max_distance`` bits in all; so one band is within that radius.
     """
-    bands = band_count(max_distance)
-    layout = band_layout(bands)
+    return max_distance // bands
+
+
+def _flip_masks(width: int, radius: int) -> tuple[int, ...]:
+    """Every ``width``-bit mask with at most ``radius`` bits set, the empty mask first."""
     return tuple(
-        f"{index:02d}:{band:0{(width + 3) // 4}x}"
-        for index, (band, (_, width)) in enumerate(zip(split_bands(value, bands), layout))
+        sum(1 << bit for bit in bits) for weight in range(radius + 1) for bits in combinations(range(width), weight)
     )
 
 
-def shares_band(a: Sequence[str], b: Sequence[str]) -> bool:
-    """Whether two band-key tuples (from :func:`band_keys` with one threshold) share a key."""
-    return any(x == y for x, y in zip(a, b))
+def probe_count(max_distance: int, bands: int) -> int:
+    """Lookups per image for ``bands`` bands: the masks within the radius, summed over bands."""
+    radius = probe_radius(max_distance, bands)
+    return sum(sum(comb(width, k) for k in range(radius + 1)) for _, width in band_layout(bands))
+
+
+def default_bands(max_distance: int) -> int:
+    """The band count the index uses for ``max_distance`` unless told otherwise.
+
+    :data:`DEFAULT_INDEX_BANDS` (fewer for tiny thresholds: ``d + 1`` bands already need no
+    probing), more if that would exceed :data:`MAX_PROBES` lookups per image.
+    """
+    _check_distance(max_distance)
+    bands = min(max_distance + 1, DEFAULT_INDEX_BANDS)
+    while probe_count(max_distance, bands) > MAX_PROBES:
+        bands += 1  # terminates: d + 1 bands need d + 1 probes, and d + 1 <= 64 <= MAX_PROBES
+    return bands
+
+
+def _check_distance(max_distance: int) -> None:
+    if not 0 <= max_distance <= MAX_BANDED_DISTANCE:
+        raise ValueError(f"max_distance must be in 0..{MAX_BANDED_DISTANCE}, got {max_distance}")
+
+
+@dataclass(frozen=True)
+class BandPlan:
+    """How the near-duplicate index splits hashes into band keys and where an image looks.
+
+    An image is *registered* under one key per band (:meth:`keys`) and *probes* every key
+    within :attr:`radius` bits of each of its bands (:meth:`probe_keys`). Any earlier hash
+    within :attr:`max_distance` bits is registered under at least one probed key
+    (:func:`probe_radius`), so near dedup compares only what it finds there.
+
+    Keys read ``"<bands>.<index>:<band hex>"``: the band count is part of every key, so the
+    entries of another layout are recognisable (:meth:`owns`) and can be re-banded.
+    """
+
+    max_distance: int
+    bands: int
+    layout: tuple[tuple[int, int], ...] = field(init=False, repr=False)
+    radius: int = field(init=False)
+    _formats: tuple[tuple[str, int, int, str], ...] = field(init=False, repr=False, compare=False)
+    _masks: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
+    _prefixes: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_distance(self.max_distance)
+        layout = band_layout(self.bands)
+        probes = probe_count(self.max_distance, self.bands)
+        if probes > MAX_PROBES:
+            raise ValueError(
+                f"{self.bands} bands for distance {self.max_distance} need {probes} lookups per image"
+                f" (limit {MAX_PROBES}); use more bands"
+            )
+        radius = probe_radius(self.max_distance, self.bands)
+        formats = tuple(
+            (f"{self.bands}.{index}:", shift, (1 << width) - 1, f"0{(width + 3) // 4}x")
+            for index, (shift, width) in enumerate(layout)
+        )
+        object.__setattr__(self, "layout", layout)
+        object.__setattr__(self, "radius", radius)
+        object.__setattr__(self, "_formats", formats)
+        object.__setattr__(self, "_masks", tuple(_flip_masks(width, radius) for _, width in layout))
+        object.__setattr__(self, "_prefixes", frozenset(prefix for prefix, *_ in formats))
+
+    @classmethod
+    def for_distance(cls, max_distance: int, bands: int | None = None) -> "BandPlan":
+        """The plan for ``max_distance``; ``bands`` ``None`` = :func:`default_bands`."""
+        return cls(max_distance, default_bands(max_distance) if bands is None else bands)
+
+    @property
+    def probes(self) -> int:
+        """Lookups per image."""
+        return sum(len(masks) for masks in self._masks)
+
+    def keys(self, value: HashLike) -> tuple[str, ...]:
+        """The keys ``value`` is registered under: one per band."""
+        h = parse_hash(value)
+        return tuple(f"{prefix}{(h >> shift) & mask:{spec}}" for prefix, shift, mask, spec in self._formats)
+
+    def probe_keys(self, value: HashLike) -> list[str]:
+        """The keys to look ``value``'s near duplicates up in: every band value within
+        :attr:`radius` bits of each of its own (its registration keys included)."""
+        h = parse_hash(value)
+        return [
+            f"{prefix}{band ^ flip:{spec}}"
+            for (prefix, shift, mask, spec), masks in zip(self._formats, self._masks)
+            for band in ((h >> shift) & mask,)
+            for flip in masks
+        ]
+
+    def owns(self, key: str) -> bool:
+        """Whether ``key`` is a key of this plan's layout (not of another band count)."""
+        return key[: key.find(":") + 1] in self._prefixes

@@ -2,7 +2,6 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from imgstream.dedup import (
-    BandMerge,
     DedupPolicy,
     Deduplicator,
     NearMatch,
@@ -13,7 +12,6 @@ from imgstream.dedup import (
     best_match,
     exact_decision,
     image_ref,
-    merge_band_results,
     near_match,
     register_candidate,
     replay_decision,
@@ -125,22 +123,6 @@ def test_best_match_is_associative_and_commutative(a, b, c):
     assert best_match(best_match(a, b), c) == best_match(a, best_match(b, c))
 
 
-@given(st.lists(matches, min_size=1, max_size=8), st.randoms())
-def test_merge_is_order_independent(results, rnd):
-    shuffled = list(results)
-    rnd.shuffle(shuffled)
-    assert merge_band_results("x", results) == merge_band_results("x", shuffled)
-
-
-def test_band_merge_completes_after_all_bands():
-    m = BandMerge().add(None).add(NearMatch("o", 3, 5))
-    assert not m.complete(3)
-    m = m.add(NearMatch("o2", 1, 9))
-    assert m.complete(3)
-    assert m.verdict("me") == Verdict.near("me", "o2", 1)
-    assert BandMerge().add(None).verdict("me") == Verdict.accepted("me")
-
-
 def test_register_candidate_prunes_by_ttl_and_caps_oldest_first():
     cands = [Seen(iid(i), "p1", i * 1000, 0) for i in range(1, 6)]
     kept = register_candidate(cands, img(6), ttl_ms=3000, cap=10)
@@ -182,11 +164,15 @@ def test_exact_duplicate_is_not_a_near_candidate():
         max_size=30,
     ),
     st.integers(0, 5),
+    st.sampled_from([None, 2, 3, 6, 9, 64]),
 )
-def test_banded_pipeline_equals_brute_force(uploads, max_distance):
-    """Banding finds exactly what comparing with every earlier registered image finds."""
+def test_banded_pipeline_equals_brute_force(uploads, max_distance, bands):
+    """The band index finds exactly what comparing with every earlier registered image finds,
+    whatever the band layout."""
     base = 0x0123456789ABCDEF
-    policy = DedupPolicy(near_max_distance=max_distance, producers={"p2": ProducerPolicy(Scope.PRODUCER)})
+    policy = DedupPolicy(
+        near_max_distance=max_distance, producers={"p2": ProducerPolicy(Scope.PRODUCER)}, near_bands=bands
+    )
     d = Deduplicator(policy)
     registered: list[Seen] = []
     first_by: dict[tuple[str | None, str], str] = {}
@@ -230,9 +216,12 @@ def test_policy_parsing_rejects_garbage(spec):
 
 
 def test_policy_validates_knobs():
-    assert DedupPolicy(near_max_distance=6).bands == 7
+    assert DedupPolicy(near_max_distance=6).band_plan.bands == 4
+    assert DedupPolicy(near_max_distance=6, near_bands=7).band_plan.radius == 0
     with pytest.raises(ValueError):
         DedupPolicy(near_max_distance=64)
+    with pytest.raises(ValueError):
+        DedupPolicy(near_max_distance=16, near_bands=2)  # far too many lookups per image
     with pytest.raises(ValueError):
         DedupPolicy(exact_ttl_ms=0)
     with pytest.raises(ValueError):
@@ -303,3 +292,52 @@ def test_prune_keeps_a_producer_first_that_outlives_the_global_first():
     d.prune(now=12_000)
     first, own = d.exact[SHA_A]
     assert first is None and set(own) == {"p2"}
+
+
+# --- re-banding a stored index --------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.sets(st.integers(0, 63), max_size=5)), min_size=1, max_size=25),
+    st.sampled_from([2, 6, 7, 64]),
+)
+def test_reband_continues_like_an_index_built_with_the_new_layout(uploads, old_bands):
+    """An index stored under another band count, re-banded, decides the next images exactly
+    like one built with the new layout from the start."""
+    images = []
+    for n, (content, flips) in enumerate(uploads, start=1):
+        phash = 0x0123456789ABCDEF
+        for bit in flips:
+            phash ^= 1 << bit
+        images.append(img(n, sha=f"{content:064x}", phash=phash))
+    old = Deduplicator(DedupPolicy(near_max_distance=5, near_bands=old_bands))
+    new = Deduplicator(DedupPolicy(near_max_distance=5))
+    half = len(images) // 2
+    for image in images[:half]:
+        old.process(image)
+        new.process(image)
+    moved = Deduplicator(new.policy, replays=old.replays, exact=old.exact, bands=old.bands)
+    assert moved.reband() == len({c[0] for cands in new.bands.values() for c in cands})
+    assert dict(moved.bands) == dict(new.bands)
+    assert moved.reband() == 0  # already in the new layout
+    assert [moved.process(i) for i in images[half:]] == [new.process(i) for i in images[half:]]
+
+
+def test_reband_reads_the_layout_before_band_counts_were_in_keys():
+    # what the 7-band index of earlier versions stored: "<index>:<band hex>" -> Seen lists
+    stored = {
+        "00:000": [[iid(1), "p1", 1000, 0]],
+        "01:000": [[iid(1), "p1", 1000, 0], [iid(2), "p1", 2000, 0xFFFF]],
+    }
+    d = Deduplicator(DedupPolicy(), bands=stored)
+    assert d.reband() == 2
+    assert all(d.policy.band_plan.owns(key) for key in stored)
+    assert d.process(img(3, phash=0b11)) == Verdict.near(iid(3), iid(1), 2)
+
+
+def test_reband_keeps_the_newest_candidates_under_the_cap():
+    stored = {"00:000": [[iid(n), "p1", n * 1000, 0] for n in range(1, 6)]}
+    d = Deduplicator(DedupPolicy(max_band_candidates=3), bands=stored)
+    assert d.reband() == 5
+    assert {tuple(c[0] for c in cands) for cands in d.bands.values()} == {(iid(3), iid(4), iid(5))}

@@ -32,7 +32,7 @@ def test_config_from_env_and_args():
 @pytest.mark.parametrize(
     "argv",
     [["window_ms=1"], ["--dedup_policy=a=nowhere"], ["--window_ms=abc"], ["--python_execution_mode=fork"],
-     ["--state_backend=leveldb"], ["--dlq_delivery=maybe"]],
+     ["--state_backend=leveldb"], ["--dlq_delivery=maybe"], ["--near_bands=65"], ["--near_bands=1"]],
 )  # fmt: skip
 def test_config_rejects_bad_input_at_the_entry_point(argv):
     with pytest.raises(ValueError):

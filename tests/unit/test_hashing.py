@@ -2,14 +2,16 @@ import pytest
 from hypothesis import given, strategies as st
 
 from imgstream.hashing import (
+    DEFAULT_INDEX_BANDS,
     HASH_BITS,
-    band_count,
-    band_keys,
+    MAX_PROBES,
+    BandPlan,
     band_layout,
+    default_bands,
     format_hash,
     hamming,
     parse_hash,
-    shares_band,
+    probe_count,
     split_bands,
 )
 
@@ -77,40 +79,73 @@ def test_bands_reassemble_the_hash(h, bands):
     assert value == h
 
 
-def test_band_count_is_pigeonhole():
-    assert band_count(0) == 1
-    assert band_count(6) == 7
-    with pytest.raises(ValueError):
-        band_count(64)
-    with pytest.raises(ValueError):
-        band_count(-1)
+def test_default_bands_probe_little_and_never_exceed_the_limit():
+    assert [default_bands(d) for d in range(5)] == [1, 2, 3, 4, 4]  # d + 1 bands need no probing
+    plan = BandPlan.for_distance(6)
+    assert (plan.bands, plan.radius, plan.probes) == (DEFAULT_INDEX_BANDS, 1, 4 * (1 + 16))
+    for d in range(HASH_BITS):
+        bands = default_bands(d)
+        assert probe_count(d, bands) <= MAX_PROBES
+        assert BandPlan.for_distance(d).probes == probe_count(d, bands)
 
 
-@given(hashes, distances, st.data())
-def test_banding_never_misses_a_pair_within_the_threshold(h, max_distance, data):
-    d = data.draw(st.integers(0, max_distance))
+@pytest.mark.parametrize(
+    ("max_distance", "bands"), [(-1, None), (64, None), (6, 0), (6, 65), (16, 4), (8, 1)]
+)
+def test_band_plan_rejects_impossible_layouts(max_distance, bands):
+    # (16, 4) and (8, 1) would need over MAX_PROBES lookups per image (10,068 and ~5e9)
+    with pytest.raises(ValueError):
+        BandPlan.for_distance(max_distance, bands)
+
+
+@st.composite
+def plans(draw):
+    max_distance = draw(distances)
+    feasible = st.integers(1, HASH_BITS).filter(lambda b: probe_count(max_distance, b) <= MAX_PROBES)
+    bands = draw(st.one_of(st.none(), feasible))
+    return BandPlan.for_distance(max_distance, bands)
+
+
+@given(hashes, plans(), st.data())
+def test_probing_never_misses_a_pair_within_the_threshold(h, plan, data):
+    d = data.draw(st.integers(0, plan.max_distance))
     positions = data.draw(st.sets(st.integers(0, HASH_BITS - 1), min_size=d, max_size=d))
     other = flip(h, positions)
-    assert hamming(h, other) <= max_distance
-    assert shares_band(band_keys(h, max_distance), band_keys(other, max_distance))
+    assert hamming(h, other) <= plan.max_distance
+    assert set(plan.keys(other)) & set(plan.probe_keys(h))
 
 
-@given(hashes, distances)
-def test_band_keys_are_distinct_per_position(h, max_distance):
-    keys = band_keys(h, max_distance)
-    assert len(keys) == band_count(max_distance) == len(set(keys))
-    assert band_keys(format_hash(h).upper(), max_distance) == keys
+@given(hashes, plans())
+def test_keys_are_one_per_band_owned_and_probed(h, plan):
+    keys = plan.keys(h)
+    assert len(keys) == plan.bands == len(set(keys))
+    assert plan.keys(format_hash(h).upper()) == keys
+    probes = plan.probe_keys(h)
+    assert len(probes) == plan.probes == len(set(probes))
+    assert set(keys) <= set(probes)
+    assert all(plan.owns(k) for k in probes)
 
 
 def test_same_bits_in_different_bands_do_not_collide():
     # all-zero hash: every band value is 0, but the keys differ by band index
-    keys = band_keys(0, 3)
-    assert keys == ("00:0000", "01:0000", "02:0000", "03:0000")
+    assert BandPlan.for_distance(6).keys(0) == ("4.0:0000", "4.1:0000", "4.2:0000", "4.3:0000")
 
 
-def test_bands_can_miss_pairs_beyond_the_threshold():
-    # flipping one bit in every band (distance = bands) shares no band: the bound is tight
-    a = 0
-    b = flip(0, {shift for shift, _ in band_layout(band_count(3))})
-    assert hamming(a, b) == 4
-    assert not shares_band(band_keys(a, 3), band_keys(b, 3))
+def test_keys_of_another_layout_are_not_owned():
+    plan = BandPlan.for_distance(6)
+    other = BandPlan.for_distance(6, bands=7)
+    assert not any(plan.owns(k) for k in other.keys(0))
+    assert not plan.owns("00:1ff")  # the layout before the band count was part of the key
+    assert not plan.owns("4.0")  # no value
+    assert plan.owns("4.3:ffff")
+
+
+@given(hashes, plans())
+def test_probing_can_miss_pairs_beyond_the_threshold(h, plan):
+    # flipping radius + 1 bits in every band (distance = bands * (radius + 1) > d) meets no key
+    positions = {shift + bit for shift, width in plan.layout for bit in range(min(width, plan.radius + 1))}
+    if any(width <= plan.radius for _, width in plan.layout):
+        return  # a band narrower than the radius is probed whole
+    other = flip(h, positions)
+    assert hamming(h, other) > plan.max_distance
+    assert not set(plan.keys(other)) & set(plan.probe_keys(h))
