@@ -13,7 +13,7 @@ Memory: the mirror holds what the state holds; the operators prune it by event t
 
 from __future__ import annotations
 
-from typing import Any, Iterator, MutableMapping
+from typing import Any, ItemsView, Iterator, KeysView, MutableMapping, ValuesView
 
 
 class MirroredMap(MutableMapping[str, Any]):
@@ -56,3 +56,18 @@ class MirroredMap(MutableMapping[str, Any]):
 
     def __contains__(self, key: object) -> bool:
         return key in self.data
+
+    # The mixins' versions go through __getitem__ and a KeyError per miss; these are the hot
+    # path of every decision (a dozen lookups per image, most of them misses), and of a prune.
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def keys(self) -> KeysView[str]:
+        return self.data.keys()
+
+    def items(self) -> ItemsView[str, Any]:
+        return self.data.items()
+
+    def values(self) -> ValuesView[Any]:
+        return self.data.values()

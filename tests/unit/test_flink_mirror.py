@@ -49,3 +49,13 @@ def test_reset_reloads_from_the_state():
     state.data["a"] = [2]  # another key's map, after the current key changed
     mirror.reset()
     assert mirror["a"] == [2] and state.iterations == 2
+
+
+def test_views_and_get_follow_writes_without_reading_the_state_again():
+    state = FakeMapState({"a": [1]})
+    mirror = MirroredMap(state)
+    mirror["b"] = [2]
+    del mirror["a"]
+    assert mirror.get("a", "gone") == "gone" and mirror.get("b") == [2]
+    assert list(mirror.keys()) == ["b"] and list(mirror.values()) == [[2]] and list(mirror.items()) == [("b", [2])]
+    assert state.iterations == 1 and state.data == {"b": [2]}
