@@ -32,12 +32,30 @@ def _start_ticks(pid: int) -> int:
 
 
 def kill_taskmanager(repo_root) -> int:
-    """SIGKILL the TaskManager the stack started (by its pid file, after checking it is that process)."""
+    """SIGKILL the TaskManager the stack started (by its pid file, after checking it is that
+    process) with its whole process group - the JVM and its Python workers, as a crashed node
+    loses them all. Killing the JVM alone left its workers running, orphaned, after the test."""
     pid_text, ticks_text = (repo_root / ".stack" / "run" / "flink-taskmanager.pid").read_text().split()
     pid = int(pid_text)
     assert _start_ticks(pid) == int(ticks_text), "pid file does not match the running TaskManager"
-    os.kill(pid, signal.SIGKILL)
+    os.killpg(pid, signal.SIGKILL)  # the stack starts it in its own session: the group is its own
     return pid
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes in process group ``pgid`` (zombies excluded)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
 
 
 def completed_checkpoints(rest: str, job_id: str) -> int:
@@ -83,7 +101,8 @@ async def test_taskmanager_kill_loses_and_double_counts_nothing(stack_config, st
             sending = asyncio.create_task(testing.produce(bootstrap, run.topic, [p.value for p in planned], per_second=8))
             await testing.poll(lambda: written() >= 40, "some written rows", every_s=0.5)
             assert not sending.done(), "the stream must still be flowing when the TaskManager dies"
-            kill_taskmanager(repo_root)
+            killed = kill_taskmanager(repo_root)
+            await testing.poll(lambda: not group_members(killed), "the TaskManager and its Python workers to be gone", deadline_s=30, every_s=0.5)
             await testing.poll(lambda: job_state(rest, run.job_id) in ("RESTARTING", "CREATED", "INITIALIZING") or None,
                                "the job to notice the lost TaskManager", deadline_s=120, every_s=0.5)
             restart = await asyncio.to_thread(
