@@ -6,14 +6,15 @@ Topology (operator names as shown in the Flink web UI; ``[key]`` = keyed by)::
       -> clean ---------------------------------------> kafka-dead-letters (images.dlq)
          |  (images, and rejected events as verdicts)
          -> [index] decide: replay drop, exact and near dedup in event-time order,
-                    upload-stats windows, Cassandra writes (images, duplicates,
-                    late_events, upload_stats) -> results (discarded; tests collect them)
+                    upload-stats windows; one record per step
+              -> cassandra: write steps (images, duplicates, late_events, upload_stats;
+                 in clean's Python worker) -> results (discarded; tests collect them)
 
 The dedup index is one keyed partition on purpose: "duplicate" means "matches any earlier
 image", so every image is compared against one index (banded lookups, not a scan). The
-windows and the Cassandra writes live in the same operator because each hop between Python
-operators is a JVM round trip per record, which bounded the earlier multi-operator designs
-(docs/flink-jobs.md has the numbers). Its state is Flink ``MapState`` mirrored in the Python
+windows live in the same operator because each hop between Python operators is a JVM round
+trip per record, which bounded the earlier multi-operator designs (docs/flink-jobs.md has the
+numbers); the writes cross one hop per *step*, to run in another worker than deciding. Its state is Flink ``MapState`` mirrored in the Python
 worker (see ``flink_jobs.mirror``): a decision costs no round trip to the JVM.
 
 ``build`` wires everything from a raw stream and returns the output streams; ``attach_sinks``
@@ -41,10 +42,12 @@ from pyflink.table import StreamTableEnvironment
 
 from flink_jobs.cassandra_sink import CassandraWriter
 from flink_jobs.config import PipelineConfig, connector_jars
-from flink_jobs.functions import DLQ_TAG, INDEX_KEY, CleanFunction, Decide
+from flink_jobs.functions import DLQ_TAG, INDEX_KEY, CleanFunction, Decide, WriteSteps
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DISCARDING_SINK = "org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink"
+#: Flink's name of the slot sharing group operators are in unless told otherwise.
+DEFAULT_SLOT_GROUP = "default"
 
 
 @dataclass(frozen=True)
@@ -68,20 +71,28 @@ def build(
     timestamps and watermarks) and return its output streams; ``write=False`` leaves
     Cassandra out (a test collects ``results`` instead)."""
     cleaned = raw.process(CleanFunction()).name("clean").uid("clean")
-    writer = (
-        CassandraWriter(config.cassandra, config.sink_capacity, config.sink_timeout_ms / 1000, config.sink_batch_size)
-        if write
-        else None
-    )
-    decide = Decide(config.dedup(), config.window_ms, config.allowed_lateness_ms, writer)
+    decide = Decide(config.dedup(), config.window_ms, config.allowed_lateness_ms)
     results = (
         cleaned.key_by(lambda image: INDEX_KEY, key_type=Types.STRING())
         .process(decide)
-        .name("decide: dedup, windows, cassandra")
+        .name("decide: dedup, windows")
         .uid("decide")
     )
     if config.decide_slot_group:
         results = results.slot_sharing_group(config.decide_slot_group)
+    if write:
+        writer = CassandraWriter(
+            config.cassandra, config.sink_capacity, config.sink_timeout_ms / 1000, config.sink_batch_size
+        )
+        # never fused into decide (PyFlink merges chained Python operators into one): its own
+        # task, in clean's slot group (it would inherit decide's) and so in clean's Python worker
+        results = (
+            results.map(WriteSteps(writer, config.window_ms))
+            .name("cassandra: write steps")
+            .uid("write-cassandra")
+            .disable_chaining()
+            .slot_sharing_group(DEFAULT_SLOT_GROUP)
+        )
     return PipelineStreams(results, cleaned.get_side_output(DLQ_TAG))
 
 

@@ -145,3 +145,30 @@ def test_writes_retry_timeouts_a_few_times_then_fail():
     assert policy.on_write_timeout(None, "Q", "SIMPLE", 1, 0, WRITE_RETRIES) == (RetryPolicy.RETHROW, None)
     assert policy.on_unavailable(None, "Q", 1, 0, 0)[0] == RetryPolicy.RETRY_NEXT_HOST
     assert policy.on_unavailable(None, "Q", 1, 0, WRITE_RETRIES)[0] == RetryPolicy.RETHROW
+
+
+def test_a_step_is_written_verdicts_first_then_window_versions_in_order():
+    from flink_jobs.functions import WriteSteps, step_writes
+
+    window = {"window_start": 0, "window_end": 60_000, "producer": "p", "content_type": "c", "duplicates": 1,
+              "late_events": 0, "final": False, **{k: 1 for k in STAT_FIELDS}}  # fmt: skip
+    step = {
+        "verdicts": [row(), row(image_id="i2", status="duplicate", duplicate_of="i1", duplicate_kind="exact", distance=0)],
+        "windows": [{**window, "revision": 1}, {**window, "revision": 2}],
+    }
+    writes = step_writes(step, 60_000)
+    assert [name for name, _ in writes] == ["image", "image", "duplicate", "upload_stats", "upload_stats"]
+    assert [params[-4] for name, params in writes if name == "upload_stats"] == [1, 2]  # revisions, in order
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def write(self, batch):
+            self.calls.append([name for name, _ in batch])
+
+    recorder = Recorder()
+    assert WriteSteps(recorder, 60_000).map(step) is step  # passed on, for whatever follows
+    assert recorder.calls == [[name for name, _ in writes]]
+    WriteSteps(recorder, 60_000).map({"verdicts": [], "windows": []})
+    assert recorder.calls[-1] == []
