@@ -150,7 +150,9 @@ async def test_pipeline_tables_reach_the_analytics_views_and_deletes_follow(stac
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [window, producer, "image/png", window + timedelta(minutes=1), 2, 2000, 1, 1, 0, 0, 1, 1, 0, True, window])
 
-        mine = ("producer = ? ALLOW FILTERING", "producer = $1", [producer])
+        # by key, not by producer: a filtered scan of a big images table (its null cells are
+        # tombstones) fails with READ_TOO_MANY_TOMBSTONES once a stack has run the benchmarks
+        mine = ("image_id IN ?", "image_id = ANY($1)", [ids])
         await _until_equal(store, pg, "images", ["image_id"], image_cols, CHANGE_DEADLINE_S, mine)
         await _until_equal(store, pg, "duplicates", ["duplicate_of", "image_id"],
                            ["duplicate_kind", "distance", "producer", "sha256", "received_at"], CHANGE_DEADLINE_S,
