@@ -269,9 +269,16 @@ class Component:
 
 # --- Kafka ----------------------------------------------------------------------------------------
 
-def _kafka_uuid() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def _kafka_uuid(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Never starting with ``-``, like Kafka's own ``Uuid.randomUuid``: the storage tool's parser
+    takes ``-t -Abc...`` for an option, and a fresh stack failed to format (1 start in 64).
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _kafka_prepare(ctx: Context) -> None:

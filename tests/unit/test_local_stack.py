@@ -51,6 +51,14 @@ def test_kafka_cluster_id_has_kafka_uuid_shape():
     assert len(cid) == 22 and "=" not in cid
 
 
+def test_kafka_cluster_id_never_starts_with_a_dash():
+    # 0xf8 encodes to "-" first: the storage tool would read "-t -..." as an option (a CI run did)
+    draws = iter([b"\xf8" + bytes(15), bytes(16)])
+    cid = components._kafka_uuid(lambda: next(draws))
+    assert cid == "AAAAAAAAAAAAAAAAAAAAAA"
+    assert not any(components._kafka_uuid().startswith("-") for _ in range(500))
+
+
 def test_pid_file_tracks_a_live_process_and_forgets_a_dead_one(tmp_path):
     pids = procs.PidFiles(tmp_path)
     tracked = procs.spawn(pids, "sleeper", ["sleep", "30"], log_path=tmp_path / "s.log", env=os.environ, cwd=tmp_path)
