@@ -22,7 +22,6 @@ table used ``--sizes 10000,50000,100000``)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,15 +29,8 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flink_jobs.generator import plan  # noqa: E402
-from imgstream.dedup import (  # noqa: E402
-    DEFAULT_NEAR_MAX_DISTANCE,
-    DedupPolicy,
-    Deduplicator,
-    ImageRef,
-    Verdict,
-    image_ref,
-)
+from flink_jobs.generator import image_ref, in_decision_order, plan  # noqa: E402
+from imgstream.dedup import DEFAULT_NEAR_MAX_DISTANCE, DedupPolicy, Deduplicator, ImageRef, Verdict  # noqa: E402
 
 LAYOUTS = {"probed": None, "narrow": DEFAULT_NEAR_MAX_DISTANCE + 1}
 
@@ -47,13 +39,7 @@ def stream(n: int) -> list[ImageRef]:
     """About ``n`` valid images in decision order, with the generator's mix of copies."""
     planned = plan(seed=1, originals=int(n * 0.7), exact_copies=n // 10, near_copies=n // 10,
                    replays=n // 20, malformed=n // 20, step_ms=10, start_ms=0)  # fmt: skip
-    refs = []
-    for p in planned:
-        if p.kind == "malformed" or p.event_time is None:
-            continue
-        e = json.loads(p.value)
-        refs.append(image_ref(e["image_id"], e["producer"], e["sha256"], e["phash"], p.event_time))
-    return sorted(refs, key=lambda r: r.order)
+    return [image_ref(c) for c in in_decision_order(planned)[0]]
 
 
 def run(refs: Sequence[ImageRef], bands: int | None) -> tuple[float, list[Verdict | None], Deduplicator]:

@@ -126,7 +126,7 @@ def _pending_key(image: dict[str, Any]) -> str:
 
 
 class Decide(KeyedProcessFunction):
-    """Decides every image, counts every window and writes the results, keyed by :data:`INDEX_KEY`.
+    """Decides every image and counts every window, keyed by :data:`INDEX_KEY`.
 
     * **Order.** An image ahead of the watermark waits in ``pending`` until the watermark
       passes its 200 ms bucket (the first bucket timer of a watermark advance decides every
@@ -146,9 +146,7 @@ class Decide(KeyedProcessFunction):
     every hop between Python operators costs a JVM round trip per record (docs/flink-jobs.md).
     """
 
-    def __init__(
-        self, policy: DedupPolicy, window_ms: int, allowed_lateness_ms: int
-    ) -> None:
+    def __init__(self, policy: DedupPolicy, window_ms: int, allowed_lateness_ms: int) -> None:
         if window_ms % ORDER_BUCKET_MS:
             raise ValueError(f"window_ms must be a multiple of {ORDER_BUCKET_MS}, got {window_ms}")
         self.policy = policy

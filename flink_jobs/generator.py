@@ -136,21 +136,34 @@ def plan(
     return out
 
 
-def truth(events: Iterable[Planned], policy: DedupPolicy | None = None) -> Truth:
-    """Run the reference :class:`Deduplicator` over the plan in event-time order."""
-    result = Truth()
+def in_decision_order(events: Iterable[Planned]) -> tuple[list[Cleaned], int]:
+    """The plan's valid events cleaned, in the order the pipeline decides them (event time,
+    then ``image_id``), and how many events were malformed."""
     cleaned: list[Cleaned] = []
+    malformed = 0
     for planned in events:
         out = clean(planned.value, Source())
         if isinstance(out, Cleaned):
             cleaned.append(out)
         else:
-            result.malformed += 1
+            malformed += 1
+    return sorted(cleaned, key=lambda c: (c.event_time, c.event.image_id)), malformed
+
+
+def image_ref(c: Cleaned) -> ImageRef:
+    """What dedup needs of a cleaned event."""
+    e = c.event
+    return ImageRef(e.image_id, e.producer, e.sha256, int(e.phash, 16), c.event_time)
+
+
+def truth(events: Iterable[Planned], policy: DedupPolicy | None = None) -> Truth:
+    """Run the reference :class:`Deduplicator` over the plan in event-time order."""
+    result = Truth()
+    cleaned, result.malformed = in_decision_order(events)
     dedup = Deduplicator(policy)
-    for c in sorted(cleaned, key=lambda c: (c.event_time, c.event.image_id)):
-        e = c.event
-        verdict = dedup.process(ImageRef(e.image_id, e.producer, e.sha256, int(e.phash, 16), c.event_time))
+    for c in cleaned:
+        verdict = dedup.process(image_ref(c))
         if verdict is not None:
-            result.verdicts[e.image_id] = verdict
-            result.images[e.image_id] = e
+            result.verdicts[c.event.image_id] = verdict
+            result.images[c.event.image_id] = c.event
     return result

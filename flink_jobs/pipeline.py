@@ -14,8 +14,9 @@ The dedup index is one keyed partition on purpose: "duplicate" means "matches an
 image", so every image is compared against one index (banded lookups, not a scan). The
 windows live in the same operator because each hop between Python operators is a JVM round
 trip per record, which bounded the earlier multi-operator designs (docs/flink-jobs.md has the
-numbers); the writes cross one hop per *step*, to run in another worker than deciding. Its state is Flink ``MapState`` mirrored in the Python
-worker (see ``flink_jobs.mirror``): a decision costs no round trip to the JVM.
+numbers); the writes cross one hop per *step*, to run in another worker than deciding. Its
+state is Flink ``MapState`` mirrored in the Python worker (see ``flink_jobs.mirror``): a
+decision costs no round trip to the JVM.
 
 ``build`` wires everything from a raw stream and returns the output streams; ``attach_sinks``
 adds the production sinks; ``main`` reads config, builds the Kafka source and runs.

@@ -88,12 +88,6 @@ def band_layout(bands: int) -> tuple[tuple[int, int], ...]:
     return tuple(layout)
 
 
-def split_bands(value: HashLike, bands: int) -> tuple[int, ...]:
-    """The value of each band of ``value`` (see :func:`band_layout`)."""
-    h = parse_hash(value)
-    return tuple((h >> shift) & ((1 << width) - 1) for shift, width in band_layout(bands))
-
-
 def probe_radius(max_distance: int, bands: int) -> int:
     """Bits a probe may flip per band so no pair within ``max_distance`` is missed.
 
