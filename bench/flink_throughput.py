@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -28,10 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cpu_budget import metered, report  # noqa: E402
 from flink_jobs import submit, testing  # noqa: E402
 from flink_jobs.generator import plan  # noqa: E402
 from imgstream.config import StackConfig  # noqa: E402
 from imgstream.events import parse_time  # noqa: E402
+
+
+#: The stack's pid files (``local-stack/procs.py``): whose CPU the report counts.
+RUN_DIR = Path(__file__).resolve().parent.parent / ".stack" / "run"
 
 
 def _get(rest: str, path: str) -> dict:
@@ -132,14 +138,18 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         sent = await testing.produce(bootstrap, source, [p.value for p in planned], timestamps=[p.sent_at for p in planned])
         print(f"produced {sent} events in {time.monotonic() - t0:.1f}s", flush=True)
         common = [f"--topic={source}", "--startup_mode=earliest-offset", "--bounded=1", "--parallelism=1"]
-        timings = {}
-        for label, python in (("jvm", "0"), ("python", "1")):
-            timings[label] = await timed_job(rest, "passthrough", [*common, f"--sink_topic={sink}-{label}", f"--python={python}",
-                                                                   f"--job_name=bench-{label}-{run}", f"--group_id=bench-{label}-{run}"], env)  # fmt: skip
-        t_pipe = await timed_job(rest, "pipeline", [*common, f"--dlq_topic={dlq}", f"--job_name=bench-pipeline-{run}",
-                                                      f"--group_id=bench-pipeline-{run}", "--checkpoint_interval_ms=10000", *extra], env,
-                                 sample_after_s=60)  # fmt: skip
-        timings["pipeline"] = t_pipe
+        timings, cpu = {}, {}
+        jobs = {
+            label: ("passthrough", [*common, f"--sink_topic={sink}-{label}", f"--python={python}",
+                                    f"--job_name=bench-{label}-{run}", f"--group_id=bench-{label}-{run}"], 0)
+            for label, python in (("jvm", "0"), ("python", "1"))
+        }  # fmt: skip
+        jobs["pipeline"] = ("pipeline", [*common, f"--dlq_topic={dlq}", f"--job_name=bench-pipeline-{run}",
+                                         f"--group_id=bench-pipeline-{run}", "--checkpoint_interval_ms=10000", *extra], 60)  # fmt: skip
+        for label, (job, args, sample_after_s) in jobs.items():
+            async with metered(RUN_DIR) as meter:
+                timings[label] = await timed_job(rest, job, args, env, sample_after_s=sample_after_s)
+            cpu[label] = (sent, meter.used())
         spans = {label: await kafka_span(bootstrap, f"{sink}-{label}", 2) for label in ("jvm", "python")}
         ids = sorted({p.image_id for p in planned if p.image_id})
         spans["pipeline"], rows = await asyncio.to_thread(cassandra_span, config, ids)
@@ -154,6 +164,9 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         for base in ("jvm", "python"):
             print(f"ratio pipeline / {base:6s} pass-through: life {life['pipeline'] / life[base]:.3f}   "
                   f"steady {steady['pipeline'] / steady[base]:.3f}")  # fmt: skip
+        print("CPU while each job ran (submission to FINISHED), by stack component:", *report(cpu), sep="\n")
+        print(f"(this machine has {os.cpu_count()} cores: total ms/event T bounds a run at {os.cpu_count()} * 1000 / T events/s;"
+              " the CDC chain keeps working through its backlog after the pipeline finishes)")  # fmt: skip
     finally:
         await admin.delete_topics([source, f"{sink}-jvm", f"{sink}-python", dlq])
         await admin.close()

@@ -30,11 +30,15 @@ class MirroredMap(MutableMapping[str, Any]):
     def reset(self) -> None:
         """Forget the mirror (the current key changed); the next access reloads it."""
         self._data = None
+        self.__dict__.pop("get", None)  # back to the class's get, which loads first
 
     @property
     def data(self) -> dict[str, Any]:
         if self._data is None:
             self._data = {key: value for key, value in self._state.items()}
+            # Once loaded, ``get`` is the dict's own (C) method: near dedup probes 68 keys per
+            # image, and a Python-level get per probe was 14 % of deciding's time.
+            self.get = self._data.get  # type: ignore[method-assign,assignment]
         return self._data
 
     def __getitem__(self, key: str) -> Any:

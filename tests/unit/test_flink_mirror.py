@@ -51,6 +51,18 @@ def test_reset_reloads_from_the_state():
     assert mirror["a"] == [2] and state.iterations == 2
 
 
+def test_get_after_a_reset_answers_from_the_reloaded_map():
+    # once loaded, get is the dict's own method: a reset must not leave the old dict's behind
+    state = FakeMapState({"a": [1]})
+    mirror = MirroredMap(state)
+    assert mirror.get("a") == [1]
+    state.data = {"b": [2]}
+    mirror.reset()
+    assert mirror.get("a") is None and mirror.get("b") == [2] and state.iterations == 2
+    mirror["c"] = [3]
+    assert mirror.get("c") == [3]
+
+
 def test_views_and_get_follow_writes_without_reading_the_state_again():
     state = FakeMapState({"a": [1]})
     mirror = MirroredMap(state)

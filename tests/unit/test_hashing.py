@@ -8,8 +8,10 @@ from imgstream.hashing import (
     BandPlan,
     band_layout,
     default_bands,
+    MAX_TABULATED_BAND_BITS,
     format_hash,
     hamming,
+    hex_digits,
     parse_hash,
     probe_count,
 )
@@ -59,6 +61,13 @@ def test_hamming_counts_flipped_bits(h, positions):
     assert hamming(h, flip(h, positions)) == len(positions)
 
 
+@pytest.mark.parametrize("width", [1, 4, 9, MAX_TABULATED_BAND_BITS, MAX_TABULATED_BAND_BITS + 1, 64])
+def test_hex_digits_tabulated_or_formatted_spell_values_alike(width):
+    digits = hex_digits(width)
+    for value in {0, 1, 2 ** (width - 1), 2**width - 1, 0xABCDEF % 2**width}:
+        assert digits[value] == f"{value:0{(width + 3) // 4}x}"
+
+
 @pytest.mark.parametrize("bands", [1, 2, 3, 7, 9, 11, 64])
 def test_band_layout_covers_every_bit_once(bands):
     layout = band_layout(bands)
@@ -74,7 +83,9 @@ def test_bands_reassemble_the_hash(h, bands):
     plan = BandPlan(0, bands)  # radius 0: any band count is a valid plan
     value = 0
     for key, (shift, width) in zip(plan.keys(h), plan.layout):
-        band = int(key.partition(":")[2], 16)
+        digits = key.partition(":")[2]
+        assert len(digits) == (width + 3) // 4 and digits == digits.lower()  # padded, one spelling
+        band = int(digits, 16)
         assert 0 <= band < 2**width
         value |= band << shift
     assert value == h

@@ -1,0 +1,164 @@
+"""CPU seconds used by each component of the local stack, to report where a benchmark's time goes.
+
+A component is the process in its pid file (``local-stack/procs.py``) with its process group
+and its descendants: the TaskManager's JVM with its PyFlink workers, the postmaster with its
+backends (which start sessions of their own). The workers of a bounded job exit with it, and
+an exited process's CPU is not always charged to an ancestor (one whose parent was killed is
+re-parented), so a :class:`CpuMeter` samples every process while a job runs and keeps the last
+figure it saw of each.
+
+On a machine with few cores, throughput is bounded by the CPU all components spend per event,
+not only the job's: the pipeline's writes make Cassandra, the CDC agent, Kafka, Kafka Connect and
+PostgreSQL work too, while a pass-through's output wakes none of them. :func:`report` prints
+milliseconds of CPU per event for each, for jobs measured one after the other.
+
+    async with metered(run_dir) as meter: ...job...
+    meter.used()  # component -> CPU seconds
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import AsyncIterator, Mapping
+
+#: Columns of the report: stack components grouped as an operator would read them. A
+#: component's own process is charged to its name, the rest to ``"<name> children"``; ``*``
+#: takes both.
+GROUPS: Mapping[str, tuple[str, ...]] = {
+    "flink tm (jvm)": ("flink-taskmanager",),
+    "flink python": ("flink-taskmanager children",),
+    "flink jm": ("flink-jobmanager*",),
+    "kafka": ("kafka*",),
+    "cassandra": ("cassandra*",),
+    "cdc+connect+pg": ("cassandra-cdc*", "connect*", "postgres*"),
+    "rest": ("s3*", "gateway*", "stats-api*", "heartbeat*"),
+}
+CHILDREN = " children"
+#: How often a :func:`metered` block samples: a process that exits between two samples loses
+#: at most this much of its CPU from the figures.
+SAMPLE_EVERY_S = 0.5
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: str) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()  # fields from 3 (state) on
+    except OSError:
+        return None
+
+
+def _components(run_dir: Path, stats: Mapping[int, list[str]]) -> dict[int, str]:
+    """Pid -> component name, for the pid files whose process is still the one started."""
+    leaders = {}
+    for pid_file in run_dir.glob("*.pid"):
+        try:
+            pid_text, ticks_text = pid_file.read_text().split()
+        except (OSError, ValueError):
+            continue
+        fields = stats.get(int(pid_text)) if pid_text.isdigit() else None
+        if fields is not None and fields[19] == ticks_text:  # starttime: not a recycled pid
+            leaders[int(pid_text)] = pid_file.stem
+    return leaders
+
+
+def _members(run_dir: Path) -> dict[tuple[int, str], tuple[str, float]]:
+    """(pid, start time) -> (component, CPU seconds so far) of every process of a component."""
+    stats = {int(pid): fields for pid in os.listdir("/proc") if pid.isdigit() and (fields := _stat(pid))}
+    leaders = _components(run_dir, stats)
+    owner: dict[int, str] = {}
+    for pid, fields in stats.items():  # process groups: fields[2]
+        if int(fields[2]) in leaders:
+            owner[pid] = leaders[int(fields[2])]
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():  # parents: fields[1]
+        children.setdefault(int(fields[1]), []).append(pid)
+    for leader, name in leaders.items():  # descendants in other groups (postgres backends)
+        todo = [leader]
+        while todo:
+            pid = todo.pop()
+            owner.setdefault(pid, name)
+            todo.extend(children.get(pid, ()))
+    members = {}
+    for pid, name in owner.items():
+        name = name if pid in leaders else name + CHILDREN
+        fields = stats[pid]
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        members[(pid, fields[19])] = (name, (utime + stime + cutime + cstime) / _TICK)
+    return members
+
+
+class CpuMeter:
+    """CPU used by each component between the first :meth:`sample` and the last.
+
+    A process seen in the first sample counts from what it had used then; one that appears
+    later counts from zero (it started in between); one that has gone counts what it had used
+    when last seen.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._first: dict[tuple[int, str], float] | None = None
+        self._last: dict[tuple[int, str], tuple[str, float]] = {}
+
+    def sample(self) -> None:
+        members = _members(self.run_dir)
+        if self._first is None:
+            self._first = {key: seconds for key, (_, seconds) in members.items()}
+        self._last.update(members)
+
+    def used(self) -> dict[str, float]:
+        """Component -> CPU seconds between the first sample and the last."""
+        first = self._first or {}
+        used: dict[str, float] = {}
+        for key, (name, seconds) in self._last.items():
+            used[name] = used.get(name, 0.0) + max(0.0, seconds - first.get(key, 0.0))
+        return used
+
+
+@contextlib.asynccontextmanager
+async def metered(run_dir: Path, every_s: float = SAMPLE_EVERY_S) -> AsyncIterator[CpuMeter]:
+    """A :class:`CpuMeter` sampling every ``every_s`` while the block runs, and at its ends."""
+    meter = CpuMeter(run_dir)
+    meter.sample()
+
+    async def sampling() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            meter.sample()
+
+    task = asyncio.create_task(sampling())
+    try:
+        yield meter
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        meter.sample()
+
+
+def grouped(used: Mapping[str, float]) -> dict[str, float]:
+    """``used`` summed into :data:`GROUPS` (components missing from the stack count 0)."""
+
+    def names(entry: str) -> tuple[str, ...]:
+        return (entry[:-1], entry[:-1] + CHILDREN) if entry.endswith("*") else (entry,)
+
+    return {group: sum(used.get(name, 0.0) for entry in entries for name in names(entry)) for group, entries in GROUPS.items()}
+
+
+def report(runs: Mapping[str, tuple[int, Mapping[str, float]]]) -> list[str]:
+    """Lines of a table: per run (label -> events, CPU used), ms of CPU per event by group.
+
+    The last column is the machine's whole CPU per event, which bounds events/s at
+    ``cores * 1000 / total``; the two ``flink tm`` columns are the job's own.
+    """
+    width = max(map(len, runs), default=0)
+    header = f"{'CPU ms/event':<{width}}" + "".join(f"{group:>16}" for group in GROUPS) + f"{'total':>9}"
+    lines = [header]
+    for label, (events, used) in runs.items():
+        per = {group: seconds * 1000 / max(events, 1) for group, seconds in grouped(used).items()}
+        lines.append(f"{label:<{width}}" + "".join(f"{value:16.3f}" for value in per.values()) + f"{sum(per.values()):9.3f}")
+    return lines

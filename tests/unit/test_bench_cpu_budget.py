@@ -1,0 +1,101 @@
+"""bench/cpu_budget: CPU is charged to the component whose process (group, descendants) used it."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from bench.cpu_budget import GROUPS, CpuMeter, grouped, metered, report
+
+# a component like postgres: the leader burns CPU, and so does a child in a session of its own
+BURNER = """
+import subprocess, sys, time
+def burn(s):
+    end = time.process_time() + s
+    while time.process_time() < end: pass
+child = subprocess.Popen([sys.executable, "-c", "import time\\nend = time.process_time() + 0.4\\nwhile time.process_time() < end: pass\\ntime.sleep(60)"], start_new_session=True)
+print(child.pid, flush=True)
+burn(0.4)
+time.sleep(60)
+"""
+
+
+def _start_ticks(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[19]
+
+
+def _burner(run_dir):
+    proc = subprocess.Popen([sys.executable, "-c", BURNER], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    (run_dir / "postgres.pid").write_text(f"{proc.pid} {_start_ticks(proc.pid)}\n")
+    (run_dir / "cassandra.pid").write_text(f"{proc.pid} 1\n")  # a recycled pid: another start time
+    return proc
+
+
+def _until(condition, what, deadline_s=30.0):
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_leader_and_descendants_are_charged_and_a_gone_child_keeps_its_share(tmp_path):
+    proc = _burner(tmp_path)
+    child = None
+    try:
+        meter = CpuMeter(tmp_path)
+        meter.sample()
+        child = int(proc.stdout.readline())
+
+        def burnt() -> bool:
+            meter.sample()
+            used = meter.used()
+            return used.get("postgres", 0) >= 0.25 and used.get("postgres children", 0) >= 0.35
+
+        _until(burnt, f"the leader and its child were charged: {meter.used()}")
+        before = meter.used()["postgres children"]
+        os.kill(child, signal.SIGKILL)
+        _until(lambda: not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(") ")[1][0] == "Z", "the child to die")
+        meter.sample()
+        assert meter.used()["postgres children"] >= before  # what the gone child used still counts
+        assert set(meter.used()) == {"postgres", "postgres children"}  # the stale pid file charged nothing
+    finally:
+        if child is not None:
+            subprocess.run(["kill", "-9", str(child)], stderr=subprocess.DEVNULL)
+        proc.kill()
+        proc.wait()
+
+
+def test_metered_samples_while_the_block_runs(tmp_path):
+    proc = _burner(tmp_path)
+    child = None
+
+    async def run():
+        async with metered(tmp_path, every_s=0.05) as meter:
+            await asyncio.sleep(0.3)
+        return meter
+
+    try:
+        child = int(proc.stdout.readline())
+        meter = asyncio.run(run())
+        assert meter.used().get("postgres", 0) > 0
+    finally:
+        if child is not None:
+            subprocess.run(["kill", "-9", str(child)], stderr=subprocess.DEVNULL)
+        proc.kill()
+        proc.wait()
+
+
+def test_report_per_event():
+    used = {"kafka": 2.0, "connect": 1.0, "postgres children": 0.5, "flink-taskmanager": 1.0, "flink-taskmanager children": 3.0}
+    by_group = grouped(used)
+    assert by_group["cdc+connect+pg"] == 1.5 and by_group["cassandra"] == 0
+    assert by_group["flink tm (jvm)"] == 1.0 and by_group["flink python"] == 3.0
+    header, line = report({"pipeline": (1000, used)})
+    assert header.split()[:2] == ["CPU", "ms/event"] and header.split()[-1] == "total"
+    values = [float(v) for v in line.split()[1:]]
+    assert len(values) == len(GROUPS) + 1
+    assert values[list(GROUPS).index("kafka")] == 2.0 and values[list(GROUPS).index("cdc+connect+pg")] == 1.5
+    assert values[-1] == 7.5
