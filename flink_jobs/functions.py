@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from pyflink.common import Row, Types
 from pyflink.common.time import Time
-from pyflink.datastream import KeyedProcessFunction, MapFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
 from imgstream.cleaning import Cleaned, DeadLetter, Heartbeat, Source, clean
@@ -260,9 +260,11 @@ class Decide(KeyedProcessFunction):
             yield {"verdicts": verdicts, "windows": windows}
 
 
-class WriteSteps(MapFunction):
+class WriteSteps(FlatMapFunction):
     """Writes each step of :class:`Decide` to Cassandra - its verdicts (images, duplicates,
-    late_events rows) and window versions (upload_stats) - and passes the step on.
+    late_events rows) and window versions (upload_stats) - and emits nothing: the rows are
+    the result. (Passing each step on cost encoding it again in Python and decoding it in the
+    JVM, only for a discarding sink to drop it.)
 
     A step is written whole before the next one is taken, and a checkpoint barrier reaches
     this operator only after every step before it (PyFlink finishes the bundle first), so no
@@ -285,9 +287,9 @@ class WriteSteps(MapFunction):
     def close(self) -> None:
         self.writer.close()
 
-    def map(self, step: dict[str, Any]) -> dict[str, Any]:
+    def flat_map(self, step: dict[str, Any]) -> Iterable[Any]:
         self.writer.write(step_writes(step, self.window_ms))
-        return step
+        return ()
 
 
 def step_writes(step: dict[str, Any], window_ms: int) -> list[Write]:

@@ -56,7 +56,8 @@ class PipelineStreams:
     """The job's outputs, before sinks: what tests collect and ``attach_sinks`` ends."""
 
     #: One dict per step of ``decide``: ``{"verdicts": [...], "windows": [...]}`` (verdicts with
-    #: their lateness; versions of upload_stats rows), already written when writing is on.
+    #: their lateness; versions of upload_stats rows); when writing is on, the writer's output:
+    #: nothing (the steps end in Cassandra).
     results: DataStream
     dead_letters: DataStream  # JSON strings for the dead-letter topic
 
@@ -88,7 +89,7 @@ def build(
         # never fused into decide (PyFlink merges chained Python operators into one): its own
         # task, in clean's slot group (it would inherit decide's) and so in clean's Python worker
         results = (
-            results.map(WriteSteps(writer, config.window_ms))
+            results.flat_map(WriteSteps(writer, config.window_ms))
             .name("cassandra: write steps")
             .uid("write-cassandra")
             .disable_chaining()
