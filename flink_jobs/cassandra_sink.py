@@ -172,7 +172,7 @@ def retry_policy(max_retries: int = WRITE_RETRIES) -> Any:
     """A driver ``RetryPolicy`` that retries timed-out and unavailable writes ``max_retries`` times."""
     from cassandra.policies import RetryPolicy
 
-    class RetryIdempotentWrites(RetryPolicy):  # type: ignore[misc]
+    class RetryIdempotentWrites(RetryPolicy):
         def on_write_timeout(self, query: Any, consistency: Any, write_type: Any, required_responses: int,
                              received_responses: int, retry_num: int) -> tuple[int, Any]:  # fmt: skip
             return (self.RETRY, consistency) if retry_num < max_retries else (self.RETHROW, None)

@@ -31,7 +31,7 @@ def test_config_from_env_and_args():
 
 @pytest.mark.parametrize(
     "argv",
-    [["window_ms=1"], ["--dedup_policy=a=nowhere"], ["--window_ms=abc"], ["--python_execution_mode=fork"],
+    [["window_ms=1"], ["--dedup_policy=a=nowhere"], ["--window_ms=abc"], ["--python_execution_mode=fork"], ["--python_execution_mode=thread"],
      ["--state_backend=leveldb"], ["--dlq_delivery=maybe"], ["--near_bands=65"], ["--near_bands=1"]],
 )  # fmt: skip
 def test_config_rejects_bad_input_at_the_entry_point(argv):
