@@ -9,7 +9,9 @@ and the ratios, two ways: over the job's life (RUNNING -> FINISHED, start-up inc
 deployment, Python workers, Kafka transactions - seconds that dwarf a short JVM run) and
 steady (events / time from the first output to the last: broker append times of the
 pass-throughs' output, ``processed_at`` of the pipeline's images rows). Then the end-to-end
-latency (received_at -> images row written) of a live paced stream, p50/p99.
+latency (received_at -> images row written) of a live paced stream, p50/p99. For each job, the
+CPU every stack component used while it ran, per event (``bench/cpu_budget.py``): on a machine
+with few cores that, not the job alone, bounds the events/s.
 
     .venv/bin/python bench/flink_throughput.py [--events=20000] [--live-seconds=30] [--live-rate=50]
 """
