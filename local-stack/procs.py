@@ -89,12 +89,14 @@ class PidFiles:
             return None
 
     def running(self, name: str) -> Tracked | None:
-        """The tracked process if it is still the one we started, else ``None`` (stale file removed)."""
+        """The tracked process if it is still the one we started, else ``None``: the stale file
+        is removed, and what is left of the dead process's group is killed."""
         tracked = self.read(name)
         if tracked is None:
             return None
         if tracked.alive():
             return tracked
+        kill_leftovers(tracked)
         self.path(name).unlink(missing_ok=True)
         return None
 
@@ -104,6 +106,23 @@ class PidFiles:
             raise RuntimeError(f"{name}: process {pid} exited immediately")
         self.path(name).write_text(f"{pid} {ticks}\n")
         return Tracked(name, pid, ticks)
+
+
+def kill_leftovers(tracked: Tracked) -> None:
+    """SIGKILL what is left of a dead component's process group.
+
+    A TaskManager that crashes (a JVM SIGSEGV, an OOM kill) leaves its Python workers running,
+    orphaned, in its group; ``make down`` and the next ``up`` would never see them. The group
+    is ours: the component was started in a session of its own, so its group id is its pid, and
+    the kernel hands that pid to a new process only once no process is left in the group. So
+    unless the pid already names another process, every member of the group is a leftover.
+    """
+    if _start_ticks(tracked.pid) is not None:
+        return  # the pid names a process again (ours would be alive): the group is not ours
+    try:
+        os.killpg(tracked.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left
 
 
 def spawn(

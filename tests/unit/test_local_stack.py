@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -74,6 +76,39 @@ def test_a_recycled_pid_is_not_ours(tmp_path):
     pids.path("ghost").write_text(f"{os.getpid()} 1\n")
     assert pids.running("ghost") is None
     assert procs.stop(pids, "ghost") == "not running"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has stopped running
+    except FileNotFoundError:
+        return True
+
+
+def test_what_a_crashed_component_left_in_its_group_is_killed(tmp_path):
+    pids = procs.PidFiles(tmp_path)
+    child_file = tmp_path / "child"
+    tracked = procs.spawn(pids, "tm", ["bash", "-c", f"sleep 60 & echo $! > {child_file}; wait"],
+                          log_path=tmp_path / "s.log", env=os.environ, cwd=tmp_path)  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not (child_file.exists() and child_file.read_text().strip()):
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.02)
+    child = int(child_file.read_text())
+    os.kill(tracked.pid, signal.SIGKILL)  # the JVM crashes; its worker (the child) lives on, orphaned
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(tracked.pid, 0)
+    assert not _gone(child)
+    try:
+        assert pids.running("tm") is None and not pids.path("tm").exists()
+        deadline = time.monotonic() + 10
+        while not _gone(child):
+            assert time.monotonic() < deadline, "the leftover worker was not killed"
+            time.sleep(0.02)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_stop_escalates_to_sigkill_when_term_is_ignored(tmp_path):
