@@ -47,25 +47,26 @@ def _get(rest: str, path: str) -> dict:
         return json.loads(resp.read())
 
 
-def busy_report(rest: str, job_id: str) -> list[str]:
-    """Per vertex: share of time busy / backpressured (what bounds the job)."""
+def task_times(job: dict) -> list[str]:
+    """Per task (vertex) of a job's REST body: seconds busy / backpressured / idle over its life.
+
+    Flink accumulates these per task, so they hold for the whole run (a one-second sample in the
+    middle of a run mostly caught tasks between two bundles). The busiest task bounds the job,
+    a backpressured one waits for the task after it.
+    """
     lines = []
-    for vertex in _get(rest, f"/jobs/{job_id}")["vertices"]:
-        base = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics?get=busyTimeMsPerSecond,backPressuredTimeMsPerSecond"
-        metrics = {m["id"]: m.get("max", 0) for m in _get(rest, base)}
-        lines.append(f"  busy {metrics.get('busyTimeMsPerSecond', 0) / 10:5.1f}%  backpressured "
-                     f"{metrics.get('backPressuredTimeMsPerSecond', 0) / 10:5.1f}%  {vertex['name'][:90]}")  # fmt: skip
+    for vertex in job["vertices"]:
+        m = vertex.get("metrics", {})
+        busy, pressed, idle = (m.get(f"accumulated-{k}-time", 0) / 1000 for k in ("busy", "backpressured", "idle"))
+        lines.append(f"  busy {busy:6.1f}s  backpressured {pressed:6.1f}s  idle {idle:6.1f}s  {vertex['name'][:80]}")
     return lines
 
 
-async def timed_job(rest: str, job: str, args: list[str], env: dict[str, str], sample_after_s: float = 0) -> float:
+async def timed_job(rest: str, job: str, args: list[str], env: dict[str, str], per_task: bool = False) -> float:
     """Submit a bounded job, wait for FINISHED, return seconds from RUNNING to FINISHED.
-    With ``sample_after_s``, print where the time goes once the job has run that long."""
+    With ``per_task``, print where each of its tasks spent the time (:func:`task_times`)."""
     job_id = await asyncio.to_thread(submit.run, job, args, env)
-    if sample_after_s:
-        await asyncio.sleep(sample_after_s)  # let it reach a steady state before sampling
-        if _get(rest, f"/jobs/{job_id}")["state"] == "RUNNING":
-            print(f"{job} after {sample_after_s:.0f}s:", *busy_report(rest, job_id), sep="\n", flush=True)
+
     def ended() -> dict | None:
         body = _get(rest, f"/jobs/{job_id}")
         return body if body["state"] in ("FINISHED", "FAILED", "CANCELED") else None
@@ -76,6 +77,8 @@ async def timed_job(rest: str, job: str, args: list[str], env: dict[str, str], s
     failures = _get(rest, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
     if failures:  # RUNNING is then the last restart's: the figures are not comparable
         print(f"WARNING: {job} restarted {len(failures)}x; first: {failures[0]['exceptionName']}", flush=True)
+    if per_task:
+        print(f"{job}, time per task over its life:", *task_times(body), sep="\n", flush=True)
     stamps = body["timestamps"]
     return (stamps["FINISHED"] - stamps["RUNNING"]) / 1000
 
@@ -143,14 +146,14 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         timings, cpu = {}, {}
         jobs = {
             label: ("passthrough", [*common, f"--sink_topic={sink}-{label}", f"--python={python}",
-                                    f"--job_name=bench-{label}-{run}", f"--group_id=bench-{label}-{run}"], 0)
+                                    f"--job_name=bench-{label}-{run}", f"--group_id=bench-{label}-{run}"], False)
             for label, python in (("jvm", "0"), ("python", "1"))
         }  # fmt: skip
         jobs["pipeline"] = ("pipeline", [*common, f"--dlq_topic={dlq}", f"--job_name=bench-pipeline-{run}",
-                                         f"--group_id=bench-pipeline-{run}", "--checkpoint_interval_ms=10000", *extra], 60)  # fmt: skip
-        for label, (job, args, sample_after_s) in jobs.items():
+                                         f"--group_id=bench-pipeline-{run}", "--checkpoint_interval_ms=10000", *extra], True)  # fmt: skip
+        for label, (job, args, per_task) in jobs.items():
             async with metered(RUN_DIR) as meter:
-                timings[label] = await timed_job(rest, job, args, env, sample_after_s=sample_after_s)
+                timings[label] = await timed_job(rest, job, args, env, per_task=per_task)
             cpu[label] = (sent, meter.used())
         spans = {label: await kafka_span(bootstrap, f"{sink}-{label}", 2) for label in ("jvm", "python")}
         ids = sorted({p.image_id for p in planned if p.image_id})

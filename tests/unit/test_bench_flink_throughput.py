@@ -1,0 +1,16 @@
+"""bench/flink_throughput: per-task times come from Flink's accumulated metrics, for the whole run."""
+
+from bench.flink_throughput import task_times
+
+
+def test_task_times_reads_the_accumulated_metrics_of_every_task():
+    body = {"vertices": [
+        {"name": "Source: raw -> clean", "metrics": {"accumulated-busy-time": 95_000, "accumulated-backpressured-time": 24_000,
+                                                     "accumulated-idle-time": 1_500}},
+        {"name": "decide: dedup, windows", "metrics": {"accumulated-busy-time": 92_300}},
+    ]}  # fmt: skip
+    lines = task_times(body)
+    assert len(lines) == 2
+    assert lines[0].split() == ["busy", "95.0s", "backpressured", "24.0s", "idle", "1.5s", "Source:", "raw", "->", "clean"]
+    assert "busy   92.3s" in lines[1]  # a task without the other metrics counts them 0
+    assert "backpressured    0.0s" in lines[1] and lines[1].endswith("decide: dedup, windows")
