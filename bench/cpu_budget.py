@@ -21,8 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import AsyncIterator, Mapping
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "local-stack"))
+
+import procs  # noqa: E402  (local-stack/procs.py: the stack's pid files and /proc reading)
 
 #: Columns of the report: stack components grouped as an operator would read them. A
 #: component's own process is charged to its name, the rest to ``"<name> children"``; ``*``
@@ -43,52 +48,25 @@ SAMPLE_EVERY_S = 0.5
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat(pid: str) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()  # fields from 3 (state) on
-    except OSError:
-        return None
-
-
-def _components(run_dir: Path, stats: Mapping[int, list[str]]) -> dict[int, str]:
-    """Pid -> component name, for the pid files whose process is still the one started."""
+def _members(run_dir: Path) -> dict[tuple[int, int], tuple[str, float]]:
+    """(pid, start time) -> (component, CPU seconds so far) of every process of a component;
+    a component's own process is named as it is, the others ``"<name> children"``."""
+    table = procs.process_table()
+    pids = procs.PidFiles(run_dir)
     leaders = {}
     for pid_file in run_dir.glob("*.pid"):
-        try:
-            pid_text, ticks_text = pid_file.read_text().split()
-        except (OSError, ValueError):
-            continue
-        fields = stats.get(int(pid_text)) if pid_text.isdigit() else None
-        if fields is not None and fields[19] == ticks_text:  # starttime: not a recycled pid
-            leaders[int(pid_text)] = pid_file.stem
-    return leaders
-
-
-def _members(run_dir: Path) -> dict[tuple[int, str], tuple[str, float]]:
-    """(pid, start time) -> (component, CPU seconds so far) of every process of a component."""
-    stats = {int(pid): fields for pid in os.listdir("/proc") if pid.isdigit() and (fields := _stat(pid))}
-    leaders = _components(run_dir, stats)
-    owner: dict[int, str] = {}
-    for pid, fields in stats.items():  # process groups: fields[2]
-        if int(fields[2]) in leaders:
-            owner[pid] = leaders[int(fields[2])]
-    children: dict[int, list[int]] = {}
-    for pid, fields in stats.items():  # parents: fields[1]
-        children.setdefault(int(fields[1]), []).append(pid)
+        tracked = pids.read(pid_file.stem)
+        stat = table.get(tracked.pid) if tracked else None
+        if tracked and stat is not None and stat.start_ticks == tracked.start_ticks:  # not a recycled pid
+            leaders[tracked.pid] = tracked.name
+    owner = {pid: leaders[stat.pgrp] for pid, stat in table.items() if stat.pgrp in leaders}
     for leader, name in leaders.items():  # descendants in other groups (postgres backends)
-        todo = [leader]
-        while todo:
-            pid = todo.pop()
+        for pid in [leader, *procs.descendants(leader, table)]:
             owner.setdefault(pid, name)
-            todo.extend(children.get(pid, ()))
-    members = {}
-    for pid, name in owner.items():
-        name = name if pid in leaders else name + CHILDREN
-        fields = stats[pid]
-        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-        members[(pid, fields[19])] = (name, (utime + stime + cutime + cstime) / _TICK)
-    return members
+    return {
+        (pid, table[pid].start_ticks): (name if pid in leaders else name + CHILDREN, table[pid].cpu_ticks / _TICK)
+        for pid, name in owner.items()
+    }
 
 
 class CpuMeter:
@@ -101,8 +79,8 @@ class CpuMeter:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self._first: dict[tuple[int, str], float] | None = None
-        self._last: dict[tuple[int, str], tuple[str, float]] = {}
+        self._first: dict[tuple[int, int], float] | None = None
+        self._last: dict[tuple[int, int], tuple[str, float]] = {}
 
     def sample(self) -> None:
         members = _members(self.run_dir)

@@ -13,19 +13,58 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 
-def _start_ticks(pid: int) -> int | None:
+class ProcStat(NamedTuple):
+    """What ``/proc/<pid>/stat`` says of one process: the fields the stack reads."""
+
+    state: str
+    ppid: int
+    pgrp: int
+    #: utime + stime + cutime + cstime: CPU clock ticks of the process and its reaped children
+    cpu_ticks: int
+    start_ticks: int
+
+
+def _read_stat(pid: int) -> ProcStat | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # field 22 (starttime); the command name in field 2 may contain spaces, so split after ')'
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":  # zombie: exited, not yet reaped
+    # fields from 3 (state) on; the command name in field 2 may contain spaces, so split after ')'
+    f = stat.rsplit(")", 1)[1].split()
+    return ProcStat(f[0], int(f[1]), int(f[2]), sum(int(x) for x in f[11:15]), int(f[19]))
+
+
+def _start_ticks(pid: int) -> int | None:
+    stat = _read_stat(pid)
+    if stat is None or stat.state == "Z":  # zombie: exited, not yet reaped
         return None
-    return int(fields[19])
+    return stat.start_ticks
+
+
+def process_table() -> dict[int, ProcStat]:
+    """Every process on the machine, by pid (one read of ``/proc``)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _read_stat(int(entry))) is not None:
+            table[int(entry)] = stat
+    return table
+
+
+def descendants(pid: int, table: Mapping[int, ProcStat] | None = None) -> list[int]:
+    """Children of ``pid``, their children and so on, from ``table`` (default: read now)."""
+    children: dict[int, list[int]] = {}
+    for child, stat in (process_table() if table is None else table).items():
+        children.setdefault(stat.ppid, []).append(child)
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 @dataclass(frozen=True)
@@ -42,7 +81,7 @@ class Tracked:
     def rss_mib(self) -> float | None:
         """Resident memory of the process and its children (the JVM, postgres backends)."""
         total = 0
-        for pid in [self.pid, *_descendants(self.pid)]:
+        for pid in [self.pid, *descendants(self.pid)]:
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
@@ -50,25 +89,6 @@ class Tracked:
             except OSError:
                 continue
         return total / 1024 if total else None
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 class PidFiles:

@@ -7,29 +7,24 @@ import subprocess
 import sys
 import time
 
-from bench.cpu_budget import GROUPS, CpuMeter, grouped, metered, report
+from bench.cpu_budget import GROUPS, CpuMeter, grouped, metered, procs, report
 
 # a component like postgres: the leader burns CPU, and so does a child in a session of its own
 BURNER = """
-import subprocess, sys, time
+import signal, subprocess, sys, time
 def burn(s):
     end = time.process_time() + s
     while time.process_time() < end: pass
-child = subprocess.Popen([sys.executable, "-c", "import time\\nend = time.process_time() + 0.4\\nwhile time.process_time() < end: pass\\ntime.sleep(60)"], start_new_session=True)
+child = subprocess.Popen([sys.executable, "-c", "import signal, time\\nend = time.process_time() + 0.4\\nwhile time.process_time() < end: pass\\nsignal.pause()"], start_new_session=True)
 print(child.pid, flush=True)
 burn(0.4)
-time.sleep(60)
+signal.pause()  # until the test kills it
 """
-
-
-def _start_ticks(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[19]
 
 
 def _burner(run_dir):
     proc = subprocess.Popen([sys.executable, "-c", BURNER], start_new_session=True, stdout=subprocess.PIPE, text=True)
-    (run_dir / "postgres.pid").write_text(f"{proc.pid} {_start_ticks(proc.pid)}\n")
+    procs.PidFiles(run_dir).write("postgres", proc.pid)
     (run_dir / "cassandra.pid").write_text(f"{proc.pid} 1\n")  # a recycled pid: another start time
     return proc
 
