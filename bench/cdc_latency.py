@@ -32,7 +32,7 @@ from pathlib import Path
 import asyncpg
 
 from imgstream.adapters.cassandra import CassandraStore
-from imgstream.cdc_probe import CdcProbe, until
+from imgstream.ops.cdc_probe import CdcProbe, until
 from imgstream.config import StackConfig, load_env_file
 
 REPO = Path(__file__).resolve().parent.parent

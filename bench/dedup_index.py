@@ -1,7 +1,7 @@
 """Near-dedup index layouts side by side: deciding cost per image as the index grows.
 
 The same generated stream (``flink_jobs.generator.plan``: originals, exact and near copies;
-replays left out, as they never reach the index) goes through the reference :class:`~imgstream.dedup.Deduplicator` twice per index
+replays left out, as they never reach the index) goes through the reference :class:`~imgstream.domain.dedup.Deduplicator` twice per index
 size, in alternating order, over plain dicts (no Flink):
 
 * **probed**: the default layout (``near_bands`` unset: 4 bands of 16 bits at distance 6,
@@ -30,7 +30,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flink_jobs.generator import image_ref, in_decision_order, plan  # noqa: E402
-from imgstream.dedup import DEFAULT_NEAR_MAX_DISTANCE, DedupPolicy, Deduplicator, ImageRef, Verdict  # noqa: E402
+from imgstream.domain.dedup import DEFAULT_NEAR_MAX_DISTANCE, DedupPolicy, Deduplicator, ImageRef, Verdict  # noqa: E402
 
 LAYOUTS = {"probed": None, "narrow": DEFAULT_NEAR_MAX_DISTANCE + 1}
 

@@ -41,10 +41,10 @@ sys.path.insert(0, str(REPO))
 
 from api.stats.config import StatsConfig  # noqa: E402
 from api.stats.pool import open_pool  # noqa: E402
-from imgstream import statsquery as sq  # noqa: E402
+from api.stats import statsquery as sq  # noqa: E402
 from imgstream.config import StackConfig, load_env_file  # noqa: E402
-from imgstream.service import ServiceNotReady, ServiceProcess, start_service, uvloop_factory  # noqa: E402
-from imgstream.tokens import KeyRing, ensure_key_file  # noqa: E402
+from api.common.service import ServiceNotReady, ServiceProcess, start_service, uvloop_factory  # noqa: E402
+from imgstream.domain.tokens import KeyRing, ensure_key_file  # noqa: E402
 
 BENCH_DAY = datetime(2004, 2, 1, tzinfo=timezone.utc)
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -28,9 +28,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
 from imgstream.config import CassandraConfig
-from imgstream.dedup import STATUS_DUPLICATE
-from imgstream.events import parse_time
-from imgstream.windows import STAT_FIELDS, Lateness, from_millis, window_start
+from imgstream.domain.dedup import STATUS_DUPLICATE
+from imgstream.domain.events import parse_time
+from imgstream.domain.windows import STAT_FIELDS, Lateness, from_millis, window_start
 
 INSERT_IMAGE = (
     "INSERT INTO images (image_id, producer, sha256, phash, size, content_type, width, height, storage_key, "

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from imgstream.config import CassandraConfig, KafkaConfig
-from imgstream.dedup import (
+from imgstream.domain.dedup import (
     DEFAULT_EXACT_TTL_MS,
     DEFAULT_NEAR_MAX_DISTANCE,
     DEFAULT_NEAR_TTL_MS,
@@ -20,8 +20,8 @@ from imgstream.dedup import (
     MAX_BAND_CANDIDATES,
     DedupPolicy,
 )
-from imgstream.events import TOPIC_DEAD_LETTER, TOPIC_UPLOADED
-from imgstream.windows import MINUTE_MS
+from imgstream.domain.events import TOPIC_DEAD_LETTER, TOPIC_UPLOADED
+from imgstream.domain.windows import MINUTE_MS
 
 #: The Kafka connector jar (a shaded fat jar) matching apache-flink 2.2.x.
 KAFKA_CONNECTOR_JAR = "flink-sql-connector-kafka-5.0.0-2.2.jar"
@@ -77,7 +77,7 @@ class PipelineConfig:
     replay_ttl_ms: int = DEFAULT_REPLAY_TTL_MS
     max_band_candidates: int = MAX_BAND_CANDIDATES
     #: Bands of the near-duplicate index (0 = automatic: 4 bands of 16 bits at the default
-    #: distance, see ``imgstream.hashing.default_bands``). A change re-bands the stored index.
+    #: distance, see ``imgstream.domain.hashing.default_bands``). A change re-bands the stored index.
     near_bands: int = 0
     #: Keyed states cached in each Python worker. The pipeline does not rely on it: its
     #: MapState is mirrored in the worker (flink_jobs/mirror.py).

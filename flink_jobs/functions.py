@@ -1,6 +1,6 @@
 """The pipeline's Python operators: thin wiring of :mod:`imgstream` logic to Flink state.
 
-Every stateful decision is made by ``imgstream.dedup``/``windows``; these classes only load
+Every stateful decision is made by ``imgstream.domain.dedup``/``windows``; these classes only load
 state, call it, store the result, write it and emit. State holds plain lists and dicts (never
 pickled classes) so savepoints survive code changes.
 
@@ -18,10 +18,10 @@ from pyflink.common.time import Time
 from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
-from imgstream.cleaning import Cleaned, DeadLetter, Heartbeat, Source, clean
-from imgstream.dedup import STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, Verdict
-from imgstream.hashing import parse_hash
-from imgstream.windows import Lateness, WindowBook, classify
+from imgstream.domain.cleaning import Cleaned, DeadLetter, Heartbeat, Source, clean
+from imgstream.domain.dedup import STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, Verdict
+from imgstream.domain.hashing import parse_hash
+from imgstream.domain.windows import Lateness, WindowBook, classify
 
 from flink_jobs.cassandra_sink import CassandraWriter, Write, image_writes, window_writes
 from flink_jobs.mirror import MirroredMap
@@ -134,8 +134,8 @@ class Decide(KeyedProcessFunction):
       which a replay after a failure reproduces; rejected events wait with them (they skip
       the index). An event already behind the watermark (late) is handled on arrival.
       Lateness is classified on arrival.
-    * **Decisions**: one :class:`~imgstream.dedup.Deduplicator` (replay drop, exact, near).
-    * **Windows**: one :class:`~imgstream.windows.WindowBook`; the watermark passing a
+    * **Decisions**: one :class:`~imgstream.domain.dedup.Deduplicator` (replay drop, exact, near).
+    * **Windows**: one :class:`~imgstream.domain.windows.WindowBook`; the watermark passing a
       window's end fires it, passing its end plus the allowed lateness makes it final.
     * **Output**: per step (an arrival or a timer), one record
       ``{"verdicts": [...], "windows": [...]}``, which :class:`WriteSteps` writes to Cassandra

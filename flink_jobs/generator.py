@@ -12,11 +12,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from imgstream.cleaning import Cleaned, Source, clean
-from imgstream.dedup import DedupPolicy, Deduplicator, ImageRef, Verdict
-from imgstream.events import ImageUploaded, format_time, parse_time
-from imgstream.hashing import HASH_BITS, format_hash
-from imgstream.windows import aggregate, from_millis, to_millis, window_start
+from imgstream.domain.cleaning import Cleaned, Source, clean
+from imgstream.domain.dedup import DedupPolicy, Deduplicator, ImageRef, Verdict
+from imgstream.domain.events import ImageUploaded, format_time, parse_time
+from imgstream.domain.hashing import HASH_BITS, format_hash
+from imgstream.domain.windows import aggregate, from_millis, to_millis, window_start
 
 CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
 

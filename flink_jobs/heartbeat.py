@@ -7,7 +7,7 @@ Why in-band: the job's watermark comes only from records in the topic. A wall-cl
 inside the job would race a backlog after a restart (jumping the watermark past records not
 yet replayed, turning them into too-late events); a heartbeat in the partition is replayed in
 its place, after the records before it. Consumers of the topic recognise heartbeats by
-``event_type == "stream.heartbeat"`` (see ``imgstream.cleaning.HEARTBEAT_TYPE``).
+``event_type == "stream.heartbeat"`` (see ``imgstream.domain.cleaning.HEARTBEAT_TYPE``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import logging
 import signal
 from datetime import datetime, timezone
 
-from imgstream.cleaning import heartbeat_value
+from imgstream.domain.cleaning import heartbeat_value
 from imgstream.config import KafkaConfig
-from imgstream.events import TOPIC_UPLOADED
+from imgstream.domain.events import TOPIC_UPLOADED
 
 log = logging.getLogger("imgstream.heartbeat")
 

@@ -24,8 +24,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from imgstream.errors import Unauthorized
-from imgstream.tokens import (
+from imgstream.domain.errors import Unauthorized
+from imgstream.domain.tokens import (
     DEFAULT_TTL,
     KEYS_FILE_ENV,
     ROLE_ANALYST,

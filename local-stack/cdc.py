@@ -7,7 +7,7 @@ An extension module of ``components.py`` (listed in ``EXTENSION_MODULES``):
   Kafka. Its health check is the agent's own ``/health`` endpoint (its processors are running).
 * ``BOOTSTRAP_HOOKS["connect"]``: once Kafka Connect is healthy, create the CDC and dead-letter
   topics, write the sink's connection file, register every ``connectors/*.json`` (checked by
-  :func:`imgstream.cdc.config_problems` first) with ``PUT /connectors/<name>/config`` (idempotent:
+  :func:`imgstream.ops.cdc.config_problems` first) with ``PUT /connectors/<name>/config`` (idempotent:
   same body, same connector), and restart a FAILED sink task: ``make up`` heals.
 * ``BOOTSTRAP_HOOKS["cassandra"]``: after Cassandra applied its CQL scripts, a topic for every
   CDC-enabled table (a table created later gets its topic at the next ``up``).
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import health
-from imgstream.cdc import DLQ_TOPIC, TOPIC_PREFIX, cdc_topic, config_problems, ensure_topics
+from imgstream.ops.cdc import DLQ_TOPIC, TOPIC_PREFIX, cdc_topic, config_problems, ensure_topics
 from components import (
     BOOTSTRAP_HOOKS,
     CASSANDRA_JVM17,

@@ -29,7 +29,7 @@ def sample_images() -> list[Path]:
 
 
 async def ingest(ctx: Context) -> None:
-    from imgstream.tokens import KeyRing
+    from imgstream.domain.tokens import KeyRing
 
     ring = KeyRing.load(ctx.paths.secrets / "token-keys.json")
     token = ring.issue(DEMO_PRODUCER, "producer", ttl=timedelta(minutes=10))

@@ -26,7 +26,7 @@ def _python_module(module: str):  # noqa: ANN202 - returns an argv builder
 
 
 def _ensure_token_keys(ctx: Context) -> None:
-    from imgstream.tokens import ensure_key_file
+    from imgstream.domain.tokens import ensure_key_file
 
     ensure_key_file(ctx.paths.secrets / "token-keys.json")
 

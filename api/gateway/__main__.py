@@ -11,11 +11,11 @@ import sys
 
 from imgstream.adapters.kafka import KafkaEventPublisher, TopicSpec, ensure_topics
 from imgstream.adapters.s3 import S3ObjectStore
-from imgstream.errors import Unavailable
-from imgstream.httpkit import configure_logging
-from imgstream.imaging import configure_pillow
-from imgstream.service import retry_until, run_service, serve_until_signal
-from imgstream.tokens import ReloadingKeyRing, ensure_key_file
+from imgstream.domain.errors import Unavailable
+from api.common.httpkit import configure_logging
+from imgstream.domain.imaging import configure_pillow
+from api.common.service import retry_until, run_service, serve_until_signal
+from imgstream.domain.tokens import ReloadingKeyRing, ensure_key_file
 
 from api.gateway.app import GATEWAY, create_app, server_options
 from api.gateway.config import GatewayConfig

@@ -19,10 +19,10 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BodyPartReader
 
-from imgstream import imaging
+from imgstream.domain import imaging
 from imgstream.adapters.kafka import EventPublisher
 from imgstream.adapters.s3 import ObjectStore
-from imgstream.errors import (
+from imgstream.domain.errors import (
     BadRequest,
     Forbidden,
     ImgstreamError,
@@ -32,10 +32,10 @@ from imgstream.errors import (
     UnsupportedMediaType,
     http_status,
 )
-from imgstream.events import image_id_for
-from imgstream.httpkit import check, errors_middleware, healthz, metrics_response, observe_middleware, readiness
-from imgstream.ratelimit import RateLimiter
-from imgstream.tokens import Principal, bearer_token
+from imgstream.domain.events import image_id_for
+from api.common.httpkit import check, errors_middleware, healthz, metrics_response, observe_middleware, readiness
+from imgstream.domain.ratelimit import RateLimiter
+from imgstream.domain.tokens import Principal, bearer_token
 
 from api.gateway.config import READ_CHUNK, GatewayConfig
 from api.gateway.ingest import Ingestor, Outcome, Spool, receive
@@ -58,7 +58,7 @@ _REQUEST_LEVEL_REASONS = frozenset({"timeout", "incomplete_body", "malformed_mul
 
 
 class TokenVerifier(Protocol):
-    """A :class:`~imgstream.tokens.KeyRing` or :class:`~imgstream.tokens.ReloadingKeyRing`."""
+    """A :class:`~imgstream.domain.tokens.KeyRing` or :class:`~imgstream.domain.tokens.ReloadingKeyRing`."""
 
     def verify(self, token: str, *, now: float | None = None) -> Principal: ...
 

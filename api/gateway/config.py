@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Final, Mapping
 
 from imgstream.config import KafkaConfig, S3Config
-from imgstream.events import TOPIC_UPLOADED
-from imgstream.imaging import MAX_PIXELS
-from imgstream.service import EnvReader
-from imgstream.tokens import DEFAULT_KEYS_FILE, keys_file_from_env
+from imgstream.domain.events import TOPIC_UPLOADED
+from imgstream.domain.imaging import MAX_PIXELS
+from api.common.service import EnvReader
+from imgstream.domain.tokens import DEFAULT_KEYS_FILE, keys_file_from_env
 
 #: Largest single image body. A 48 MP phone JPEG at maximum quality is about 20 MB; nothing a camera
 #: or phone produces as a still image is larger, while every byte admitted occupies a spool file

@@ -1,7 +1,7 @@
 """The upload pipeline, free of HTTP: spool a body while checking it, then inspect, store, publish.
 
 ``receive`` pulls chunks from any async source into a :class:`Spool` (memory up to a threshold,
-then a temporary file), feeding a :class:`~imgstream.imaging.StreamInspector` on the way, so the
+then a temporary file), feeding a :class:`~imgstream.domain.imaging.StreamInspector` on the way, so the
 body is never held whole in memory and a bad body is refused as early as its bytes allow.
 :class:`Ingestor` then runs the blocking image checks in a worker thread, writes the object,
 and only after the store acknowledged it publishes the event.
@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any, Awaitable, Callable, Final
 
-from imgstream import imaging
+from imgstream.domain import imaging
 from imgstream.adapters.kafka import EventPublisher
 from imgstream.adapters.s3 import MULTIPART_THRESHOLD, ObjectStore
-from imgstream.errors import BadRequest, Conflict, RequestTimeout, Unavailable
-from imgstream.events import ImageUploaded, format_time
-from imgstream.imaging import StreamInspector, StreamSummary
-from imgstream.receipts import ReceiptStore, build_receipt, image_key
+from imgstream.domain.errors import BadRequest, Conflict, RequestTimeout, Unavailable
+from imgstream.domain.events import ImageUploaded, format_time
+from imgstream.domain.imaging import StreamInspector, StreamSummary
+from api.gateway.receipts import ReceiptStore
+from imgstream.domain.receipts import build_receipt
+from imgstream.domain.storage_layout import image_key
 
 from api.gateway.metrics import GatewayMetrics
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from imgstream.httpkit import HttpMetrics
+from api.common.httpkit import HttpMetrics
 
 # Latency buckets from a 50 KB upload on loopback (a few ms) to a 25 MiB upload on a slow link.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

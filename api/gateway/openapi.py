@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgstream.imaging import SUPPORTED
+from imgstream.domain.imaging import SUPPORTED
 
 from api.gateway.config import GatewayConfig
 

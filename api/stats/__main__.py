@@ -11,10 +11,10 @@ import sys
 
 import asyncpg
 
-from imgstream.errors import Unavailable
-from imgstream.httpkit import configure_logging
-from imgstream.service import retry_until, run_service, serve_until_signal, uvloop_factory
-from imgstream.tokens import ReloadingKeyRing, ensure_key_file
+from imgstream.domain.errors import Unavailable
+from api.common.httpkit import configure_logging
+from api.common.service import retry_until, run_service, serve_until_signal, uvloop_factory
+from imgstream.domain.tokens import ReloadingKeyRing, ensure_key_file
 
 from api.stats.app import create_app, server_options
 from api.stats.config import StatsConfig

@@ -6,7 +6,7 @@ run it without a database) and a token verifier. The pool belongs to the caller 
 opens and closes it).
 
 Every data endpoint does the same four things: verify the token (which fixes the
-:class:`~imgstream.statsquery.Scope`), parse the parameters strictly into a query object, run its
+:class:`~api.stats.statsquery.Scope`), parse the parameters strictly into a query object, run its
 bound SQL against the ``analytics`` views, and answer JSON carrying the data's freshness, a weak
 ``ETag`` over the data and a ``Cache-Control`` that lets clients keep answers about closed
 windows.
@@ -26,10 +26,10 @@ import asyncpg
 import orjson
 from aiohttp import hdrs, web
 
-from imgstream import statsquery as sq
-from imgstream.errors import Forbidden, Unavailable
-from imgstream.httpkit import check, errors_middleware, healthz, metrics_response, observe_middleware, readiness
-from imgstream.tokens import Principal, bearer_token
+from api.stats import statsquery as sq
+from imgstream.domain.errors import Forbidden, Unavailable
+from api.common.httpkit import check, errors_middleware, healthz, metrics_response, observe_middleware, readiness
+from imgstream.domain.tokens import Principal, bearer_token
 
 from api.stats.config import MAX_BODY_BYTES, StatsConfig
 from api.stats.metrics import StatsMetrics
@@ -60,7 +60,7 @@ class Pool(Protocol):
 
 
 class TokenVerifier(Protocol):
-    """A :class:`~imgstream.tokens.KeyRing` or :class:`~imgstream.tokens.ReloadingKeyRing`."""
+    """A :class:`~imgstream.domain.tokens.KeyRing` or :class:`~imgstream.domain.tokens.ReloadingKeyRing`."""
 
     def verify(self, token: str, *, now: float | None = None) -> Principal: ...
 
@@ -385,7 +385,7 @@ def create_app(config: StatsConfig, pool: Pool, keyring: TokenVerifier | None = 
     rotation); ``clock`` is "now" for default ranges, freshness and closed windows.
     """
     if keyring is None:
-        from imgstream.tokens import ReloadingKeyRing
+        from imgstream.domain.tokens import ReloadingKeyRing
 
         keyring = ReloadingKeyRing(config.keys_file)
     metrics = metrics or StatsMetrics()

@@ -10,8 +10,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from imgstream.adapters.postgres import PoolLimits
 from imgstream.config import PostgresConfig, Secret
-from imgstream.service import EnvReader
-from imgstream.tokens import DEFAULT_KEYS_FILE, keys_file_from_env
+from api.common.service import EnvReader
+from imgstream.domain.tokens import DEFAULT_KEYS_FILE, keys_file_from_env
 
 #: Connections per process. Every request holds one connection for one or two short statements
 #: (a few ms), so 10 connections serve hundreds of requests/s; PostgreSQL on the local stack allows

@@ -6,7 +6,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from imgstream.httpkit import HttpMetrics
+from api.common.httpkit import HttpMetrics
 
 # From a cached freshness answer on loopback (~1 ms) to a statement at its timeout.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

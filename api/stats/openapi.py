@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgstream import statsquery as sq
-from imgstream.windows import Interval
+from api.stats import statsquery as sq
+from imgstream.domain.windows import Interval
 
 from api.stats.config import StatsConfig
 

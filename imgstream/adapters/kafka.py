@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Final, Protocol, Sequence, runtime_checkable
 
 from imgstream.config import KafkaConfig
-from imgstream.errors import Unavailable
+from imgstream.domain.errors import Unavailable
 
 Headers = Sequence[tuple[str, bytes]]
 

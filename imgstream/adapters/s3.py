@@ -1,8 +1,8 @@
 """Object storage: the :class:`ObjectStore` port, its S3 adapter (aiobotocore) and an in-memory fake.
 
-The adapter is thin on purpose: key layout lives in :mod:`imgstream.receipts`, checks in
-:mod:`imgstream.imaging`. Every failure to reach the store surfaces as
-:class:`imgstream.errors.Unavailable` so callers map it to one HTTP status.
+The adapter is thin on purpose: key layout lives in :mod:`imgstream.domain.storage_layout`, checks in
+:mod:`imgstream.domain.imaging`. Every failure to reach the store surfaces as
+:class:`imgstream.domain.errors.Unavailable` so callers map it to one HTTP status.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import IO, Any, AsyncIterator, Final, Mapping, Protocol, runtime_checkable
 
 from imgstream.config import S3Config
-from imgstream.errors import Unavailable
+from imgstream.domain.errors import Unavailable
 
 Body = bytes | IO[bytes]
 

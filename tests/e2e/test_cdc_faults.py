@@ -23,9 +23,9 @@ import asyncpg
 import pytest
 
 from imgstream.adapters.cassandra import CassandraStore
-from imgstream.cdc_probe import CdcProbe
+from imgstream.ops.cdc_probe import CdcProbe
 from imgstream.freshness import table_freshness
-from imgstream.cdc_reconcile import cassandra_rows, compare, postgres_rows
+from imgstream.ops.cdc_reconcile import cassandra_rows, compare, postgres_rows
 
 ROWS = 6000
 BATCH = 200

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import aiohttp
 
-from imgstream import events
+from imgstream.domain import events
 from imgstream.adapters.kafka import end_offsets, read_between
 from imgstream.adapters.s3 import S3ObjectStore
 from imgstream.config import StackConfig
-from imgstream.events import TOPIC_UPLOADED
-from imgstream.tokens import KeyRing, keys_file_from_env
+from imgstream.domain.events import TOPIC_UPLOADED
+from imgstream.domain.tokens import KeyRing, keys_file_from_env
 from tests.fixtures import images as fx
 
 

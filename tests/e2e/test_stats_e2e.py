@@ -17,9 +17,9 @@ import asyncpg
 import numpy as np
 from PIL import Image
 
-from imgstream import statsquery as sq
+from api.stats import statsquery as sq
 from imgstream.config import StackConfig
-from imgstream.tokens import KeyRing, keys_file_from_env
+from imgstream.domain.tokens import KeyRing, keys_file_from_env
 
 #: Window (1 min) + the pipeline's event-time ticks + CDC delay, with room for a loaded 2-core box.
 DEADLINE_S = 240.0

@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from imgstream.cdc import TABLES
+from imgstream.ops.cdc import TABLES
 from imgstream.freshness import table_freshness
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "analytics.md"

@@ -19,9 +19,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from imgstream.adapters.cassandra import CassandraStore
-from imgstream.cdc import DLQ_TOPIC, cdc_topic, ensure_topics
-from imgstream.cdc_probe import CdcProbe, ProbeTimeout
-from imgstream.cdc_probe import until as probe_until
+from imgstream.ops.cdc import DLQ_TOPIC, cdc_topic, ensure_topics
+from imgstream.ops.cdc_probe import CdcProbe, ProbeTimeout
+from imgstream.ops.cdc_probe import until as probe_until
 
 #: End-to-end delay budget of one change (the issue's aim is p99 < 15 s; a cold sink may also
 #: have to discover the new topic: metadata refresh 5 s).

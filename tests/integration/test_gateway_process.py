@@ -14,7 +14,7 @@ import aiohttp
 import pytest_asyncio
 
 from imgstream.config import StackConfig
-from imgstream.tokens import KeyRing
+from imgstream.domain.tokens import KeyRing
 from tests.fixtures import images as fx
 from tests.fixtures.services import RunningService, running_service
 from tests.fixtures.stack import it_bucket, it_topic  # noqa: F401  (fixtures)

@@ -18,13 +18,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api.gateway.app import create_app, server_options
 from api.gateway.config import GatewayConfig
-from imgstream import events
+from imgstream.domain import events
 from imgstream.adapters.kafka import KafkaEventPublisher, end_offsets, read_between
 from imgstream.adapters.s3 import S3ObjectStore
 from imgstream.config import StackConfig
-from imgstream.events import image_id_for
-from imgstream.receipts import receipt_key
-from imgstream.tokens import KeyRing
+from imgstream.domain.events import image_id_for
+from imgstream.domain.storage_layout import receipt_key
+from imgstream.domain.tokens import KeyRing
 from tests.fixtures import images as fx
 from tests.fixtures.stack import it_bucket, it_topic  # noqa: F401  (fixtures)
 

@@ -10,7 +10,7 @@ import pytest
 
 from imgstream.adapters.kafka import KafkaEventPublisher, TopicSpec, end_offsets, ensure_topics, read_between
 from imgstream.config import StackConfig
-from imgstream.errors import Unavailable
+from imgstream.domain.errors import Unavailable
 from tests.fixtures.stack import drop_topic, it_topic  # noqa: F401  (fixture)
 
 

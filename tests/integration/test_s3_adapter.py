@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from imgstream.adapters.s3 import S3ObjectStore
 from imgstream.config import Secret, StackConfig
-from imgstream.errors import Unavailable
+from imgstream.domain.errors import Unavailable
 from tests.fixtures.stack import it_bucket  # noqa: F401  (fixture)
 
 

@@ -24,10 +24,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from api.stats.app import create_app, server_options
 from api.stats.config import StatsConfig
 from api.stats.pool import open_pool
-from imgstream import statsquery as sq
+from api.stats import statsquery as sq
 from imgstream.adapters.postgres import create_pool
 from imgstream.config import StackConfig
-from imgstream.tokens import KeyRing
+from imgstream.domain.tokens import KeyRing
 
 MEASURES = sq.MEASURES
 STAT_COLUMNS = ("window_start", "window_end", "producer", "content_type", "uploads", "bytes", "accepted",

@@ -16,8 +16,8 @@ from typing import AsyncIterator
 import aiohttp
 import pytest_asyncio
 
-from imgstream.service import free_port
-from imgstream.tokens import KeyRing
+from api.common.service import free_port
+from imgstream.domain.tokens import KeyRing
 from tests.fixtures.services import REPO, RunningService, running_service
 
 

@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import given, strategies as st
 
-from imgstream import events
-from imgstream.cleaning import (
+from imgstream.domain import events
+from imgstream.domain.cleaning import (
     MAX_DLQ_RAW_BYTES,
     MAX_EVENT_BYTES,
     Cleaned,
@@ -17,7 +17,7 @@ from imgstream.cleaning import (
     encode_raw,
     heartbeat_value,
 )
-from imgstream.errors import InvalidEvent
+from imgstream.domain.errors import InvalidEvent
 
 SEEN = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
 SRC = Source("images.uploaded", 2, 41, 1_700_000_000_000)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from imgstream import cli
-from imgstream.tokens import KeyRing
+from imgstream.domain.tokens import KeyRing
 
 REPO = Path(__file__).resolve().parents[2]
 

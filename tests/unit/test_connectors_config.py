@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imgstream.cdc import DLQ_TOPIC, JDBC_SINK_CLASS, SCYLLA_SOURCE_CLASS, TABLES, TOPIC_PREFIX, cdc_topic, config_problems
+from imgstream.ops.cdc import DLQ_TOPIC, JDBC_SINK_CLASS, SCYLLA_SOURCE_CLASS, TABLES, TOPIC_PREFIX, cdc_topic, config_problems
 
 REPO = Path(__file__).resolve().parents[2]
 CONNECTORS = REPO / "connectors"

@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from imgstream.dedup import (
+from imgstream.domain.dedup import (
     DedupPolicy,
     Deduplicator,
     NearMatch,
@@ -16,7 +16,7 @@ from imgstream.dedup import (
     register_candidate,
     replay_decision,
 )
-from imgstream.hashing import hamming
+from imgstream.domain.hashing import hamming
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64

@@ -8,8 +8,8 @@ pytest.importorskip("pyflink")
 
 from flink_jobs.cassandra_sink import STATEMENTS, image_writes, requests, window_writes  # noqa: E402
 from flink_jobs.config import PipelineConfig, connector_jars  # noqa: E402
-from imgstream.dedup import ProducerPolicy, Scope  # noqa: E402
-from imgstream.windows import STAT_FIELDS  # noqa: E402
+from imgstream.domain.dedup import ProducerPolicy, Scope  # noqa: E402
+from imgstream.domain.windows import STAT_FIELDS  # noqa: E402
 
 NOW = datetime(2026, 11, 26, tzinfo=timezone.utc)
 

@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from imgstream.tokens import KeyRing
+from imgstream.domain.tokens import KeyRing
 from tests.fixtures import images as fx
 from tests.fixtures.gateway import Harness, gateway_factory, gw  # noqa: F401  (fixtures)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgstream.events import image_id_for
+from imgstream.domain.events import image_id_for
 from tests.fixtures import images as fx
 from tests.fixtures.gateway import Harness, gateway_factory, gw  # noqa: F401  (fixtures)
 

@@ -17,9 +17,9 @@ from api.gateway.config import MAX_PARTS, MAX_UPLOAD_BYTES, GatewayConfig
 from api.gateway.ingest import Spool
 from imgstream.adapters.kafka import MemoryEventPublisher
 from imgstream.adapters.s3 import MemoryObjectStore
-from imgstream.errors import PayloadTooLarge
-from imgstream.httpkit import JsonFormatter
-from imgstream.tokens import KeyRing
+from imgstream.domain.errors import PayloadTooLarge
+from api.common.httpkit import JsonFormatter
+from imgstream.domain.tokens import KeyRing
 from tests.fixtures import images as fx
 from tests.fixtures.gateway import Harness, gateway_factory, gw  # noqa: F401  (fixtures)
 

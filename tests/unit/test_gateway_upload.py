@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from imgstream.events import image_id_for
-from imgstream.receipts import image_key
+from imgstream.domain.events import image_id_for
+from imgstream.domain.storage_layout import image_key
 from tests.fixtures import images as fx
 from tests.fixtures.gateway import Harness, gateway_factory, gw  # noqa: F401  (fixtures)
 
@@ -127,7 +127,7 @@ async def test_receipt_store_failure_does_not_fail_a_stored_upload(gw: Harness) 
     async def put(key: str, *args, **kwargs):
         calls.append(key)
         if key.startswith("receipts/"):
-            from imgstream.errors import Unavailable
+            from imgstream.domain.errors import Unavailable
 
             raise Unavailable("receipt write failed")
         return await original_put(key, *args, **kwargs)

@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from imgstream.hashing import (
+from imgstream.domain.hashing import (
     DEFAULT_INDEX_BANDS,
     HASH_BITS,
     MAX_PROBES,

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from imgstream import imaging
-from imgstream.errors import BadRequest, CorruptImage, ImageTooLarge, ImgstreamError, PayloadTooLarge, UnsupportedMediaType
+from imgstream.domain import imaging
+from imgstream.domain.errors import BadRequest, CorruptImage, ImageTooLarge, ImgstreamError, PayloadTooLarge, UnsupportedMediaType
 from tests.fixtures import images as fx
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imgstream.ratelimit import RateLimiter
+from imgstream.domain.ratelimit import RateLimiter
 
 
 class Clock:

@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api.stats.app import ROUTES, STATS, create_app, etag_matches, server_options, weak_etag
 from api.stats.config import StatsConfig, with_session_settings
-from imgstream import statsquery as sq
-from imgstream.httpkit import JsonFormatter
-from imgstream.tokens import KeyRing
+from api.stats import statsquery as sq
+from api.common.httpkit import JsonFormatter
+from imgstream.domain.tokens import KeyRing
 
 NOW = datetime(2026, 11, 26, 12, 0, 30, tzinfo=timezone.utc)
 IMAGE_ID = "0b5b2a57-3b8e-4f57-9d43-1f7f3e2ad8d1"

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgstream import statsquery as sq
-from imgstream.errors import BadRequest, Forbidden
-from imgstream.tokens import Principal
-from imgstream.windows import Interval
+from api.stats import statsquery as sq
+from imgstream.domain.errors import BadRequest, Forbidden
+from imgstream.domain.tokens import Principal
+from imgstream.domain.windows import Interval
 
 NOW = datetime(2026, 11, 26, 12, 34, 56, 789000, tzinfo=timezone.utc)
 ANALYST = sq.Scope(None)

@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from api.stats.app import _dumps
-from imgstream import statsquery as sq
-from imgstream.windows import Interval
+from api.stats import statsquery as sq
+from imgstream.domain.windows import Interval
 
 NOW = datetime(2026, 11, 26, 12, 34, 56, tzinfo=timezone.utc)
 ANALYST = sq.Scope(None)

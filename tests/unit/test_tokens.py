@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from imgstream.errors import Unauthorized
-from imgstream.tokens import (
+from imgstream.domain.errors import Unauthorized
+from imgstream.domain.tokens import (
     MAX_TTL,
     KeyRing,
     ReloadingKeyRing,

@@ -3,7 +3,7 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import given, strategies as st
 
-from imgstream.windows import (
+from imgstream.domain.windows import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,

@@ -14,13 +14,13 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Callable, Mapping
 
-from imgstream.errors import InvalidEvent
+from imgstream.domain.errors import InvalidEvent
 
 SCHEMA_VERSION = 1
 EVENT_TYPE = "image.uploaded"
 #: Topic names are part of the public surface. Besides ``image.uploaded`` events, the upload
 #: topic carries ``stream.heartbeat`` records (``flink_jobs/heartbeat.py``: event time for idle
-#: partitions); every consumer must skip them (``imgstream.cleaning`` recognises them).
+#: partitions); every consumer must skip them (``imgstream.domain.cleaning`` recognises them).
 TOPIC_UPLOADED = "images.uploaded"
 TOPIC_DEAD_LETTER = "images.dlq"
 
@@ -32,7 +32,7 @@ IMAGE_ID_NAMESPACE = uuid.UUID("5b0f3f4e-8d4c-4f0e-9a57-3c1d2f0b7a11")
 @lru_cache(maxsize=None)
 def schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
     """The JSON Schema of ``image.uploaded`` at ``version``."""
-    text = resources.files("imgstream.schemas").joinpath(f"image_uploaded.v{version}.json").read_text()
+    text = resources.files("imgstream.domain.schemas").joinpath(f"image_uploaded.v{version}.json").read_text()
     loaded: dict[str, Any] = json.loads(text)
     return loaded
 

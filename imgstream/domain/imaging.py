@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from imgstream.errors import BadRequest, CorruptImage, ImageTooLarge, PayloadTooLarge, UnsupportedMediaType
+from imgstream.domain.errors import BadRequest, CorruptImage, ImageTooLarge, PayloadTooLarge, UnsupportedMediaType
 
 #: Largest image accepted, in pixels (width x height of the first frame), checked from the header
 #: before any decode. 50 MP admits every mainstream camera and phone (48 MP phone sensors,

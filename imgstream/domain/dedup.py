@@ -18,7 +18,7 @@ Semantics
   ``accepted``; later ones are ``duplicate``/``exact`` with ``duplicate_of`` = that first image
   and ``distance`` 0.
 * **Near.** Among earlier images within ``near_max_distance`` bits (found through the band
-  index, which never misses one: see :mod:`imgstream.hashing`), the *closest* is the original; ties go to the earliest
+  index, which never misses one: see :mod:`imgstream.domain.hashing`), the *closest* is the original; ties go to the earliest
   ``(event_time, image_id)``. Every image that is not an exact duplicate is registered as a
   candidate, so ``duplicate_of`` of a near duplicate may itself be a near duplicate (the link
   always names a concrete earlier image and its pairwise ``distance``).
@@ -41,7 +41,7 @@ from functools import cached_property
 from enum import Enum
 from typing import Any, Iterable, Mapping, MutableMapping, NamedTuple
 
-from imgstream.hashing import BandPlan, parse_hash
+from imgstream.domain.hashing import BandPlan, parse_hash
 
 STATUS_PENDING = "pending"
 STATUS_ACCEPTED = "accepted"
@@ -92,7 +92,7 @@ class DedupPolicy:
     near_ttl_ms: int = DEFAULT_NEAR_TTL_MS
     replay_ttl_ms: int = DEFAULT_REPLAY_TTL_MS
     max_band_candidates: int = MAX_BAND_CANDIDATES
-    #: Bands of the near-duplicate index; ``None`` = :func:`imgstream.hashing.default_bands`.
+    #: Bands of the near-duplicate index; ``None`` = :func:`imgstream.domain.hashing.default_bands`.
     #: Changing it re-bands a stored index on the next start (:meth:`Deduplicator.reband`).
     near_bands: int | None = None
 
@@ -361,7 +361,7 @@ class Deduplicator:
 
     * ``replays``: ``image_id`` -> event time of its first sighting;
     * ``exact``: ``sha256`` -> ``[first image (Seen list) or None, {producer: Seen list}]``;
-    * ``bands``: band key -> candidates (Seen lists), see :class:`~imgstream.hashing.BandPlan`.
+    * ``bands``: band key -> candidates (Seen lists), see :class:`~imgstream.domain.hashing.BandPlan`.
 
     Given plain dicts it is the in-memory reference the tests compare the job against; the
     job passes state-backed mappings and gets the same decisions by construction. Values are

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Callable, Generic, Iterable, Mapping, MutableMapping, Protocol, TypeVar
 
-from imgstream.dedup import KIND_EXACT, KIND_NEAR, STATUS_ACCEPTED, STATUS_DUPLICATE, STATUS_REJECTED
+from imgstream.domain.dedup import KIND_EXACT, KIND_NEAR, STATUS_ACCEPTED, STATUS_DUPLICATE, STATUS_REJECTED
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS

@@ -1,7 +1,7 @@
 """The stats API's queries: strict parameter parsing and SQL over the documented analytics views.
 
 Pure (no framework, no database): a handler hands the query string to a ``*Query.parse`` and the
-caller's :class:`Scope`, gets back a frozen query object or a :class:`~imgstream.errors.BadRequest`
+caller's :class:`Scope`, gets back a frozen query object or a :class:`~imgstream.domain.errors.BadRequest`
 naming the offending field, and asks the object for its :class:`Sql`.
 
 Rules every query follows:
@@ -37,10 +37,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Collection, Final, Iterable, Mapping, Sequence
 
-from imgstream.errors import BadRequest, Forbidden
-from imgstream.imaging import SUPPORTED
-from imgstream.tokens import NAME_PATTERN, Principal
-from imgstream.windows import Interval, from_millis, to_millis
+from imgstream.domain.errors import BadRequest, Forbidden
+from imgstream.domain.imaging import SUPPORTED
+from imgstream.domain.tokens import NAME_PATTERN, Principal
+from imgstream.domain.windows import Interval, from_millis, to_millis
 
 # --- limits ------------------------------------------------------------------------------------
 

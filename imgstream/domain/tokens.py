@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Final, Mapping
 
-from imgstream.errors import Unauthorized
+from imgstream.domain.errors import Unauthorized
 
 ROLE_PRODUCER: Final = "producer"
 ROLE_ANALYST: Final = "analyst"

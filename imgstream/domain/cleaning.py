@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from imgstream.errors import InvalidEvent
-from imgstream.events import TOPIC_UPLOADED, ImageUploaded, format_time, parse_time, schema, validate
+from imgstream.domain.errors import InvalidEvent
+from imgstream.domain.events import TOPIC_UPLOADED, ImageUploaded, format_time, parse_time, schema, validate
 
 #: Largest event value accepted. A v1 event is < 2 KiB; anything far larger is not one, and
 #: echoing megabytes into the dead-letter topic would only move the problem.

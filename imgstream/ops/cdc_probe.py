@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from imgstream.cdc import cdc_topic, ensure_topics
-from imgstream.cdc_reconcile import Diff, cassandra_rows, compare, postgres_rows
+from imgstream.ops.cdc import cdc_topic, ensure_topics
+from imgstream.ops.cdc_reconcile import Diff, cassandra_rows, compare, postgres_rows
 
 #: The sink's consumer group (Kafka Connect names it ``connect-<connector>``).
 SINK_GROUP = "connect-cdc-postgres-sink"

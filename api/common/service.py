@@ -11,7 +11,7 @@ free port and waits, with a deadline, until it answers its health endpoint; :cla
 stops it by its pid.
 
 Process plumbing only: what a service does lives in its deployable, the HTTP conventions every
-service shares (logs, errors, metrics, health) in :mod:`imgstream.httpkit`.
+service shares (logs, errors, metrics, health) in :mod:`api.common.httpkit`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable, Coroutine, Final, Mapping, TypeVar
 import aiohttp
 from aiohttp import web
 
-from imgstream.errors import Unavailable
+from imgstream.domain.errors import Unavailable
 
 T = TypeVar("T")
 
@@ -162,7 +162,7 @@ def run_service(serve: Callable[[], Coroutine[Any, Any, None]], logger: logging.
     """Run ``serve()`` on a new event loop; the process exit code.
 
     0 after a clean stop; :data:`EXIT_CANNOT_START` when the service cannot start: a dependency
-    still unreachable at its start-up deadline (:class:`~imgstream.errors.Unavailable`, logged as
+    still unreachable at its start-up deadline (:class:`~imgstream.domain.errors.Unavailable`, logged as
     ``unreachable``) or a bad address or value (logged as ``cannot start``).
     """
     try:

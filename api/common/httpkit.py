@@ -2,9 +2,9 @@
 the request metrics and log line (:func:`observe_middleware`), health and readiness answers.
 
 A thin adapter over aiohttp (the services are aiohttp apps); no domain logic lives here. The
-error body is :meth:`imgstream.errors.ImgstreamError.to_dict` and the status comes from the one
-:data:`imgstream.errors.HTTP_STATUS` table, so every service answers errors the same way. How a
-service runs as a process lives in :mod:`imgstream.service`.
+error body is :meth:`imgstream.domain.errors.ImgstreamError.to_dict` and the status comes from the one
+:data:`imgstream.domain.errors.HTTP_STATUS` table, so every service answers errors the same way. How a
+service runs as a process lives in :mod:`api.common.service`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from imgstream.errors import ImgstreamError, RateLimited, Unauthorized, Unavailable, http_status
+from imgstream.domain.errors import ImgstreamError, RateLimited, Unauthorized, Unavailable, http_status
 
 log = logging.getLogger("imgstream.http")
 
@@ -211,7 +211,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 async def check(probe: Callable[[], Awaitable[str | None]], timeout: float) -> str:
     """One readiness check: ``"ok"`` when ``probe()`` returns nothing within ``timeout`` seconds,
-    else what it returned, the :class:`~imgstream.errors.Unavailable` message or ``"timed out"``."""
+    else what it returned, the :class:`~imgstream.domain.errors.Unavailable` message or ``"timed out"``."""
     try:
         problem = await asyncio.wait_for(probe(), timeout)
     except (Unavailable, TimeoutError) as exc:
