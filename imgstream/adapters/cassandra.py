@@ -1,8 +1,13 @@
-"""Cassandra / ScyllaDB adapter (scylla-driver): sessions, cached prepared statements, upserts.
+"""Cassandra / ScyllaDB adapter (scylla-driver): the one place that builds a ``Cluster``.
 
-Thin on purpose: it knows nothing of imgstream's tables. The Flink sink and the tests use it
-synchronously (Flink's Python workers are synchronous); async callers get awaitable wrappers
-around the driver's own futures, so no thread is blocked per request.
+:func:`new_cluster` makes the driver's cluster object with the platform's defaults (protocol v5,
+token-aware routing); :func:`open_session` connects it. :class:`CassandraStore` adds cached
+prepared statements and concurrent upserts for tools, the stack scripts and tests. The Flink
+sink builds its own statements and batches on a session from :func:`open_session`.
+
+Thin on purpose: it knows nothing of imgstream's tables. Callers are synchronous (Flink's Python
+workers, Spark executors, the CLI); async callers get awaitable wrappers around the driver's own
+futures, so no thread is blocked per request.
 """
 
 from __future__ import annotations
@@ -22,6 +27,34 @@ from imgstream.config import CassandraConfig
 MAX_CONCURRENT_WRITES = 64
 
 
+def new_cluster(cfg: CassandraConfig, *, connect_timeout: float = 10.0, **options: Any) -> Cluster:
+    """A driver ``Cluster`` for ``cfg`` (not yet connected). ``options`` are passed to the
+    driver (``compression``, ``default_retry_policy``, ...) over the defaults here."""
+    settings: dict[str, Any] = {
+        "port": cfg.port,
+        "protocol_version": 5,
+        "connect_timeout": connect_timeout,
+        "execution_profiles": {
+            EXEC_PROFILE_DEFAULT: ExecutionProfile(load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()))
+        },
+    }
+    settings.update(options)
+    return Cluster(list(cfg.hosts), **settings)
+
+
+def open_session(cfg: CassandraConfig, *, keyspace: bool = True, connect_timeout: float = 10.0,
+                 **options: Any) -> tuple[Cluster, Session]:
+    """Connect (and ``USE`` the configured keyspace unless ``keyspace=False``). The caller shuts
+    the cluster down (``cluster.shutdown()``)."""
+    cluster = new_cluster(cfg, connect_timeout=connect_timeout, **options)
+    try:
+        session = cluster.connect(cfg.keyspace if keyspace else None)
+    except Exception:
+        cluster.shutdown()
+        raise
+    return cluster, session
+
+
 class CassandraStore:
     """One cluster connection bound to a keyspace, with a cache of prepared statements."""
 
@@ -33,17 +66,7 @@ class CassandraStore:
     @classmethod
     def connect(cls, cfg: CassandraConfig, *, keyspace: bool = True, connect_timeout: float = 10.0) -> "CassandraStore":
         """Connect to the cluster (and ``USE`` the configured keyspace unless ``keyspace=False``)."""
-        cluster = Cluster(
-            list(cfg.hosts),
-            port=cfg.port,
-            protocol_version=5,
-            connect_timeout=connect_timeout,
-            execution_profiles={
-                EXEC_PROFILE_DEFAULT: ExecutionProfile(load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()))
-            },
-        )
-        session = cluster.connect(cfg.keyspace if keyspace else None)
-        return cls(cluster, session)
+        return cls(*open_session(cfg, keyspace=keyspace, connect_timeout=connect_timeout))
 
     def close(self) -> None:
         self._cluster.shutdown()

@@ -1,6 +1,10 @@
 """Kafka: the :class:`EventPublisher` port, its aiokafka adapter, an in-memory fake, and helpers to
 create topics and read them back (tests, tools).
 
+This module is the only place that builds an aiokafka client: services use
+:class:`KafkaEventPublisher`, tools and tests :func:`open_producer`, :func:`open_consumer` and
+:func:`admin_client`, and every topic is created by :func:`ensure_topics`.
+
 The producer is configured for no loss and no duplicates from its own retries: ``acks=all``
 (the leader waits for the in-sync replicas) and ``enable_idempotence`` (the broker drops a batch
 the producer re-sends after a lost acknowledgement). ``publish`` returns only once the broker has
@@ -191,35 +195,73 @@ class TopicSpec:
     configs: dict[str, str] = field(default_factory=dict)
 
 
-async def ensure_topics(config: KafkaConfig, topics: Sequence[TopicSpec], *, timeout_ms: int = 30_000) -> list[str]:
-    """Create the topics that do not exist yet (idempotent). Returns the names created."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+@contextlib.asynccontextmanager
+async def admin_client(config: KafkaConfig, *, timeout_ms: int = 30_000) -> AsyncIterator[Any]:
+    """A started ``AIOKafkaAdminClient``, closed on exit (also when starting it fails)."""
+    from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap_servers, request_timeout_ms=timeout_ms)
-    created: list[str] = []
     try:
         await admin.start()
-        existing = set(await admin.list_topics())
-        wanted = [t for t in topics if t.name not in existing]
-        if not wanted:
-            return created
-        response = await admin.create_topics(
-            [NewTopic(t.name, t.partitions, t.replication_factor, topic_configs=dict(t.configs)) for t in wanted],
-            timeout_ms=timeout_ms,
-        )
-        for item in response.topic_errors:
-            name, code = item[0], item[1]
-            if code == 0:
-                created.append(name)
-                continue
-            error = for_code(code)
-            if error is not TopicAlreadyExistsError:  # lost a race with another creator: fine
-                raise Unavailable(f"cannot create topic {name}: {error.__name__} {item[2:]!r}", dependency="kafka")
-    except (KafkaError, OSError) as exc:
-        raise Unavailable(f"Kafka admin request failed: {exc!r}", dependency="kafka") from exc
+        yield admin
     finally:
         await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def open_producer(config: KafkaConfig, **options: Any) -> AsyncIterator[Any]:
+    """A started ``AIOKafkaProducer`` (``acks=all`` unless ``options`` say otherwise), stopped on
+    exit. For tools, generators and tests; services publish through :class:`KafkaEventPublisher`."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=config.bootstrap_servers, **{"acks": "all", **options})
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+async def list_topics(config: KafkaConfig, *, timeout_ms: int = 30_000) -> set[str]:
+    """The names of the topics that exist."""
+    async with admin_client(config, timeout_ms=timeout_ms) as admin:
+        return set(await admin.list_topics())
+
+
+async def delete_topics(config: KafkaConfig, names: Sequence[str], *, timeout_ms: int = 30_000) -> None:
+    """Delete those of ``names`` that exist (idempotent)."""
+    async with admin_client(config, timeout_ms=timeout_ms) as admin:
+        present = [n for n in names if n in set(await admin.list_topics())]
+        if present:
+            await admin.delete_topics(present, timeout_ms=timeout_ms)
+
+
+async def ensure_topics(config: KafkaConfig, topics: Sequence[TopicSpec], *, timeout_ms: int = 30_000) -> list[str]:
+    """Create the topics that do not exist yet (idempotent). Returns the names created."""
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+    created: list[str] = []
+    try:
+        async with admin_client(config, timeout_ms=timeout_ms) as admin:
+            existing = set(await admin.list_topics())
+            wanted = [t for t in topics if t.name not in existing]
+            if not wanted:
+                return created
+            response = await admin.create_topics(
+                [NewTopic(t.name, t.partitions, t.replication_factor, topic_configs=dict(t.configs)) for t in wanted],
+                timeout_ms=timeout_ms,
+            )
+    except (KafkaError, OSError) as exc:
+        raise Unavailable(f"Kafka admin request failed: {exc!r}", dependency="kafka") from exc
+    for item in response.topic_errors:
+        name, code = item[0], item[1]
+        if code == 0:
+            created.append(name)
+            continue
+        error = for_code(code)
+        if error is not TopicAlreadyExistsError:  # lost a race with another creator: fine
+            raise Unavailable(f"cannot create topic {name}: {error.__name__} {item[2:]!r}", dependency="kafka")
     return created
 
 

@@ -1,4 +1,5 @@
-"""PostgreSQL adapter (asyncpg): a sized pool with timeouts, and a readiness probe.
+"""PostgreSQL adapter (asyncpg): the one pool factory (sized, with timeouts), single connections
+for tools and tests, and a readiness probe.
 
 Queries always bind parameters (``$1``...); nothing is ever formatted into SQL text.
 """
@@ -6,7 +7,7 @@ Queries always bind parameters (``$1``...); nothing is ever formatted into SQL t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import asyncpg
 
@@ -25,17 +26,32 @@ class PoolLimits:
     connect_timeout: float = 5.0
 
 
-async def create_pool(cfg: PostgresConfig, limits: PoolLimits = PoolLimits()) -> asyncpg.Pool:
-    """Open a pool to ``cfg.dsn``; the caller closes it (``await pool.close()``)."""
+async def create_pool(cfg: PostgresConfig, limits: PoolLimits = PoolLimits(), *,
+                      reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+                      max_inactive_seconds: float = 300.0) -> asyncpg.Pool:
+    """Open a pool to ``cfg.dsn``; the caller closes it (``await pool.close()``).
+
+    ``reset`` replaces asyncpg's reset-on-release (four statements, one round trip per request)
+    for callers that never change session state; connections idle ``max_inactive_seconds`` are
+    closed, freeing server slots after a burst.
+    """
+    options: dict[str, Any] = {"reset": reset} if reset is not None else {}
     pool = await asyncpg.create_pool(
         str(cfg.dsn),
         min_size=limits.min_size,
         max_size=limits.max_size,
         command_timeout=limits.command_timeout,
         timeout=limits.connect_timeout,
+        max_inactive_connection_lifetime=max_inactive_seconds,
+        **options,
     )
     assert pool is not None  # asyncpg types it Optional; it is never None once awaited
     return pool
+
+
+async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
+    """One connection to ``dsn`` (tools, the stack scripts, tests); the caller closes it."""
+    return await asyncpg.connect(dsn, timeout=timeout)
 
 
 async def ping(pool: asyncpg.Pool, timeout: float = 2.0) -> str | None:
