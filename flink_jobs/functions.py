@@ -133,7 +133,8 @@ class Decide(KeyedProcessFunction):
       image at or behind the watermark); images are decided in ``(event_time, image_id)`` order,
       which a replay after a failure reproduces; rejected events wait with them (they skip
       the index). An event already behind the watermark (late) is handled on arrival.
-      Lateness is classified on arrival.
+      Lateness is classified on arrival, against the watermark or, when higher, the point the
+      windows were finalised through (kept in state: a restore starts without a watermark).
     * **Decisions**: one :class:`~imgstream.domain.dedup.Deduplicator` (replay drop, exact, near).
     * **Windows**: one :class:`~imgstream.domain.windows.WindowBook`; the watermark passing a
       window's end fires it, passing its end plus the allowed lateness makes it final.
@@ -168,9 +169,12 @@ class Decide(KeyedProcessFunction):
             mirrored("bands", policy.near_ttl_ms),
         )
         windows = mirrored("windows")
-        self.mirrors = (self.pending, replays, exact, bands, windows)
+        # the watermark the windows were finalised through: watermarks are not checkpointed,
+        # so after a restore lateness is judged against this (never reopening a final window)
+        progress = mirrored("progress")
+        self.mirrors = (self.pending, replays, exact, bands, windows, progress)
         self.dedup = Deduplicator(policy, replays=replays, exact=exact, bands=bands)
-        self.book = WindowBook(self.window_ms, self.allowed_lateness_ms, windows)
+        self.book = WindowBook(self.window_ms, self.allowed_lateness_ms, windows, progress)
         self.key: Any = None
         self.timers: set[int] = set()  # registered in this attempt (re-registering is harmless)
         self.pruned_at: int | None = None
@@ -194,7 +198,9 @@ class Decide(KeyedProcessFunction):
 
     def process_element(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         self._use_key(ctx.get_current_key())
-        watermark = ctx.timer_service().current_watermark()
+        # after a restore the watermark restarts at Long.MIN_VALUE: judge against the book's
+        # finalised-through point, or a too-late event would count as on time
+        watermark = self.book.effective_watermark(ctx.timer_service().current_watermark())
         ts = int(image["event_time"])
         image = with_lateness(image, watermark, self.window_ms, self.allowed_lateness_ms)
         if ts <= watermark:
