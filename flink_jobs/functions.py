@@ -19,6 +19,7 @@ from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, OutputTag,
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
 from imgstream.domain.cleaning import Cleaned, DeadLetter, Heartbeat, Source, clean
+from imgstream.domain.clock import CLOCK_SKEW_TOLERANCE_MS, clamp_event_time
 from imgstream.domain.dedup import STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, Verdict
 from imgstream.domain.hashing import parse_hash
 from imgstream.domain.windows import Lateness, WindowBook, classify
@@ -75,16 +76,44 @@ class CleanFunction(ProcessFunction):
 
     A dead letter also continues on the main output as a ``rejected`` verdict: it is counted
     in its window and gets an images row, but never meets the dedup index.
+
+    **Clock skew.** The record timestamp is the source's event time, which the SQL source
+    already bounded by the Kafka append time (:func:`~flink_jobs.pipeline.event_time_sql`);
+    the event time parsed here is bounded the same way (:func:`clamp_event_time`), so the
+    windows use the time the watermark was built from. Clamped events are counted in the
+    operator's metrics ``clockSkewClamped`` and ``clockSkewMaxMs`` (Flink REST / web UI).
     """
+
+    def __init__(self, clock_skew_tolerance_ms: int = CLOCK_SKEW_TOLERANCE_MS) -> None:
+        self.clock_skew_tolerance_ms = clock_skew_tolerance_ms
+        self.skew_clamped: Any = None
+        self.max_skew_ms = 0
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        metrics = runtime_context.get_metrics_group()
+        self.skew_clamped = metrics.counter("clockSkewClamped")
+        metrics.gauge("clockSkewMaxMs", lambda: self.max_skew_ms)
+
+    def _event_time(self, claimed: int, appended: int | None) -> int:
+        out = clamp_event_time(claimed, appended, self.clock_skew_tolerance_ms)
+        if out.clamped:
+            if self.skew_clamped is not None:
+                self.skew_clamped.inc()
+            if out.skew_ms > self.max_skew_ms:
+                self.max_skew_ms = out.skew_ms
+                log.warning("received_at %d ms ahead of the Kafka append time: event time clamped", out.skew_ms)
+        return out.event_time
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterable[Any]:
         raw, topic, partition, offset = value[0], value[1], value[2], value[3]
-        out = clean(raw, Source(topic, partition, offset, ctx.timestamp()))
+        appended = ctx.timestamp()
+        out = clean(raw, Source(topic, partition, offset, appended))
         if isinstance(out, Heartbeat):
             return  # it advanced its partition's watermark in the source; nothing to process
         if isinstance(out, Cleaned):
             image = out.event.to_dict()
-            image.update(event_time=out.event_time, topic=topic, partition=partition, offset=offset)
+            image.update(event_time=self._event_time(out.event_time, appended), topic=topic, partition=partition,
+                         offset=offset)  # fmt: skip
             yield image
             return
         assert isinstance(out, DeadLetter)
@@ -93,7 +122,7 @@ class CleanFunction(ProcessFunction):
             "image_id": out.image_id,
             "producer": out.producer,
             "content_type": out.content_type,
-            "event_time": out.event_time if out.event_time is not None else ctx.timestamp(),
+            "event_time": self._event_time(out.event_time, appended) if out.event_time is not None else appended,
             "reason": out.reason,
             "error": out.error[:1000],
             "topic": topic,

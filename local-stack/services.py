@@ -94,11 +94,26 @@ def _savepoint_pipeline(ctx: Context) -> None:
         print(f"  flink    pipeline stopped with savepoint {location}", flush=True)
 
 
+#: The upload topic's records carry the broker's append time: the pipeline bounds a gateway's
+#: ``received_at`` by it (imgstream/domain/clock.py), so it must not be the gateway's own clock.
+UPLOAD_TOPIC_CONFIGS = {"message.timestamp.type": "LogAppendTime"}
+
+
+async def _upload_topic_append_time(ctx: Context) -> None:
+    from imgstream.adapters.kafka import ensure_topic_configs
+    from imgstream.domain.events import TOPIC_UPLOADED
+
+    if await ensure_topic_configs(ctx.config.kafka, TOPIC_UPLOADED, UPLOAD_TOPIC_CONFIGS):
+        print(f"  kafka    {TOPIC_UPLOADED}: records now carry the broker's append time", flush=True)
+
+
 async def _demo_ingest(ctx: Context) -> None:
     import demo
 
     await demo.ingest(ctx)
 
+
+BOOTSTRAP_HOOKS.setdefault("kafka", []).append(_upload_topic_append_time)  # after the topics exist
 
 _services: list[Component] = []
 if (ROOT / "api" / "gateway" / "__main__.py").exists():
