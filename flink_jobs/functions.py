@@ -10,6 +10,7 @@ coordinates and, once decided, the verdict fields (``status``, ``duplicate_of``,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Iterable
 
@@ -18,13 +19,17 @@ from pyflink.common.time import Time
 from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
+from imgstream.adapters.kafka import end_offsets
+from imgstream.config import KafkaConfig
 from imgstream.domain.cleaning import Cleaned, DeadLetter, Heartbeat, Source, clean
 from imgstream.domain.clock import CLOCK_SKEW_TOLERANCE_MS, clamp_event_time
 from imgstream.domain.dedup import STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, Verdict
 from imgstream.domain.hashing import parse_hash
 from imgstream.domain.windows import Lateness, WindowBook, classify
 
-from flink_jobs.cassandra_sink import CassandraWriter, Write, image_writes, window_writes
+from flink_jobs.cassandra_sink import (
+    CassandraWriter, Write, image_writes, maybe_written, superseded_writes, window_writes,
+)  # fmt: skip
 from flink_jobs.mirror import MirroredMap
 
 log = logging.getLogger(__name__)
@@ -310,20 +315,40 @@ class WriteSteps(FlatMapFunction):
     driver's work (about a quarter of deciding's time when ``decide`` wrote itself) then
     overlaps with deciding instead of following it. One record per step crosses, not one per
     image.
+
+    **Replays.** A replay may decide an image differently than the attempt that failed (a
+    late image decided on arrival, then in event-time order), so for every event that may
+    have been written before this attempt started (below the upload topic's end offsets at
+    ``open``: only the backlog after a restart) the stored images row is read first and the
+    rows its old verdict implied are deleted (:func:`superseded_writes`). Later events cost
+    no read.
     """
 
-    def __init__(self, writer: CassandraWriter, window_ms: int) -> None:
+    def __init__(self, writer: CassandraWriter, window_ms: int, kafka: KafkaConfig | None = None,
+                 topic: str = "") -> None:  # fmt: skip
         self.writer = writer
         self.window_ms = window_ms
+        self.kafka = kafka
+        self.topic = topic
+        self.horizon: dict[int, int] = {}
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.writer.open()
+        if self.kafka is not None and self.topic:
+            self.horizon = asyncio.run(end_offsets(self.kafka, self.topic))
+            log.info("events of %s below offsets %s may be replays: their earlier rows are checked",
+                     self.topic, self.horizon)
 
     def close(self) -> None:
         self.writer.close()
 
     def flat_map(self, step: dict[str, Any]) -> Iterable[Any]:
-        self.writer.write(step_writes(step, self.window_ms))
+        writes = step_writes(step, self.window_ms)
+        replayed = [v for v in step["verdicts"] if self.horizon and maybe_written(v, self.topic, self.horizon)]
+        if replayed:
+            previous = self.writer.previous([v["image_id"] for v in replayed])
+            writes = [w for v in replayed for w in superseded_writes(v, previous.get(v["image_id"]), self.window_ms)] + writes
+        self.writer.write(writes)
         return ()
 
 

@@ -89,7 +89,7 @@ def build(
         # never fused into decide (PyFlink merges chained Python operators into one): its own
         # task, in clean's slot group (it would inherit decide's) and so in clean's Python worker
         results = (
-            results.flat_map(WriteSteps(writer, config.window_ms))
+            results.flat_map(WriteSteps(writer, config.window_ms, config.kafka, config.topic))
             .name("cassandra: write steps")
             .uid("write-cassandra")
             .disable_chaining()
