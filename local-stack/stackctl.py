@@ -170,6 +170,10 @@ class Stack:
     def status(self) -> int:
         health = self.health_all()
         self.print_table(health)
+        import status_notes  # dead letters, and what else must not stay silent
+
+        for line in status_notes.lines(self.ctx):
+            _out(line)
         return 0 if all(v is None for v in health.values()) else 3
 
     def running_names(self) -> list[str]:

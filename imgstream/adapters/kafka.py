@@ -375,3 +375,21 @@ async def ensure_topic_configs(config: KafkaConfig, topic: str, wanted: dict[str
         if item[0]:
             raise Unavailable(f"cannot alter topic {topic}: {item[0]} {item[1]}", dependency="kafka")
     return True
+
+
+async def retained_records(config: KafkaConfig, topic: str) -> int | None:
+    """How many records ``topic`` holds now (log end minus log start, summed over partitions;
+    transaction markers count too), ``None`` when the topic does not exist."""
+    from aiokafka import TopicPartition
+
+    async with open_consumer(config) as consumer:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return None
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+    return sum(ends[tp] - starts[tp] for tp in tps)
