@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from imgstream.domain import imaging
+from imgstream.domain import imaging, phash
 from imgstream.domain.errors import BadRequest, CorruptImage, ImageTooLarge, ImgstreamError, PayloadTooLarge, UnsupportedMediaType
 from tests.fixtures import images as fx
 
@@ -218,19 +218,19 @@ def test_configure_pillow_sets_the_process_guard() -> None:
 
 def test_phash_ignores_bytes_that_are_not_pixels() -> None:
     base = fx.real("rocket.jpg")
-    assert imaging.phash(base) == imaging.phash(fx.unique_jpeg("one")) == imaging.phash(fx.unique_jpeg("two"))
+    assert phash.phash(base) == phash.phash(fx.unique_jpeg("one")) == phash.phash(fx.unique_jpeg("two"))
 
 
 def test_phash_survives_recompression_and_resizing() -> None:
     with Image.open(io.BytesIO(fx.real("astronaut.png"))) as image:
         original = image.convert("RGB")
-    reference = imaging.phash(png_of(original))
-    assert hamming(reference, imaging.phash(jpeg_of(original, quality=40))) <= 4
-    assert hamming(reference, imaging.phash(png_of(original.resize((256, 256))))) <= 4
+    reference = phash.phash(png_of(original))
+    assert hamming(reference, phash.phash(jpeg_of(original, quality=40))) <= 4
+    assert hamming(reference, phash.phash(png_of(original.resize((256, 256))))) <= 4
 
 
 def test_phash_tells_different_photos_apart() -> None:
-    hashes = [imaging.phash(fx.real(n)) for n in ("rocket.jpg", "astronaut.png", "camera.png", "coffee.png")]
+    hashes = [phash.phash(fx.real(n)) for n in ("rocket.jpg", "astronaut.png", "camera.png", "coffee.png")]
     for i, a in enumerate(hashes):
         for b in hashes[i + 1 :]:
             assert hamming(a, b) > 16
@@ -242,9 +242,9 @@ def test_jpeg_draft_decode_matches_full_decode() -> None:
     data = jpeg_of(big, quality=90)
     with Image.open(io.BytesIO(data)) as full:
         full.load()  # decoded at full scale, draft never applied
-        full_hash = imaging.phash_image(full)
+        full_hash = phash.phash_image(full)
     with Image.open(io.BytesIO(data)) as drafted:
-        draft_hash = imaging.phash_image(drafted)
+        draft_hash = phash.phash_image(drafted)
         assert drafted.size[0] < 3000  # the decoder really did scale down
     assert hamming(full_hash, draft_hash) <= 4
 
@@ -257,9 +257,9 @@ def test_phash_applies_exif_orientation() -> None:
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     tagged = jpeg_of(stored, quality=95, exif=exif.tobytes())
     untagged = jpeg_of(stored, quality=95)
-    reference = imaging.phash(jpeg_of(upright, quality=95))
-    assert hamming(reference, imaging.phash(tagged)) <= 4
-    assert hamming(reference, imaging.phash(untagged)) > 16
+    reference = phash.phash(jpeg_of(upright, quality=95))
+    assert hamming(reference, phash.phash(tagged)) <= 4
+    assert hamming(reference, phash.phash(untagged)) > 16
 
 
 def test_phash_of_16_bit_image_is_not_degenerate() -> None:
@@ -267,4 +267,4 @@ def test_phash_of_16_bit_image_is_not_degenerate() -> None:
         gray = image.convert("L")
     wide = Image.frombytes("I;16", gray.size, bytes(b for v in gray.tobytes() for b in (0, v)))
     data = png_of(wide)
-    assert hamming(imaging.phash(data), imaging.phash(png_of(gray))) <= 4
+    assert hamming(phash.phash(data), phash.phash(png_of(gray))) <= 4
