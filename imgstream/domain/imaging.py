@@ -21,7 +21,6 @@ This module is pure library code: Pillow and numpy only, no I/O framework.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import struct
 import warnings
