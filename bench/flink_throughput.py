@@ -35,7 +35,7 @@ from bench.cpu_budget import metered, report  # noqa: E402
 from flink_jobs import submit, testing  # noqa: E402
 from flink_jobs.generator import plan  # noqa: E402
 from imgstream.config import StackConfig  # noqa: E402
-from imgstream.domain.events import parse_time  # noqa: E402
+from imgstream.domain.timefmt import parse_time  # noqa: E402
 
 
 #: The stack's pid files (``local-stack/procs.py``): whose CPU the report counts.

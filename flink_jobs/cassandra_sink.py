@@ -29,8 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from imgstream.config import CassandraConfig
 from imgstream.domain.dedup import STATUS_DUPLICATE
-from imgstream.domain.events import parse_time
-from imgstream.domain.windows import STAT_FIELDS, Lateness, from_millis, window_start
+from imgstream.domain.timefmt import from_millis, parse_time
+from imgstream.domain.windows import STAT_FIELDS, Lateness, window_start
 
 INSERT_IMAGE = (
     "INSERT INTO images (image_id, producer, sha256, phash, size, content_type, width, height, storage_key, "

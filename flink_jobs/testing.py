@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from imgstream.domain.events import parse_time
+from imgstream.domain.timefmt import parse_time
 
 from flink_jobs import submit
 from flink_jobs.generator import Planned

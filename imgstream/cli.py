@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from imgstream.domain.errors import Unauthorized
+from imgstream.domain.timefmt import format_seconds
 from imgstream.domain.tokens import (
     DEFAULT_TTL,
     KEYS_FILE_ENV,
@@ -87,9 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- imgstream token ... -----------------------------------------------------------------------
 
 
-def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def _token_create(args: argparse.Namespace) -> int:
     ring = ensure_key_file(args.keys_file)
@@ -97,7 +95,7 @@ def _token_create(args: argparse.Namespace) -> int:
     ttl = parse_ttl(args.ttl) if args.ttl else DEFAULT_TTL
     token = ring.issue(name, role, ttl=ttl)
     expires = ring.verify(token).expires_at
-    print(f"{role} token for {name!r}, signed by key {ring.active}, expires {_utc(expires)}", file=sys.stderr)
+    print(f"{role} token for {name!r}, signed by key {ring.active}, expires {format_seconds(expires)}", file=sys.stderr)
     print(token)  # the only line on stdout: TOKEN=$(imgstream token create --producer x)
     return 0
 
@@ -139,7 +137,7 @@ def _token_verify(args: argparse.Namespace) -> int:
         print(f"invalid: {exc.message}", file=sys.stderr)
         return 1
     print(json.dumps({"name": principal.name, "role": principal.role, "key_id": principal.key_id,
-                      "expires_at": _utc(principal.expires_at)}))
+                      "expires_at": format_seconds(principal.expires_at)}))
     return 0
 
 

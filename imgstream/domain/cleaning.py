@@ -28,7 +28,8 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from imgstream.domain.errors import InvalidEvent
-from imgstream.domain.events import TOPIC_UPLOADED, ImageUploaded, format_time, parse_time, schema, validate
+from imgstream.domain.events import TOPIC_UPLOADED, ImageUploaded, schema, validate
+from imgstream.domain.timefmt import format_time, parse_time
 
 #: Largest event value accepted. A v1 event is < 2 KiB; anything far larger is not one, and
 #: echoing megabytes into the dead-letter topic would only move the problem.

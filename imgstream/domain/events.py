@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any, Callable, Mapping
 
 from imgstream.domain.errors import InvalidEvent
+from imgstream.domain.timefmt import format_time, parse_time
 
 SCHEMA_VERSION = 1
 EVENT_TYPE = "image.uploaded"
@@ -42,21 +43,6 @@ def image_id_for(producer: str, idempotency_key: str | None) -> str:
     if idempotency_key is None:
         return str(uuid.uuid4())
     return str(uuid.uuid5(IMAGE_ID_NAMESPACE, f"{producer}\x00{idempotency_key}"))
-
-
-def format_time(ts: datetime) -> str:
-    """UTC ISO-8601 with milliseconds and a ``Z``: the one time format on the wire."""
-    if ts.tzinfo is None:
-        raise ValueError("naive datetime")
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
-
-
-def parse_time(text: str) -> datetime:
-    """Parse an ISO-8601 timestamp that carries a zone; naive timestamps are refused."""
-    ts = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
-    if ts.tzinfo is None:
-        raise ValueError(f"timestamp without zone: {text!r}")
-    return ts.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True, slots=True)

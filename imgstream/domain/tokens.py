@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Final, Mapping
 
 from imgstream.domain.errors import Unauthorized
+from imgstream.domain.timefmt import format_seconds
 
 ROLE_PRODUCER: Final = "producer"
 ROLE_ANALYST: Final = "analyst"
@@ -64,9 +65,6 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 @dataclass(frozen=True)
 class SigningKey:
@@ -81,7 +79,7 @@ class SigningKey:
         now = time.time() if now is None else now
         stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%d")
         return cls(kid=f"k{stamp}-{secrets.token_hex(3)}", secret=secrets.token_bytes(_SECRET_BYTES),
-                   created_at=_utc(now))
+                   created_at=format_seconds(now))
 
 
 @dataclass(frozen=True)
@@ -256,7 +254,7 @@ class KeyRing:
         claims = _claims(payload)
         now = time.time() if now is None else now
         if claims["exp"] <= now:
-            raise Unauthorized(f"token expired at {_utc(claims['exp'])}")
+            raise Unauthorized(f"token expired at {format_seconds(claims['exp'])}")
         return Principal(name=claims["sub"], role=claims["role"], key_id=kid,
                          expires_at=claims["exp"], token_id=claims.get("jti", ""))
 

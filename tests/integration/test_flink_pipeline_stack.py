@@ -14,7 +14,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from flink_jobs import testing
 from flink_jobs.generator import plan, truth
-from imgstream.domain.events import ImageUploaded, format_time
+from imgstream.domain.events import ImageUploaded
+from imgstream.domain.timefmt import format_time
 
 WINDOW_MS = 60_000
 LATENESS_MS = 30_000

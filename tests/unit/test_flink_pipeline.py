@@ -42,7 +42,7 @@ def _run_pipeline(planned, **overrides):
     from flink_jobs.pipeline import build, environment
     from flink_jobs.rows import RAW_FIELDS
     from imgstream.domain.cleaning import heartbeat_value
-    from imgstream.domain.windows import from_millis
+    from imgstream.domain.timefmt import from_millis
 
     class FromField(TimestampAssigner):
         def extract_timestamp(self, value, record_timestamp):
