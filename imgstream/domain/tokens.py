@@ -28,17 +28,16 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Final, Mapping
+from typing import Any, Callable, Final, Mapping, Protocol
 
 from imgstream.domain.errors import Unauthorized
+from imgstream.domain.producers import NAME_PATTERN
 from imgstream.domain.timefmt import format_seconds
 
 ROLE_PRODUCER: Final = "producer"
 ROLE_ANALYST: Final = "analyst"
 ROLES: Final = frozenset({ROLE_PRODUCER, ROLE_ANALYST})
 
-#: Producer/analyst names: the same rule as the event schema's ``producer`` field.
-NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # anchored for OpenAPI; match with fullmatch ("$" lets "\n" in)
 
 #: Where the local stack keeps the key file (relative to the repository root) and the variable
 #: that overrides it. Read by entry points only.
@@ -103,6 +102,12 @@ class Principal:
     def may_read(self, producer: str) -> bool:
         """Analysts read every producer's data; a producer reads only its own."""
         return self.is_analyst or self.name == producer
+
+
+class TokenVerifier(Protocol):
+    """What a service needs to check bearer tokens: a :class:`KeyRing` or a :class:`ReloadingKeyRing`."""
+
+    def verify(self, token: str, *, now: float | None = None) -> Principal: ...
 
 
 def validate_name(name: str) -> str:

@@ -84,3 +84,10 @@ def test_messages_name_the_rule() -> None:
 def test_keywords_it_cannot_enforce_are_refused_at_compile_time(schema: dict[str, Any]) -> None:
     with pytest.raises(UnsupportedSchema):
         compile_schema(schema)
+
+
+def test_the_schema_writes_the_producer_rule_of_the_domain() -> None:
+    from imgstream.domain.producers import NAME_PATTERN, is_valid_name
+
+    assert SCHEMA["properties"]["producer"]["pattern"] == NAME_PATTERN.pattern
+    assert is_valid_name("alice.b-2_c") and not is_valid_name("alice\n") and not is_valid_name(7)
