@@ -54,6 +54,27 @@ _ORIENTATION: Final = {
 }
 
 
+#: Modes with more than 8 bits per sample: scaled into 8 bits before hashing, since a plain
+#: ``convert("L")`` clips them to white.
+HIGH_BIT_DEPTH_MODES: Final = frozenset({"I;16", "I;16B", "I;16L", "I", "F"})
+
+
+def _to_8_bits(image: Image.Image) -> Image.Image:
+    """Scale a high-bit-depth image so its peak becomes 255, without a full-size float copy.
+
+    The peak comes from ``getextrema`` (no copy) and the scaling runs inside Pillow (a lookup
+    table for 16-bit data), so memory stays at one extra image of the source's own depth plus
+    the 8-bit result: about 250 MB for a 50 MP 16-bit PNG, where two float64 arrays took 800 MB.
+    The result is the same as ``(pixels * 255 / peak).astype(uint8)`` bit for bit.
+    """
+    image.load()
+    low_high = image.getextrema()
+    peak = float(low_high[1]) if isinstance(low_high, tuple) and not isinstance(low_high[0], tuple) else 0.0
+    scale = 255.0 / peak if peak > 0 else 1.0
+    scaled = image.point(lambda value: value * scale)
+    return scaled.convert("L")
+
+
 def phash_image(image: Image.Image) -> str:
     """64-bit DCT perceptual hash of an opened image's first frame, as 16 hex digits.
 
@@ -68,12 +89,8 @@ def phash_image(image: Image.Image) -> str:
         orientation = 1  # a malformed EXIF block is no reason to refuse the pixels
     if image.format == "JPEG":
         image.draft("L", (DRAFT_SIZE, DRAFT_SIZE))
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # Scale high-bit-depth data into 8 bits first; a plain convert("L") clips it to white.
-        image.load()
-        array = np.asarray(image, dtype=np.float64)
-        peak = float(array.max()) or 1.0
-        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8), "L")
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        image = _to_8_bits(image)
     gray = image.convert("L")  # forces the decode of the (first) frame
     small = gray.resize((_DCT_SIDE, _DCT_SIDE), Image.Resampling.LANCZOS, reducing_gap=2.0)
     if orientation in _ORIENTATION:

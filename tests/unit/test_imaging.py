@@ -268,3 +268,39 @@ def test_phash_of_16_bit_image_is_not_degenerate() -> None:
     wide = Image.frombytes("I;16", gray.size, bytes(b for v in gray.tobytes() for b in (0, v)))
     data = png_of(wide)
     assert hamming(phash.phash(data), phash.phash(png_of(gray))) <= 4
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_high_bit_depth_scaling_equals_the_float_formula(mode: str) -> None:
+    """The in-Pillow scaling gives the very 8-bit image the float64 formula gave (hashes of
+    stored 16-bit uploads stay comparable), without the full-size float copies."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    values = rng.integers(0, 4000, size=(97, 131)).astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode])
+    image = Image.fromarray(values, mode if mode != "I;16" else None)
+    assert image.mode == mode
+    expected = (values.astype(np.float64) * (255.0 / float(values.max()))).astype(np.uint8)
+    got = np.asarray(phash._to_8_bits(image))
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= (0 if mode != "F" else 1)
+
+
+def test_hashing_a_50_megapixel_16_bit_png_stays_within_the_memory_budget(tmp_path) -> None:
+    """A ~100 KB PNG that decodes to 50 MP of 16-bit samples: the hash must not need the
+    ~1 GB that float64 copies took (the gateway pod has 1 GiB). Measured in a fresh process."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "wide.png"
+    make = ("import numpy as np; from PIL import Image; "
+            "a = (np.arange(10000, dtype=np.uint16)[None, :] * 6).repeat(5000, axis=0); "
+            f"Image.fromarray(a).save({str(path)!r})")
+    subprocess.run([sys.executable, "-c", make], check=True)
+    measure = ("import resource; from PIL import Image; Image.MAX_IMAGE_PIXELS = None; "
+               "from imgstream.domain.phash import phash; "
+               f"h = phash(open({str(path)!r}, 'rb').read()); "
+               "print(h, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    out = subprocess.run([sys.executable, "-c", measure], check=True, capture_output=True, text=True).stdout.split()
+    digest, peak_mb = out[0], int(out[1])
+    assert len(digest) == 16 and digest != "0" * 16
+    assert peak_mb < 450, f"hashing took {peak_mb} MB of RSS"
