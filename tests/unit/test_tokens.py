@@ -191,3 +191,27 @@ def test_parse_ttl_refuses_nonsense(text: str) -> None:
 def test_keys_file_from_env() -> None:
     assert keys_file_from_env({"IMGSTREAM_TOKEN_KEYS_FILE": "/x/k.json"}) == Path("/x/k.json")
     assert keys_file_from_env({}) == Path(".stack/secrets/token-keys.json")
+
+
+@pytest.mark.parametrize("suffix", ["!!!!", "=", "==", " ", "\n", "A", "$", "+/"])
+def test_only_the_exact_base64url_text_verifies(suffix: str) -> None:
+    """Python's base64 decoder skips characters outside the alphabet and ignores extra bits;
+    a token is accepted only in the one spelling it was issued in."""
+    ring = KeyRing.generate(NOW)
+    token = ring.issue("cam", "producer", now=NOW)
+    assert ring.verify(token, now=NOW).name == "cam"
+    with pytest.raises(Unauthorized):
+        ring.verify(token + suffix, now=NOW)
+
+
+def test_a_signature_with_non_zero_padding_bits_is_refused() -> None:
+    ring = KeyRing.generate(NOW)
+    token = ring.issue("cam", "producer", now=NOW)
+    head, signature = token.rsplit(".", 1)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # a 32-byte HMAC is 43 characters: the last one carries 4 data bits and 2 unused ones
+    last = alphabet.index(signature[-1])
+    twin = signature[:-1] + alphabet[last | 1]
+    assert twin != signature and base64.urlsafe_b64decode(twin + "=") == base64.urlsafe_b64decode(signature + "=")
+    with pytest.raises(Unauthorized):
+        ring.verify(f"{head}.{twin}", now=NOW)
