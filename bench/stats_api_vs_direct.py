@@ -50,7 +50,8 @@ from api.stats.queries.uploads import UploadsQuery  # noqa: E402
 from api.stats.sql import Sql  # noqa: E402
 from api.stats.times import format_time  # noqa: E402
 from imgstream.config import StackConfig, load_env_file  # noqa: E402
-from api.common.service import ServiceNotReady, ServiceProcess, start_service, uvloop_factory  # noqa: E402
+from api.common.process import ServiceNotReady, ServiceProcess, start_service  # noqa: E402
+from api.common.runtime import uvloop_factory  # noqa: E402
 from imgstream.domain.tokens import KeyRing, ensure_key_file  # noqa: E402
 
 BENCH_DAY = datetime(2004, 2, 1, tzinfo=timezone.utc)
