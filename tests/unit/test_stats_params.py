@@ -9,16 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.stats.params import (
-    MAX_PARAM_CHARS,
-    Scope,
-    parse_content_type,
-    parse_group_by,
-    parse_image_id,
-    parse_int,
-    parse_producer,
-    query_params,
-)
+from api.stats.params import (MAX_PARAM_CHARS, Scope, parse_content_type, parse_group_by, parse_image_id, parse_int,
+                              parse_producer, query_params)
 from api.stats.queries.duplicates import DuplicatesQuery
 from api.stats.queries.image import ImageQuery
 from api.stats.queries.summary import SummaryQuery

@@ -6,25 +6,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar, Iterable, Mapping
 
-from api.stats.params import (
-    DUPLICATE_KINDS,
-    LIST_LIMIT,
-    Scope,
-    parse_choice,
-    parse_image_id,
-    parse_int,
-    parse_producer,
-    query_params,
-)
-from api.stats.ranges import (
-    DEFAULT_LIST_SPAN,
-    MAX_LIST_SPAN,
-    TimeRange,
-    decode_cursor,
-    encode_cursor,
-    fingerprint,
-    parse_range,
-)
+from api.stats.params import (DUPLICATE_KINDS, LIST_LIMIT, Scope, parse_choice, parse_image_id, parse_int,
+                              parse_producer, query_params)
+from api.stats.ranges import (DEFAULT_LIST_SPAN, MAX_LIST_SPAN, TimeRange, decode_cursor, encode_cursor, fingerprint,
+                              parse_range)
 from api.stats.sql import V_DUPLICATES, Args, Sql
 from api.stats.times import as_utc
 

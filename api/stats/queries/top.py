@@ -9,17 +9,8 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 from imgstream.domain.errors import Forbidden
 from imgstream.domain.windows import Interval
 
-from api.stats.params import (
-    DIMENSIONS,
-    TOP_LIMIT,
-    TOP_MEASURES,
-    Scope,
-    parse_choice,
-    parse_content_type,
-    parse_int,
-    parse_producer,
-    query_params,
-)
+from api.stats.params import (DIMENSIONS, TOP_LIMIT, TOP_MEASURES, Scope, parse_choice, parse_content_type, parse_int,
+                              parse_producer, query_params)
 from api.stats.ranges import DEFAULT_TOTALS_SPAN, MAX_TOTALS_SPAN, TimeRange, parse_range
 from api.stats.sql import MEASURES, Sql, totals_sql
 

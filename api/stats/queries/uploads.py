@@ -9,26 +9,10 @@ from typing import Any, ClassVar, Final, Iterable, Mapping
 from imgstream.domain.errors import BadRequest
 from imgstream.domain.windows import Interval
 
-from api.stats.params import (
-    SERIES_LIMIT,
-    Scope,
-    parse_choice,
-    parse_content_type,
-    parse_group_by,
-    parse_int,
-    parse_producer,
-    query_params,
-)
-from api.stats.ranges import (
-    DEFAULT_SERIES_SPAN,
-    MAX_SERIES_SPAN,
-    TimeRange,
-    decode_cursor,
-    encode_cursor,
-    fingerprint,
-    floor_to,
-    parse_range,
-)
+from api.stats.params import (SERIES_LIMIT, Scope, parse_choice, parse_content_type, parse_group_by, parse_int,
+                              parse_producer, query_params)
+from api.stats.ranges import (DEFAULT_SERIES_SPAN, MAX_SERIES_SPAN, TimeRange, decode_cursor, encode_cursor,
+                              fingerprint, floor_to, parse_range)
 from api.stats.sql import BUCKET, FINAL_UNTIL, MEASURES, STEP, V_STATS, Args, Sql, filters, sums
 from api.stats.times import as_utc
 
