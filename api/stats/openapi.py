@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgstream.domain.tokens import NAME_PATTERN
+from imgstream.domain.producers import NAME_PATTERN
 from imgstream.domain.windows import Interval
 
 from api.stats.config import StatsConfig

@@ -16,7 +16,8 @@ from typing import Collection, Final, Iterable, Sequence
 
 from imgstream.domain.errors import BadRequest, Forbidden
 from imgstream.domain.imaging import SUPPORTED
-from imgstream.domain.tokens import NAME_PATTERN, Principal
+from imgstream.domain.producers import is_valid_name
+from imgstream.domain.tokens import Principal
 
 # --- limits ------------------------------------------------------------------------------------
 
@@ -126,7 +127,7 @@ def parse_group_by(text: str) -> tuple[str, ...]:
 
 
 def parse_producer(field: str, text: str) -> str:
-    if not NAME_PATTERN.fullmatch(text):  # fullmatch: '$' would let a trailing newline in
+    if not is_valid_name(text):
         raise BadRequest(f"{field}: {text!r} is not a producer name (1-64 letters, digits, '.', '_', '-')",
                          field=field)
     return text
