@@ -1,6 +1,6 @@
 """CDC latency and throughput on the running stack: Cassandra write -> row visible in PostgreSQL.
 
-Writes to a probe table of its own (created, armed, and dropped again; see imgstream/cdc_probe.py)
+Writes to a probe table of its own (created, armed, and dropped again; see imgstream/ops/cdc_probe.py)
 whose PostgreSQL replica is pre-created with ``cdc_applied_at`` set by trigger at insert, so each
 row's delay is measured inside the database:
 
@@ -32,8 +32,10 @@ from pathlib import Path
 import asyncpg
 
 from imgstream.adapters.cassandra import CassandraStore
-from imgstream.ops.cdc_probe import CdcProbe, until
+from imgstream.adapters.postgres import connect
 from imgstream.config import StackConfig, load_env_file
+from imgstream.ops.cdc_probe import CdcProbe
+from imgstream.polling import until
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = {"id": "text", "seq": "bigint", "written_at": "timestamp", "payload": "text"}
@@ -76,7 +78,7 @@ async def _steady(probe: CdcProbe, rate: float, seconds: float, prefix: str) -> 
     async def all_there() -> bool:
         return await probe.pg.fetchval(f"SELECT count(*) FROM {probe.table} WHERE id LIKE $1", prefix + "-%") == n
 
-    await until(all_there, 120, f"{n} rows at {rate}/s replicated")
+    await until(all_there, f"{n} rows at {rate}/s replicated", timeout=120)
     rows = await probe.pg.fetch(
         f"SELECT extract(epoch FROM cdc_applied_at - written_at) * 1000 AS ms, "
         f"extract(epoch FROM cdc_applied_at - cdc_ts) * 1000 AS from_commit_ms FROM {probe.table} WHERE id LIKE $1",
@@ -95,7 +97,7 @@ async def _burst(probe: CdcProbe, n: int) -> dict[str, float]:
     async def all_there() -> bool:
         return await probe.pg.fetchval(f"SELECT count(*) FROM {probe.table} WHERE id LIKE 'burst-%'") == n
 
-    await until(all_there, 600, f"burst of {n} replicated", interval=0.1)
+    await until(all_there, f"burst of {n} replicated", timeout=600, interval=0.1)
     replicated = time.monotonic() - t0
     return {"rows": n, "cassandra_s": written, "chain_s": replicated,
             "cassandra_rows_s": n / written, "chain_rows_s": n / replicated}
@@ -120,7 +122,7 @@ async def _drain(probe: CdcProbe, n: int) -> dict[str, float]:
     async def all_there() -> bool:
         return await probe.pg.fetchval(f"SELECT count(*) FROM {probe.table} WHERE id LIKE 'drain-%'") == n
 
-    await until(all_there, 600, f"backlog of {n} replicated", interval=0.2)
+    await until(all_there, f"backlog of {n} replicated", timeout=600, interval=0.2)
     span = await probe.pg.fetchval(
         f"SELECT extract(epoch FROM max(cdc_applied_at) - min(cdc_applied_at)) FROM {probe.table} "
         "WHERE id LIKE 'drain-%'")
@@ -136,8 +138,8 @@ async def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = _config()
     store = CassandraStore.connect(cfg.cassandra)
-    pg = await asyncpg.connect(str(cfg.postgres.dsn))
-    probe = CdcProbe(store, pg, cfg.kafka.bootstrap_servers, f"cdc_bench_{uuid.uuid4().hex[:8]}", COLUMNS, ["id"])
+    pg = await connect(str(cfg.postgres.dsn))
+    probe = CdcProbe(store, pg, cfg.kafka, f"cdc_bench_{uuid.uuid4().hex[:8]}", COLUMNS, ["id"])
     try:
         await _precreate_replica(pg, probe.table)
         await probe.create(sentinel=("__sentinel__", 0, datetime.now(timezone.utc), ""))

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from imgstream.adapters.kafka import KafkaEventPublisher, TopicSpec, ensure_topics  # noqa: E402
 from imgstream.adapters.s3 import S3ObjectStore  # noqa: E402
 from imgstream.config import StackConfig, load_env_file  # noqa: E402
-from api.common.service import ServiceNotReady, ServiceProcess, start_service  # noqa: E402
+from api.common.process import ServiceNotReady, ServiceProcess, start_service  # noqa: E402
 from imgstream.domain.tokens import KeyRing, ensure_key_file  # noqa: E402
 from tests.fixtures.images import sized_jpeg, with_comment  # noqa: E402
 

@@ -41,9 +41,17 @@ sys.path.insert(0, str(REPO))
 
 from api.stats.config import StatsConfig  # noqa: E402
 from api.stats.pool import open_pool  # noqa: E402
-from api.stats import statsquery as sq  # noqa: E402
+from api.stats.params import Scope  # noqa: E402
+from api.stats.queries.duplicates import DuplicatesQuery  # noqa: E402
+from api.stats.queries.image import ImageQuery  # noqa: E402
+from api.stats.queries.summary import SummaryQuery  # noqa: E402
+from api.stats.queries.top import TopQuery  # noqa: E402
+from api.stats.queries.uploads import UploadsQuery  # noqa: E402
+from api.stats.sql import Sql  # noqa: E402
+from api.stats.times import format_time  # noqa: E402
 from imgstream.config import StackConfig, load_env_file  # noqa: E402
-from api.common.service import ServiceNotReady, ServiceProcess, start_service, uvloop_factory  # noqa: E402
+from api.common.process import ServiceNotReady, ServiceProcess, start_service  # noqa: E402
+from api.common.runtime import uvloop_factory  # noqa: E402
 from imgstream.domain.tokens import KeyRing, ensure_key_file  # noqa: E402
 
 BENCH_DAY = datetime(2004, 2, 1, tzinfo=timezone.utc)
@@ -138,15 +146,15 @@ class Endpoint:
     name: str
     path: str
     params: dict[str, str]
-    statements: Callable[[], list[sq.Sql]]  # what the endpoint runs, built by the same query objects
+    statements: Callable[[], list[Sql]]  # what the endpoint runs, built by the same query objects
 
 
 def endpoints(image_ids: list[str]) -> list[Endpoint]:
     now = BENCH_DAY + timedelta(days=3)
-    scope = sq.Scope(None)
-    day = {"from": sq.format_time(BENCH_DAY + timedelta(days=1)), "to": sq.format_time(BENCH_DAY + timedelta(days=2))}
-    hour = {"from": sq.format_time(BENCH_DAY + timedelta(hours=30)),
-            "to": sq.format_time(BENCH_DAY + timedelta(hours=31))}
+    scope = Scope(None)
+    day = {"from": format_time(BENCH_DAY + timedelta(days=1)), "to": format_time(BENCH_DAY + timedelta(days=2))}
+    hour = {"from": format_time(BENCH_DAY + timedelta(hours=30)),
+            "to": format_time(BENCH_DAY + timedelta(hours=31))}
     series_day = {**day, "interval": "hour", "group_by": "producer"}
     series_min = {**hour, "interval": "minute", "producer": PRODUCERS[0]}
     top = {**day, "by": "bytes"}
@@ -156,16 +164,16 @@ def endpoints(image_ids: list[str]) -> list[Endpoint]:
         return cls.parse(list(params.items()), scope, now)
 
     return [
-        Endpoint("summary (1 day)", "/v1/stats/summary", day, lambda: [parsed(sq.SummaryQuery, day).sql()]),
+        Endpoint("summary (1 day)", "/v1/stats/summary", day, lambda: [parsed(SummaryQuery, day).sql()]),
         Endpoint("uploads hour x producer (1 day)", "/v1/stats/uploads", series_day,
-                 lambda: [parsed(sq.UploadsQuery, series_day).sql()]),
+                 lambda: [parsed(UploadsQuery, series_day).sql()]),
         Endpoint("uploads minute, 1 producer (1 h)", "/v1/stats/uploads", series_min,
-                 lambda: [parsed(sq.UploadsQuery, series_min).sql()]),
-        Endpoint("top producers by bytes (1 day)", "/v1/stats/top", top, lambda: [parsed(sq.TopQuery, top).sql()]),
+                 lambda: [parsed(UploadsQuery, series_min).sql()]),
+        Endpoint("top producers by bytes (1 day)", "/v1/stats/top", top, lambda: [parsed(TopQuery, top).sql()]),
         Endpoint("duplicates page of 100 + totals", "/v1/duplicates", dups,
-                 lambda: [parsed(sq.DuplicatesQuery, dups).sql(), parsed(sq.DuplicatesQuery, dups).count_sql()]),
+                 lambda: [parsed(DuplicatesQuery, dups).sql(), parsed(DuplicatesQuery, dups).count_sql()]),
         Endpoint("image by id", f"/v1/images/{image_ids[0]}", {},
-                 lambda: [sq.ImageQuery.parse(image_ids[0], []).sql()]),
+                 lambda: [ImageQuery.parse(image_ids[0], []).sql()]),
     ]
 
 

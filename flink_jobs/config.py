@@ -1,17 +1,19 @@
 """Typed, frozen configuration of the Flink jobs, read once at the entry point.
 
 Values come from the environment (``IMGSTREAM_*``; the stack writes them into ``.stack/env``)
-and may be overridden by ``--key=value`` arguments (``--checkpoint-interval-ms=5000``).
+and may be overridden by ``--key=value`` arguments (``--checkpoint-interval-ms=5000``). Both are
+read by the library's :class:`~imgstream.config.ConfigReader`, typed by each field's annotation
+(``bool``, ``int``, ``str``, or a comma-separated ``tuple[str, ...]``).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence, get_type_hints
 
-from imgstream.config import CassandraConfig, KafkaConfig
+from imgstream.config import CassandraConfig, ConfigReader, KafkaConfig
 from imgstream.domain.dedup import (
     DEFAULT_EXACT_TTL_MS,
     DEFAULT_NEAR_MAX_DISTANCE,
@@ -115,8 +117,8 @@ class PipelineConfig:
     #: runs one Python worker process per slot, so its own group gives ``decide`` its own worker
     #: (its own GIL), in parallel with the one that cleans; it takes one more task slot.
     decide_slot_group: str = "decide"
-    #: Stop at the offsets current at start (benchmarks, batch re-runs).
-    bounded: int = 0
+    #: Stop at the offsets current at start (benchmarks, batch re-runs); ``--bounded=1`` or ``true``.
+    bounded: bool = False
     #: Extra jars (``file://`` URLs); the Kafka connector is found by :func:`connector_jars`.
     jars: tuple[str, ...] = ()
 
@@ -142,23 +144,37 @@ class PipelineConfig:
     def from_env(cls, env: Mapping[str, str] | None = None, argv: Sequence[str] = ()) -> "PipelineConfig":
         """Build from ``IMGSTREAM_FLINK_<FIELD>`` variables, then ``--field=value`` arguments."""
         env = os.environ if env is None else env
-        values: dict[str, object] = {}
-        overrides = _parse_args(argv)
+        readers = (ConfigReader(_parse_args(argv), prefix="--"), ConfigReader(env, prefix="IMGSTREAM_FLINK_"))
+        types = get_type_hints(cls)
+        values: dict[str, Any] = {}
         for f in fields(cls):
             if f.name in ("kafka", "cassandra"):
                 continue
-            raw = overrides.get(f.name, env.get(f"IMGSTREAM_FLINK_{f.name.upper()}"))
-            if raw is None:
-                continue
-            if f.name == "jars":
-                values[f.name] = tuple(j for j in raw.split(",") if j)
-            elif f.type in ("int", int):
-                values[f.name] = int(raw)
-            else:
-                values[f.name] = raw
-        config = cls(kafka=KafkaConfig.from_env(env), cassandra=CassandraConfig.from_env(env), **values)  # type: ignore[arg-type]
+            # an argument wins over the variable; either may be missing (the field's default)
+            read = next((r for r in readers if r.is_set(_variable(r, f))), None)
+            if read is not None:
+                values[f.name] = _read_field(read, _variable(read, f), types[f.name])
+        config = cls(kafka=KafkaConfig.from_env(env), cassandra=CassandraConfig.from_env(env), **values)
         config.dedup()  # validate the policy now, not on a worker
         return config
+
+
+def _variable(read: ConfigReader, f: Field[Any]) -> str:
+    """The name ``f`` has for ``read``: ``window_ms`` after ``--``, ``WINDOW_MS`` after ``IMGSTREAM_FLINK_``."""
+    return f.name if read.prefix == "--" else f.name.upper()
+
+
+def _read_field(read: ConfigReader, name: str, kind: Any) -> object:
+    """The value of ``name``, parsed as the field's type ``kind``."""
+    if kind is bool:
+        return read.flag(name)
+    if kind is int:
+        return read.integer(name)
+    if kind is str:
+        return read.text(name)
+    if kind == tuple[str, ...]:
+        return tuple(item for item in read.text(name).split(",") if item)
+    raise TypeError(f"PipelineConfig.{name}: no reader for {kind!r}; add one to flink_jobs/config.py")
 
 
 #: Settings with a fixed set of values (checked when the config is built, not on a worker).
@@ -170,12 +186,13 @@ CHOICES: Mapping[str, frozenset[str]] = {
 
 
 def _parse_args(argv: Sequence[str]) -> dict[str, str]:
+    """``--key=value`` arguments as ``{"--key": value}``, dashes in the key read as underscores."""
     out: dict[str, str] = {}
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
             raise ValueError(f"expected --key=value, got {arg!r}")
         key, _, value = arg[2:].partition("=")
-        out[key.replace("-", "_")] = value
+        out["--" + key.replace("-", "_")] = value
     return out
 
 

@@ -14,9 +14,10 @@ from typing import Any, Iterable
 
 from imgstream.domain.cleaning import Cleaned, Source, clean
 from imgstream.domain.dedup import DedupPolicy, Deduplicator, ImageRef, Verdict
-from imgstream.domain.events import ImageUploaded, format_time, parse_time
+from imgstream.domain.events import ImageUploaded
+from imgstream.domain.timefmt import format_time, from_millis, parse_time, to_millis
 from imgstream.domain.hashing import HASH_BITS, format_hash
-from imgstream.domain.windows import aggregate, from_millis, to_millis, window_start
+from imgstream.domain.windows import aggregate, window_start
 
 CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
 

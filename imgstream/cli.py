@@ -10,7 +10,7 @@ receives the ``argparse`` sub-parsers object and adds its commands, e.g. in ``se
 
 A command's parser sets ``handler`` (``args -> exit status``) with ``set_defaults``.
 
-Built in: ``imgstream token create|rotate|retire|keys|verify|init``.
+Built in: ``imgstream token create|rotate|retire|revoke|keys|verify|init``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from imgstream.domain.errors import Unauthorized
+from imgstream.domain.timefmt import format_seconds
 from imgstream.domain.tokens import (
     DEFAULT_TTL,
     KEYS_FILE_ENV,
@@ -87,17 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- imgstream token ... -----------------------------------------------------------------------
 
 
-def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def _token_create(args: argparse.Namespace) -> int:
     ring = ensure_key_file(args.keys_file)
     role, name = (ROLE_PRODUCER, args.producer) if args.producer else (ROLE_ANALYST, args.analyst)
     ttl = parse_ttl(args.ttl) if args.ttl else DEFAULT_TTL
     token = ring.issue(name, role, ttl=ttl)
-    expires = ring.verify(token).expires_at
-    print(f"{role} token for {name!r}, signed by key {ring.active}, expires {_utc(expires)}", file=sys.stderr)
+    principal = ring.verify(token)
+    print(f"{role} token {principal.token_id} for {name!r}, signed by key {ring.active}, "
+          f"expires {format_seconds(principal.expires_at)}", file=sys.stderr)
     print(token)  # the only line on stdout: TOKEN=$(imgstream token create --producer x)
     return 0
 
@@ -122,6 +121,18 @@ def _token_retire(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_revoke(args: argparse.Namespace) -> int:
+    ring = KeyRing.load(args.keys_file)
+    try:
+        ring.with_revoked(args.token_id).save(args.keys_file)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"revoked token {args.token_id}: services refuse it within a second (they re-read the key file)",
+          file=sys.stderr)
+    return 0
+
+
 def _token_keys(args: argparse.Namespace) -> int:
     ring = KeyRing.load(args.keys_file)
     for kid in ring.key_ids:
@@ -139,7 +150,7 @@ def _token_verify(args: argparse.Namespace) -> int:
         print(f"invalid: {exc.message}", file=sys.stderr)
         return 1
     print(json.dumps({"name": principal.name, "role": principal.role, "key_id": principal.key_id,
-                      "expires_at": _utc(principal.expires_at)}))
+                      "token_id": principal.token_id, "expires_at": format_seconds(principal.expires_at)}))
     return 0
 
 
@@ -179,6 +190,11 @@ def _configure_token(parser: argparse.ArgumentParser, env: Mapping[str, str]) ->
     retire.add_argument("kid")
     keys_option(retire)
     retire.set_defaults(handler=_token_retire)
+
+    revoke = sub.add_parser("revoke", help="refuse one token from now on, by its id (see `token verify`)")
+    revoke.add_argument("token_id", help="the token's id (16 hex digits)")
+    keys_option(revoke)
+    revoke.set_defaults(handler=_token_revoke)
 
     keys = sub.add_parser("keys", help="list key ids (never secrets)")
     keys_option(keys)

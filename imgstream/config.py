@@ -1,7 +1,10 @@
 """Typed, frozen configuration built once at an entry point from the environment.
 
 Nothing in the library reads the environment at import time: entry points (services, jobs,
-the CLI, test fixtures) call ``X.from_env()`` once and pass the objects down.
+the CLI, test fixtures) call ``X.from_env()`` once and pass the objects down. Every ``from_env``
+(here, in ``api/gateway``, ``api/stats`` and ``flink_jobs``) reads through one
+:class:`ConfigReader`, so every variable parses the same way and a bad value is refused with
+the variable's name.
 
 The local stack writes every value below into ``.stack/env`` (``KEY=VALUE`` lines); services it
 starts get them in their environment, and tests load that file.
@@ -12,7 +15,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Final, Mapping, TypeVar
+
+T = TypeVar("T")
+
+#: How a boolean variable may be spelt (any case, surrounding spaces ignored). Anything else is
+#: refused rather than read as false: ``ENSURE_TOPIC=flase`` must not silently mean false.
+TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
 
 
 class Secret(str):
@@ -22,11 +32,66 @@ class Secret(str):
         return "Secret('***')"
 
 
-def _get(env: Mapping[str, str], key: str, default: str | None = None) -> str:
-    value = env.get(key, default)
-    if value is None:
-        raise KeyError(f"missing configuration variable {key}")
-    return value
+def _parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word not in TRUE_WORDS | FALSE_WORDS:
+        raise ValueError(text)
+    return word in TRUE_WORDS
+
+
+@dataclass(frozen=True)
+class ConfigReader:
+    """Typed reads of configuration variables: ``prefix + name`` looked up in ``env``.
+
+    Each read takes the variable's name (without the prefix) and a default; without a default
+    the variable is required and a missing one raises :class:`KeyError` naming it. A value that
+    does not parse as the type asked for raises :class:`ValueError` naming the variable and the
+    value (never a :class:`Secret`'s: secrets are taken as they are).
+    """
+
+    env: Mapping[str, str]
+    prefix: str = ""
+
+    def is_set(self, name: str) -> bool:
+        """Whether the variable is present (even if empty)."""
+        return self.prefix + name in self.env
+
+    def text(self, name: str, default: str | None = None) -> str:
+        """The variable as it is."""
+        return self._read(name, default, "a string", str)
+
+    def optional(self, name: str) -> str | None:
+        """The variable, or ``None`` when it is unset or empty."""
+        return self.env.get(self.prefix + name) or None
+
+    def integer(self, name: str, default: int | None = None) -> int:
+        """The variable as an ``int`` (``42``, ``-1``, ``10_000``)."""
+        return self._read(name, default, "a whole number", int)
+
+    def number(self, name: str, default: float | None = None) -> float:
+        """The variable as a ``float`` (``2``, ``0.5``, ``1e3``)."""
+        return self._read(name, default, "a number", float)
+
+    def flag(self, name: str, default: bool | None = None) -> bool:
+        """The variable as a ``bool``: ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``
+        (any case); anything else is refused."""
+        return self._read(name, default, "a boolean (true/false, 1/0, yes/no, on/off)", _parse_bool)
+
+    def secret(self, name: str, default: str | None = None) -> Secret:
+        """The variable as a :class:`Secret` (kept out of ``repr`` and logs)."""
+        return Secret(self._read(name, default, "a string", str))
+
+    def _read(self, name: str, default: T | None, what: str, parse: Callable[[str], T]) -> T:
+        key = self.prefix + name
+        value = self.env.get(key)
+        if value is None:
+            if default is None:
+                raise KeyError(f"missing configuration variable {key}")
+            return default
+        try:
+            return parse(value)
+        except ValueError:
+            raise ValueError(f"{key}: {value!r} is not {what}") from None
 
 
 def load_env_file(path: Path) -> dict[str, str]:
@@ -47,8 +112,8 @@ class KafkaConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "KafkaConfig":
-        env = os.environ if env is None else env
-        return cls(bootstrap_servers=_get(env, "IMGSTREAM_KAFKA_BOOTSTRAP", cls.bootstrap_servers))
+        read = ConfigReader(os.environ if env is None else env)
+        return cls(bootstrap_servers=read.text("IMGSTREAM_KAFKA_BOOTSTRAP", cls.bootstrap_servers))
 
 
 @dataclass(frozen=True)
@@ -61,13 +126,13 @@ class S3Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "S3Config":
-        env = os.environ if env is None else env
+        read = ConfigReader(os.environ if env is None else env)
         return cls(
-            endpoint_url=_get(env, "IMGSTREAM_S3_ENDPOINT", cls.endpoint_url),
-            bucket=_get(env, "IMGSTREAM_S3_BUCKET", cls.bucket),
-            access_key=Secret(_get(env, "IMGSTREAM_S3_ACCESS_KEY")),
-            secret_key=Secret(_get(env, "IMGSTREAM_S3_SECRET_KEY")),
-            region=_get(env, "IMGSTREAM_S3_REGION", cls.region),
+            endpoint_url=read.text("IMGSTREAM_S3_ENDPOINT", cls.endpoint_url),
+            bucket=read.text("IMGSTREAM_S3_BUCKET", cls.bucket),
+            access_key=read.secret("IMGSTREAM_S3_ACCESS_KEY"),
+            secret_key=read.secret("IMGSTREAM_S3_SECRET_KEY"),
+            region=read.text("IMGSTREAM_S3_REGION", cls.region),
         )
 
 
@@ -79,11 +144,11 @@ class CassandraConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "CassandraConfig":
-        env = os.environ if env is None else env
+        read = ConfigReader(os.environ if env is None else env)
         return cls(
-            hosts=tuple(_get(env, "IMGSTREAM_CASSANDRA_HOSTS", "127.0.0.1").split(",")),
-            port=int(_get(env, "IMGSTREAM_CASSANDRA_PORT", "9042")),
-            keyspace=_get(env, "IMGSTREAM_CASSANDRA_KEYSPACE", cls.keyspace),
+            hosts=tuple(read.text("IMGSTREAM_CASSANDRA_HOSTS", ",".join(cls.hosts)).split(",")),
+            port=read.integer("IMGSTREAM_CASSANDRA_PORT", cls.port),
+            keyspace=read.text("IMGSTREAM_CASSANDRA_KEYSPACE", cls.keyspace),
         )
 
 
@@ -93,8 +158,8 @@ class PostgresConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "PostgresConfig":
-        env = os.environ if env is None else env
-        return cls(dsn=Secret(_get(env, "IMGSTREAM_PG_DSN", str(cls.dsn))))
+        read = ConfigReader(os.environ if env is None else env)
+        return cls(dsn=read.secret("IMGSTREAM_PG_DSN", str(cls.dsn)))
 
 
 @dataclass(frozen=True)
@@ -111,11 +176,12 @@ class StackConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "StackConfig":
         env = os.environ if env is None else env
+        read = ConfigReader(env)
         return cls(
             kafka=KafkaConfig.from_env(env),
             s3=S3Config.from_env(env),
             cassandra=CassandraConfig.from_env(env),
             postgres=PostgresConfig.from_env(env),
-            flink_rest=_get(env, "IMGSTREAM_FLINK_REST", cls.flink_rest),
-            connect_rest=_get(env, "IMGSTREAM_CONNECT_REST", cls.connect_rest),
+            flink_rest=read.text("IMGSTREAM_FLINK_REST", cls.flink_rest),
+            connect_rest=read.text("IMGSTREAM_CONNECT_REST", cls.connect_rest),
         )

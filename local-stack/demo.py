@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from components import PORTS, Context
+from component import PORTS, Context
 
 DEMO_PRODUCER = "demo"
 DEMO_EXTENSIONS = (".png", ".jpg", ".gif", ".tif")

@@ -28,29 +28,28 @@ def _http_json(url: str, timeout: float = 3.0) -> object:
 
 async def kafka(cfg: StackConfig) -> str | None:
     """A metadata request: the broker lists its topics and reports a controller."""
-    from aiokafka.admin import AIOKafkaAdminClient
+    from imgstream.adapters.kafka import admin_client
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.kafka.bootstrap_servers, request_timeout_ms=3000)
+    async def metadata() -> None:
+        async with admin_client(cfg.kafka, timeout_ms=3000) as admin:
+            await admin.list_topics()
+
     try:
-        await asyncio.wait_for(admin.start(), 5)
-        await asyncio.wait_for(admin.list_topics(), 5)
+        await asyncio.wait_for(metadata(), 10)
         return None
-    except BaseException as exc:  # noqa: BLE001 - any failure is "unhealthy" with its reason
+    except Exception as exc:  # noqa: BLE001 - any failure is "unhealthy" with its reason
         return _reason(exc)
-    finally:
-        try:
-            await admin.close()
-        except Exception:  # noqa: BLE001 - closing a half-started client may fail; nothing to do
-            pass
 
 
 def _cql_query(cfg: StackConfig) -> str | None:
-    from cassandra.cluster import Cluster  # scylla-driver
+    from imgstream.adapters.cassandra import open_session
 
-    cluster = Cluster(list(cfg.cassandra.hosts), port=cfg.cassandra.port, connect_timeout=3,
-                      control_connection_timeout=3, protocol_version=5)
     try:
-        session = cluster.connect()
+        cluster, session = open_session(cfg.cassandra, keyspace=False, connect_timeout=3,
+                                        control_connection_timeout=3)
+    except Exception as exc:  # noqa: BLE001
+        return _reason(exc)
+    try:
         row = session.execute("SELECT release_version FROM system.local", timeout=5).one()
         return None if row is not None else "system.local returned no row"
     except Exception as exc:  # noqa: BLE001
@@ -64,12 +63,11 @@ async def cassandra(cfg: StackConfig) -> str | None:
     return await asyncio.to_thread(_cql_query, cfg)
 
 
-async def postgres(cfg: StackConfig) -> str | None:
-    """``SELECT 1`` as the imgstream role over TCP."""
-    import asyncpg
+async def _select_one(dsn: str) -> str | None:
+    from imgstream.adapters.postgres import connect
 
     try:
-        conn = await asyncpg.connect(str(cfg.postgres.dsn), timeout=8)
+        conn = await connect(dsn, timeout=8)
     except Exception as exc:  # noqa: BLE001
         return _reason(exc)
     try:
@@ -79,40 +77,29 @@ async def postgres(cfg: StackConfig) -> str | None:
         await conn.close()
 
 
+async def postgres(cfg: StackConfig) -> str | None:
+    """``SELECT 1`` as the imgstream role over TCP."""
+    return await _select_one(str(cfg.postgres.dsn))
+
+
 async def postgres_server(dsn_admin: str) -> str | None:
     """``SELECT 1`` as the bootstrap superuser (before the imgstream role exists)."""
-    import asyncpg
-
-    try:
-        conn = await asyncpg.connect(dsn_admin, timeout=8)
-    except Exception as exc:  # noqa: BLE001
-        return _reason(exc)
-    try:
-        await conn.fetchval("SELECT 1", timeout=8)
-        return None
-    finally:
-        await conn.close()
+    return await _select_one(dsn_admin)
 
 
 async def s3(cfg: StackConfig) -> str | None:
-    """``ListBuckets`` with the stack's credentials."""
-    from aiobotocore.session import get_session
-    from botocore.config import Config
+    """``ListBuckets`` with the stack's credentials (the bucket itself is created after this passes)."""
+    from imgstream.adapters.s3 import S3ObjectStore
 
-    session = get_session()
-    config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1},
-                    request_checksum_calculation="when_required",
-                    response_checksum_validation="when_required")
+    store = S3ObjectStore(cfg.s3, max_pool_connections=1, connect_timeout=5, read_timeout=10)
     try:
-        async with session.create_client(
-            "s3", endpoint_url=cfg.s3.endpoint_url, region_name=cfg.s3.region,
-            aws_access_key_id=str(cfg.s3.access_key), aws_secret_access_key=str(cfg.s3.secret_key),
-            config=config,
-        ) as client:
-            await client.list_buckets()
+        await store.start()
+        await store.client.list_buckets()
         return None
     except Exception as exc:  # noqa: BLE001
         return _reason(exc)
+    finally:
+        await store.close()
 
 
 async def connect(cfg: StackConfig) -> str | None:

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Run the imgstream local stack: ``up``, ``down``, ``status``, ``logs``, ``with-stack -- CMD``.
 
-Every component is a real server started as a local process (see ``components.py``), tracked by
-pid file under ``.stack/run`` and stopped by that pid, never by name. Waits are polls with
-deadlines; a component that does not come up is named with the tail of its log.
+Every component is a real server started as a local process (listed in ``stack.py``, each one
+described in its module of ``components/``), tracked by pid file under ``.stack/run`` and stopped
+by that pid, never by name. Waits are polls with deadlines; a component that does not come up is
+named with the tail of its log.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import procs  # noqa: E402
-from components import BOOTSTRAP_HOOKS, BY_NAME, STOP_HOOKS, COMPONENTS, Component, Context, Paths  # noqa: E402
+from component import Component, Context, Paths  # noqa: E402
+from stack import BOOTSTRAP_HOOKS, BY_NAME, COMPONENTS, STOP_HOOKS  # noqa: E402
 
 POLL_INTERVAL = 1.0
 

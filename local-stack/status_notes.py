@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from components import Context
+from component import Context
 
 #: The dead-letter topics: who writes them, where their records are explained.
 DEAD_LETTER_TOPICS = {

@@ -4,7 +4,7 @@ the request metrics and log line (:func:`observe_middleware`), health and readin
 A thin adapter over aiohttp (the services are aiohttp apps); no domain logic lives here. The
 error body is :meth:`imgstream.domain.errors.ImgstreamError.to_dict` and the status comes from the one
 :data:`imgstream.domain.errors.HTTP_STATUS` table, so every service answers errors the same way. How a
-service runs as a process lives in :mod:`api.common.service`.
+service runs as a process lives in :mod:`api.common.runtime`.
 """
 
 from __future__ import annotations

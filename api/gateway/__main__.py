@@ -14,7 +14,7 @@ from imgstream.adapters.s3 import S3ObjectStore
 from imgstream.domain.errors import Unavailable
 from api.common.httpkit import configure_logging
 from imgstream.domain.imaging import configure_pillow
-from api.common.service import retry_until, run_service, serve_until_signal
+from api.common.runtime import retry_until, run_service, serve_until_signal
 from imgstream.domain.tokens import ReloadingKeyRing, ensure_key_file
 
 from api.gateway.app import GATEWAY, create_app, server_options

@@ -13,7 +13,7 @@ import re
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -35,7 +35,7 @@ from imgstream.domain.errors import (
 from imgstream.domain.events import image_id_for
 from api.common.httpkit import check, errors_middleware, healthz, metrics_response, observe_middleware, readiness
 from imgstream.domain.ratelimit import RateLimiter
-from imgstream.domain.tokens import Principal, bearer_token
+from imgstream.domain.tokens import Principal, TokenVerifier, bearer_token
 
 from api.gateway.config import READ_CHUNK, GatewayConfig
 from api.gateway.ingest import Ingestor, Outcome, Spool, receive
@@ -55,12 +55,6 @@ EXPECTS_CONTINUE = web.RequestKey("expects_continue", bool)
 BODY_UNREAD = web.RequestKey("body_unread", bool)
 #: Errors while reading a part that mean the request, not just the part, cannot go on.
 _REQUEST_LEVEL_REASONS = frozenset({"timeout", "incomplete_body", "malformed_multipart"})
-
-
-class TokenVerifier(Protocol):
-    """A :class:`~imgstream.domain.tokens.KeyRing` or :class:`~imgstream.domain.tokens.ReloadingKeyRing`."""
-
-    def verify(self, token: str, *, now: float | None = None) -> Principal: ...
 
 
 class _Budget:

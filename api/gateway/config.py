@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Mapping
 
-from imgstream.config import KafkaConfig, S3Config
+from imgstream.config import ConfigReader, KafkaConfig, S3Config
 from imgstream.domain.events import TOPIC_UPLOADED
 from imgstream.domain.imaging import MAX_PIXELS
-from api.common.service import EnvReader
 from imgstream.domain.tokens import DEFAULT_KEYS_FILE, keys_file_from_env
 
 #: Largest single image body. A 48 MP phone JPEG at maximum quality is about 20 MB; nothing a camera
@@ -94,7 +93,7 @@ class GatewayConfig:
         """Read ``IMGSTREAM_GATEWAY_*`` (plus the shared ``IMGSTREAM_S3_*``, ``IMGSTREAM_KAFKA_*`` and
         ``IMGSTREAM_TOKEN_KEYS_FILE``); every variable is optional except the S3 credentials."""
         env = os.environ if env is None else env
-        read = EnvReader(env, prefix)
+        read = ConfigReader(env, prefix)
         port = read.integer("PORT", cls.port)
         return cls(
             host=read.text("HOST", cls.host),

@@ -23,7 +23,8 @@ from imgstream.domain import imaging
 from imgstream.adapters.kafka import EventPublisher
 from imgstream.adapters.s3 import MULTIPART_THRESHOLD, ObjectStore
 from imgstream.domain.errors import BadRequest, Conflict, RequestTimeout, Unavailable
-from imgstream.domain.events import ImageUploaded, format_time
+from imgstream.domain.events import ImageUploaded
+from imgstream.domain.timefmt import format_time
 from imgstream.domain.imaging import StreamInspector, StreamSummary
 from api.gateway.receipts import ReceiptStore
 from imgstream.domain.receipts import build_receipt

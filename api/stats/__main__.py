@@ -13,7 +13,7 @@ import asyncpg
 
 from imgstream.domain.errors import Unavailable
 from api.common.httpkit import configure_logging
-from api.common.service import retry_until, run_service, serve_until_signal, uvloop_factory
+from api.common.runtime import retry_until, run_service, serve_until_signal, uvloop_factory
 from imgstream.domain.tokens import ReloadingKeyRing, ensure_key_file
 
 from api.stats.app import create_app, server_options

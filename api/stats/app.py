@@ -6,7 +6,7 @@ run it without a database) and a token verifier. The pool belongs to the caller 
 opens and closes it).
 
 Every data endpoint does the same four things: verify the token (which fixes the
-:class:`~api.stats.statsquery.Scope`), parse the parameters strictly into a query object, run its
+:class:`~api.stats.params.Scope`), parse the parameters strictly into a query object, run its
 bound SQL against the ``analytics`` views, and answer JSON carrying the data's freshness, a weak
 ``ETag`` over the data and a ``Cache-Control`` that lets clients keep answers about closed
 windows.
@@ -26,14 +26,23 @@ import asyncpg
 import orjson
 from aiohttp import hdrs, web
 
-from api.stats import statsquery as sq
-from imgstream.domain.errors import Forbidden, Unavailable
 from api.common.httpkit import check, errors_middleware, healthz, metrics_response, observe_middleware, readiness
-from imgstream.domain.tokens import Principal, bearer_token
+from imgstream.domain.errors import Forbidden, Unavailable
+from imgstream.domain.tokens import Principal, TokenVerifier, bearer_token
 
 from api.stats.config import MAX_BODY_BYTES, StatsConfig
 from api.stats.metrics import StatsMetrics
 from api.stats.openapi import openapi_document
+from api.stats.params import Scope, query_params
+from api.stats.queries.duplicates import DuplicatesQuery
+from api.stats.queries.freshness import FRESHNESS_TABLES, freshness_entry, freshness_sql
+from api.stats.queries.image import ImageQuery
+from api.stats.queries.summary import SummaryQuery
+from api.stats.queries.top import TopQuery
+from api.stats.queries.uploads import UploadsQuery
+from api.stats.queries.usage import UsageQuery
+from api.stats.sql import V_DUPLICATES, V_FRESHNESS, V_IMAGES, V_STATS, Sql
+from api.stats.times import format_time
 
 log = logging.getLogger("imgstream.stats")
 
@@ -44,7 +53,7 @@ _VERIFIED_TOKENS = 10_000
 #: How long /readyz waits for PostgreSQL before calling it unreachable.
 _READY_TIMEOUT = 3.0
 #: The objects /readyz requires: without them every data endpoint would fail.
-_REQUIRED_RELATIONS = (sq.V_STATS, sq.V_IMAGES, sq.V_DUPLICATES, sq.V_FRESHNESS)
+_REQUIRED_RELATIONS = (V_STATS, V_IMAGES, V_DUPLICATES, V_FRESHNESS)
 
 
 class Connection(Protocol):
@@ -59,21 +68,15 @@ class Pool(Protocol):
     async def release(self, connection: Connection) -> None: ...
 
 
-class TokenVerifier(Protocol):
-    """A :class:`~imgstream.domain.tokens.KeyRing` or :class:`~imgstream.domain.tokens.ReloadingKeyRing`."""
-
-    def verify(self, token: str, *, now: float | None = None) -> Principal: ...
-
-
 def _dumps(value: Any) -> bytes:
     """JSON; datetimes as RFC 3339 UTC with a ``Z`` (``OPT_UTC_Z``)."""
     return orjson.dumps(value, option=orjson.OPT_UTC_Z)
 
 
-def weak_etag(data: Any) -> str:
-    """A weak validator over the data of an answer (its freshness excluded: two answers with the
-    same data and a different "measured at" are semantically the same representation)."""
-    return 'W/"' + hashlib.sha256(_dumps(data)).hexdigest()[:32] + '"'
+def weak_etag(encoded: bytes) -> str:
+    """A weak validator over the encoded data of an answer (its freshness excluded: two answers
+    with the same data and a different "measured at" are semantically the same representation)."""
+    return 'W/"' + hashlib.sha256(encoded).hexdigest()[:32] + '"'
 
 
 def etag_matches(header: str | None, etag: str) -> bool:
@@ -88,7 +91,7 @@ class Freshness:
     """How far behind each replicated table is, measured at most every ``ttl`` seconds and shared
     by all requests in between (one query in flight at a time)."""
 
-    def __init__(self, run: Callable[[sq.Sql], Awaitable[list[Any]]], ttl: float, metrics: StatsMetrics,
+    def __init__(self, run: Callable[[Sql], Awaitable[list[Any]]], ttl: float, metrics: StatsMetrics,
                  clock: Callable[[], datetime], monotonic: Callable[[], float] = time.monotonic) -> None:
         self._run = run
         self.ttl = ttl
@@ -111,7 +114,7 @@ class Freshness:
         async with self._lock:
             value = self._current()
             if value is None:
-                value = self.measure(await self._run(sq.freshness_sql()))
+                value = self.measure(await self._run(freshness_sql()))
                 self._value, self._at = value, self._monotonic()
             return value
 
@@ -119,13 +122,13 @@ class Freshness:
         now = self._clock()
         tables: dict[str, Any] = {}
         for row in rows:
-            entry = sq.freshness_entry(row, now)
+            entry = freshness_entry(row, now)
             tables[entry.pop("table")] = entry
             if entry["lag_seconds"] is not None:
                 self._metrics.lag.labels(row["table_name"]).set(entry["lag_seconds"])
             if row["table_name"] == "upload_stats":
                 self.final_until = row["final_until"]
-        return {"measured_at": sq.format_time(now), "tables": tables}
+        return {"measured_at": format_time(now), "tables": tables}
 
 
 class StatsApi:
@@ -149,10 +152,10 @@ class StatsApi:
 
     # -- plumbing -----------------------------------------------------------------------------------
 
-    def authenticate(self, request: web.Request) -> sq.Scope:
+    def authenticate(self, request: web.Request) -> Scope:
         principal = self.verify(bearer_token(request.headers.get(hdrs.AUTHORIZATION)))
         request[PRINCIPAL] = principal
-        return sq.Scope.of(principal)
+        return Scope.of(principal)
 
     def verify(self, token: str) -> Principal:
         """The token's principal. Verified tokens are remembered (keyed by the whole token, expiry
@@ -171,11 +174,11 @@ class StatsApi:
             self._verified[token] = principal
         return principal
 
-    async def fetch(self, sql: sq.Sql) -> list[Any]:
+    async def fetch(self, sql: Sql) -> list[Any]:
         """Run one bound statement (see :meth:`fetch_all`)."""
         return (await self.fetch_all(sql))[0]
 
-    async def fetch_all(self, *statements: sq.Sql) -> list[list[Any]]:
+    async def fetch_all(self, *statements: Sql) -> list[list[Any]]:
         """Run bound statements in order on one pooled connection; PostgreSQL trouble becomes a 503
         (``Retry-After``). One connection per request, whatever it reads, keeps the pool's size
         the bound on concurrent work. Statements are bounded by the pool's ``command_timeout``
@@ -223,7 +226,7 @@ class StatsApi:
         """JSON ``data`` plus its freshness, with ``ETag`` and ``Cache-Control``; ``304`` when the
         client already holds this data."""
         encoded = _dumps(data)  # once: the ETag is over these bytes, the body extends them
-        etag = 'W/"' + hashlib.sha256(encoded).hexdigest()[:32] + '"'
+        etag = weak_etag(encoded)
         headers = {
             hdrs.ETAG: etag,
             hdrs.CACHE_CONTROL: f"private, max-age={self.config.closed_max_age}" if closed else "private, no-cache",
@@ -249,7 +252,7 @@ class StatsApi:
 
     async def uploads(self, request: web.Request) -> web.StreamResponse:
         scope = self.authenticate(request)
-        query = sq.UploadsQuery.parse(request.query.items(), scope, self.clock())
+        query = UploadsQuery.parse(request.query.items(), scope, self.clock())
         freshness = await self.freshness.get()  # cached: no I/O on most requests
         rows = await self.fetch(query.sql())
         page, more = rows[: query.limit], len(rows) > query.limit
@@ -262,41 +265,41 @@ class StatsApi:
             "next": f"{request.path}?{urlencode(query.next_params(cursor))}" if cursor else None,
         }
         closed = all(w["final"] for w in windows) and self.closed(query.range.end)
-        return await self.answer(request, data, freshness, sq.FRESHNESS_TABLES["uploads"], closed=closed)
+        return await self.answer(request, data, freshness, FRESHNESS_TABLES["uploads"], closed=closed)
 
     async def summary(self, request: web.Request) -> web.StreamResponse:
         scope = self.authenticate(request)
-        query = sq.SummaryQuery.parse(request.query.items(), scope, self.clock())
+        query = SummaryQuery.parse(request.query.items(), scope, self.clock())
         freshness = await self.freshness.get()  # cached: no I/O on most requests
         rows = await self.fetch(query.sql())
         totals = query.result(rows[0])
         data = {**query.range.to_json(), "producer": query.producer, "content_type": query.content_type, **totals}
         closed = totals["final"] and self.closed(query.range.end)
-        return await self.answer(request, data, freshness, sq.FRESHNESS_TABLES["summary"], closed=closed)
+        return await self.answer(request, data, freshness, FRESHNESS_TABLES["summary"], closed=closed)
 
     async def top(self, request: web.Request) -> web.StreamResponse:
         scope = self.authenticate(request)
-        query = sq.TopQuery.parse(request.query.items(), scope, self.clock())
+        query = TopQuery.parse(request.query.items(), scope, self.clock())
         freshness = await self.freshness.get()  # cached: no I/O on most requests
         rows = await self.fetch(query.sql())
         data = {**query.range.to_json(), "by": query.by, "dimension": query.dimension, "producer": query.producer,
                 "content_type": query.content_type, "limit": query.limit, "top": query.result(rows)}
         closed = self.closed(query.range.end)
-        return await self.answer(request, data, freshness, sq.FRESHNESS_TABLES["top"], closed=closed)
+        return await self.answer(request, data, freshness, FRESHNESS_TABLES["top"], closed=closed)
 
     async def usage(self, request: web.Request) -> web.StreamResponse:
         scope = self.authenticate(request)
-        query = sq.UsageQuery.parse(request.match_info["producer"], request.query.items(), scope, self.clock())
+        query = UsageQuery.parse(request.match_info["producer"], request.query.items(), scope, self.clock())
         freshness = await self.freshness.get()
         rows, images = await self.fetch_all(query.sql(), query.images_sql())
         result = query.result(rows, images[0] if images else None)
         data = {**query.range.to_json(), **result}
         closed = result["final"] is not False and self.closed(query.range.end)
-        return await self.answer(request, data, freshness, sq.FRESHNESS_TABLES["usage"], closed=closed)
+        return await self.answer(request, data, freshness, FRESHNESS_TABLES["usage"], closed=closed)
 
     async def duplicates(self, request: web.Request) -> web.StreamResponse:
         scope = self.authenticate(request)
-        query = sq.DuplicatesQuery.parse(request.query.items(), scope, self.clock())
+        query = DuplicatesQuery.parse(request.query.items(), scope, self.clock())
         freshness = await self.freshness.get()
         rows, counts = await self.fetch_all(query.sql(), query.count_sql())
         page, more = rows[: query.limit], len(rows) > query.limit
@@ -311,11 +314,11 @@ class StatsApi:
         }
         # Never "closed": an event too late for its window still gets its verdict (and may be a
         # duplicate received inside an old range), so a listing can grow after its windows closed.
-        return await self.answer(request, data, freshness, sq.FRESHNESS_TABLES["duplicates"], closed=False)
+        return await self.answer(request, data, freshness, FRESHNESS_TABLES["duplicates"], closed=False)
 
     async def image(self, request: web.Request) -> web.StreamResponse:
         scope = self.authenticate(request)
-        query = sq.ImageQuery.parse(request.match_info["image_id"], request.query.items())
+        query = ImageQuery.parse(request.match_info["image_id"], request.query.items())
         freshness = await self.freshness.get()  # cached: no I/O on most requests
         rows = await self.fetch(query.sql())
         row = rows[0] if rows else None
@@ -325,11 +328,11 @@ class StatsApi:
                             field="image_id")
         data = query.result(row)
         # A verdict is never revised (replays rewrite the same row); "pending" changes any moment.
-        return await self.answer(request, data, freshness, sq.FRESHNESS_TABLES["image"], closed=row is not None)
+        return await self.answer(request, data, freshness, FRESHNESS_TABLES["image"], closed=row is not None)
 
     async def freshness_endpoint(self, request: web.Request) -> web.StreamResponse:
         self.authenticate(request)
-        sq.query_params(request.query.items(), ())
+        query_params(request.query.items(), ())
         freshness = await self.freshness.get()
         return await self.answer(request, {"tables": freshness["tables"]}, freshness, tuple(freshness["tables"]),
                                  closed=False)
@@ -343,7 +346,7 @@ class StatsApi:
 
     async def _missing_relations(self) -> str | None:
         """``None`` when PostgreSQL answers and the analytics views the API reads exist."""
-        sql = sq.Sql("readyz", "SELECT array_agg(name) FILTER (WHERE to_regclass(name) IS NULL) AS missing "
+        sql = Sql("readyz", "SELECT array_agg(name) FILTER (WHERE to_regclass(name) IS NULL) AS missing "
                                "FROM unnest($1::text[]) AS name", (list(_REQUIRED_RELATIONS),))
         missing = (await self.fetch(sql))[0]["missing"]
         return f"missing: {', '.join(missing)}" if missing else None

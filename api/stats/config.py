@@ -9,8 +9,7 @@ from typing import Final, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from imgstream.adapters.postgres import PoolLimits
-from imgstream.config import PostgresConfig, Secret
-from api.common.service import EnvReader
+from imgstream.config import ConfigReader, PostgresConfig, Secret
 from imgstream.domain.tokens import DEFAULT_KEYS_FILE, keys_file_from_env
 
 #: Connections per process. Every request holds one connection for one or two short statements
@@ -74,7 +73,7 @@ class StatsConfig:
         """Read ``IMGSTREAM_STATS_*`` plus the shared ``IMGSTREAM_PG_DSN`` and
         ``IMGSTREAM_TOKEN_KEYS_FILE``; every variable is optional."""
         env = os.environ if env is None else env
-        read = EnvReader(env, prefix)
+        read = ConfigReader(env, prefix)
         # A DSN of its own (e.g. the read-only analyst role) if given, else the stack's.
         own_dsn = read.optional("PG_DSN")
         config = cls(

@@ -1,14 +1,17 @@
 """The stats API's OpenAPI 3.1 document, served at ``/openapi.json`` (limits filled in from the
-query module, so the document cannot drift from what the parser enforces)."""
+query modules, so the document cannot drift from what the parser enforces)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from api.stats import statsquery as sq
+from imgstream.domain.producers import NAME_PATTERN
 from imgstream.domain.windows import Interval
 
 from api.stats.config import StatsConfig
+from api.stats.params import DIMENSIONS, DUPLICATE_KINDS, LIST_LIMIT, SERIES_LIMIT, TOP_LIMIT, TOP_MEASURES
+from api.stats.ranges import MAX_SERIES_SPAN, MAX_TOTALS_SPAN
+from api.stats.sql import MEASURES
 
 _TIME = {"type": "string", "format": "date-time"}
 _COUNT = {"type": "integer", "minimum": 0}
@@ -41,7 +44,7 @@ _FROM = _param("from", "start of the range, ISO-8601 with a zone (Z or +HH:MM, '
 _TO = _param("to", "end of the range (exclusive), ISO-8601 with a zone; rounded up to a window boundary; default now",
              _TIME)
 _PRODUCER = _param("producer", "only this producer (analyst tokens; a producer token may name only itself)",
-                   {"type": "string", "pattern": sq.NAME_PATTERN.pattern})
+                   {"type": "string", "pattern": NAME_PATTERN.pattern})
 _CONTENT_TYPE = _param("content_type", "only this content type, e.g. image/png", {"type": "string"})
 
 
@@ -54,7 +57,7 @@ _CURSOR = _param("cursor", "next_cursor of the previous page (only valid with th
 
 
 def _measures() -> dict[str, Any]:
-    return {m: _COUNT for m in sq.MEASURES}
+    return {m: _COUNT for m in MEASURES}
 
 
 def _common(responses: dict[str, Any], *, forbidden: str | None = None) -> dict[str, Any]:
@@ -72,7 +75,7 @@ def _common(responses: dict[str, Any], *, forbidden: str | None = None) -> dict[
 
 def openapi_document(config: StatsConfig) -> dict[str, Any]:
     """The OpenAPI description of the stats API."""
-    span = {i.value: sq.MAX_SERIES_SPAN[i].days for i in Interval}
+    span = {i.value: MAX_SERIES_SPAN[i].days for i in Interval}
     freshness_table = {
         "type": ["object", "null"],
         "properties": {"newest_change_at": {**_TIME, "type": ["string", "null"]},
@@ -95,27 +98,27 @@ def openapi_document(config: StatsConfig) -> dict[str, Any]:
                       "properties": {"measured_at": _TIME,
                                      "tables": {"type": "object", "additionalProperties": freshness_table}}},
         "Window": {"type": "object",
-                   "required": ["window_start", "window_end", *sq.MEASURES, "final"],
+                   "required": ["window_start", "window_end", *MEASURES, "final"],
                    "properties": {"window_start": _TIME, "window_end": _TIME, "producer": {"type": "string"},
                                   "content_type": {"type": "string"}, **_measures(),
                                   "final": {"type": "boolean", "description": "the window will not change again"}}},
         "Uploads": {"type": "object", "required": ["from", "to", "interval", "windows", "freshness"],
                     "properties": {"from": _TIME, "to": _TIME, "interval": {"enum": [i.value for i in Interval]},
-                                   "group_by": {"type": "array", "items": {"enum": list(sq.DIMENSIONS)}},
+                                   "group_by": {"type": "array", "items": {"enum": list(DIMENSIONS)}},
                                    "producer": {"type": ["string", "null"]},
                                    "content_type": {"type": ["string", "null"]},
                                    "windows": {"type": "array", "items": {"$ref": "#/components/schemas/Window"}},
                                    "next_cursor": {"type": ["string", "null"]},
                                    "next": {"type": ["string", "null"], "description": "URL of the next page"},
                                    "freshness": {"$ref": "#/components/schemas/Freshness"}}},
-        "Summary": {"type": "object", "required": ["from", "to", *sq.MEASURES, "producers", "final", "freshness"],
+        "Summary": {"type": "object", "required": ["from", "to", *MEASURES, "producers", "final", "freshness"],
                     "properties": {"from": _TIME, "to": _TIME, "producer": {"type": ["string", "null"]},
                                    "content_type": {"type": ["string", "null"]}, **_measures(),
                                    "producers": _COUNT, "final": {"type": "boolean"},
                                    "freshness": {"$ref": "#/components/schemas/Freshness"}}},
         "Top": {"type": "object", "required": ["from", "to", "by", "dimension", "top", "freshness"],
-                "properties": {"from": _TIME, "to": _TIME, "by": {"enum": list(sq.TOP_MEASURES)},
-                               "dimension": {"enum": list(sq.DIMENSIONS)}, "limit": {"type": "integer"},
+                "properties": {"from": _TIME, "to": _TIME, "by": {"enum": list(TOP_MEASURES)},
+                               "dimension": {"enum": list(DIMENSIONS)}, "limit": {"type": "integer"},
                                "top": {"type": "array", "items": {"type": "object", "properties": {
                                    "rank": {"type": "integer"}, "producer": {"type": "string"},
                                    "content_type": {"type": "string"}, **_measures()}}},
@@ -131,7 +134,7 @@ def openapi_document(config: StatsConfig) -> dict[str, Any]:
                                  "freshness": {"$ref": "#/components/schemas/Freshness"}}},
         "Duplicate": {"type": "object", "properties": {
             "image_id": {"type": "string", "format": "uuid"}, "duplicate_of": {"type": "string", "format": "uuid"},
-            "duplicate_kind": {"enum": list(sq.DUPLICATE_KINDS)}, "distance": {"type": "integer"},
+            "duplicate_kind": {"enum": list(DUPLICATE_KINDS)}, "distance": {"type": "integer"},
             "producer": {"type": "string"}, "sha256": {"type": "string"}, "received_at": _TIME,
             "processed_at": _TIME}},
         "Duplicates": {"type": "object", "required": ["from", "to", "total", "duplicates", "freshness"],
@@ -147,7 +150,7 @@ def openapi_document(config: StatsConfig) -> dict[str, Any]:
             "status": {"enum": ["pending", "accepted", "duplicate", "rejected"],
                        "description": "pending: no processing result yet"},
             "producer": {"type": "string"}, "duplicate_of": {"type": "string", "format": "uuid"},
-            "duplicate_kind": {"enum": list(sq.DUPLICATE_KINDS)}, "distance": {"type": "integer"},
+            "duplicate_kind": {"enum": list(DUPLICATE_KINDS)}, "distance": {"type": "integer"},
             "sha256": {"type": "string"}, "phash": {"type": ["string", "null"]}, "size": {"type": ["integer", "null"]},
             "content_type": {"type": ["string", "null"]}, "width": {"type": ["integer", "null"]},
             "height": {"type": ["integer", "null"]}, "storage_key": {"type": ["string", "null"]},
@@ -177,13 +180,13 @@ def openapi_document(config: StatsConfig) -> dict[str, Any]:
                                                                      "default": "hour"}),
                            _param("group_by", "comma-separated dimensions", {"type": "string",
                                                                               "example": "producer,content_type"}),
-                           _PRODUCER, _CONTENT_TYPE, _limit(*sq.SERIES_LIMIT), _CURSOR],
+                           _PRODUCER, _CONTENT_TYPE, _limit(*SERIES_LIMIT), _CURSOR],
             "responses": _common({"200": _ok("A page of windows, oldest first", "Uploads")},
                                  forbidden="A producer token asked for another producer"),
         }},
         "/v1/stats/summary": {"get": {
             "summary": "Totals over whole minutes [from, to)",
-            "description": f"Longest range: {sq.MAX_TOTALS_SPAN.days} days; default the last day.",
+            "description": f"Longest range: {MAX_TOTALS_SPAN.days} days; default the last day.",
             "security": secured,
             "parameters": [_FROM, _TO, _PRODUCER, _CONTENT_TYPE],
             "responses": _common({"200": _ok("Totals", "Summary")},
@@ -192,27 +195,27 @@ def openapi_document(config: StatsConfig) -> dict[str, Any]:
         "/v1/stats/top": {"get": {
             "summary": "Producers (or content types) ranked by uploads or bytes over [from, to)",
             "security": secured,
-            "parameters": [_FROM, _TO, _param("by", "ranking measure", {"enum": list(sq.TOP_MEASURES),
+            "parameters": [_FROM, _TO, _param("by", "ranking measure", {"enum": list(TOP_MEASURES),
                                                                          "default": "uploads"}),
-                           _param("dimension", "what is ranked", {"enum": list(sq.DIMENSIONS), "default": "producer"}),
-                           _PRODUCER, _CONTENT_TYPE, _limit(*sq.TOP_LIMIT)],
+                           _param("dimension", "what is ranked", {"enum": list(DIMENSIONS), "default": "producer"}),
+                           _PRODUCER, _CONTENT_TYPE, _limit(*TOP_LIMIT)],
             "responses": _common({"200": _ok("The ranking", "Top")},
                                  forbidden="dimension=producer with a producer token, or another producer"),
         }},
         "/v1/duplicates": {"get": {
             "summary": "Duplicates received in [from, to), oldest first, with what each duplicates",
             "security": secured,
-            "parameters": [_FROM, _TO, _param("kind", "exact or near", {"enum": list(sq.DUPLICATE_KINDS)}),
+            "parameters": [_FROM, _TO, _param("kind", "exact or near", {"enum": list(DUPLICATE_KINDS)}),
                            _PRODUCER, _param("duplicate_of", "only copies of this image",
                                              {"type": "string", "format": "uuid"}),
-                           _limit(*sq.LIST_LIMIT), _CURSOR],
+                           _limit(*LIST_LIMIT), _CURSOR],
             "responses": _common({"200": _ok("A page of duplicates and the range's totals", "Duplicates")},
                                  forbidden="A producer token asked for another producer"),
         }},
         "/v1/usage/{producer}": {"get": {
             "summary": "A producer's usage over whole UTC days [from, to), by content type",
             "security": secured,
-            "parameters": [_param("producer", "producer name", {"type": "string", "pattern": sq.NAME_PATTERN.pattern},
+            "parameters": [_param("producer", "producer name", {"type": "string", "pattern": NAME_PATTERN.pattern},
                                   where="path", required=True),
                            _param("from", "start day (rounded down to UTC midnight); default 30 days before to", _TIME),
                            _param("to", "end (rounded up to UTC midnight); default now", _TIME)],

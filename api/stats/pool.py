@@ -1,5 +1,5 @@
-"""The stats API's PostgreSQL pool: the adapter's sizing and timeouts, read-only sessions, and no
-session reset on release.
+"""The stats API's PostgreSQL pool: the adapter's pool (:func:`imgstream.adapters.postgres.create_pool`)
+with this API's sizing and timeouts, read-only sessions, and no session reset on release.
 
 asyncpg resets every connection it takes back (``SELECT pg_advisory_unlock_all(); CLOSE ALL;
 UNLISTEN *; RESET ALL``): one more round trip per request, measured at ~1.5 ms of wall time and
@@ -7,19 +7,15 @@ UNLISTEN *; RESET ALL``): one more round trip per request, measured at ~1.5 ms o
 never changes session state (no SET, LISTEN, advisory lock, cursor or explicit transaction), so
 the only thing worth undoing is a transaction left open by a cancelled statement, which
 :func:`rollback_if_open` does without a round trip in the normal case.
-
-(``imgstream.adapters.postgres.create_pool`` has no ``reset`` option yet; once it has, this module
-becomes a call to it.)
 """
 
 from __future__ import annotations
 
 import asyncpg
 
-from api.stats.config import StatsConfig
+from imgstream.adapters import postgres
 
-#: Connections idle this long are closed (and reopened on demand): frees server slots after a burst.
-MAX_INACTIVE_SECONDS = 300.0
+from api.stats.config import StatsConfig
 
 
 async def rollback_if_open(conn: asyncpg.Connection) -> None:
@@ -30,15 +26,4 @@ async def rollback_if_open(conn: asyncpg.Connection) -> None:
 
 async def open_pool(config: StatsConfig) -> asyncpg.Pool:
     """The pool of ``config`` (sized, with timeouts, read-only sessions); the caller closes it."""
-    limits = config.pool_limits
-    pool = await asyncpg.create_pool(
-        str(config.session_postgres.dsn),
-        min_size=limits.min_size,
-        max_size=limits.max_size,
-        command_timeout=limits.command_timeout,
-        timeout=limits.connect_timeout,
-        max_inactive_connection_lifetime=MAX_INACTIVE_SECONDS,
-        reset=rollback_if_open,
-    )
-    assert pool is not None  # asyncpg types it Optional; it is never None once awaited
-    return pool
+    return await postgres.create_pool(config.session_postgres, config.pool_limits, reset=rollback_if_open)

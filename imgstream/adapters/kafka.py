@@ -16,13 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, AsyncIterator, Callable, Final, Protocol, Sequence, runtime_checkable
 
 from imgstream.config import KafkaConfig
 from imgstream.domain.errors import Unavailable
-
-Headers = Sequence[tuple[str, bytes]]
 
 #: Producer request timeout: how long one produce request may wait for the broker. Above the
 #: broker's default replica lag window, well under an HTTP client's patience.
@@ -30,6 +28,9 @@ REQUEST_TIMEOUT_MS: Final = 15_000
 #: Linger: batch records produced within 5 ms into one request. Costs at most 5 ms of latency per
 #: upload and saves a round trip per record under load.
 LINGER_MS: Final = 5
+
+#: Record headers as aiokafka takes them: (name, value) pairs.
+Headers = Sequence[tuple[str, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,27 +112,25 @@ class MemoryEventPublisher:
         return [r.value for r in self.records if r.topic == topic]
 
 
+@dataclass(eq=False, repr=False)
 class KafkaEventPublisher:
     """:class:`EventPublisher` on a Kafka cluster (aiokafka, ``acks=all``, idempotent)."""
 
-    def __init__(self, config: KafkaConfig, *, client_id: str = "imgstream", linger_ms: int = LINGER_MS,
-                 request_timeout_ms: int = REQUEST_TIMEOUT_MS, max_request_size: int = 1_048_576) -> None:
-        self.config = config
-        self.client_id = client_id
-        self.linger_ms = linger_ms
-        self.request_timeout_ms = request_timeout_ms
-        self.max_request_size = max_request_size
-        self._producer: Any = None
+    config: KafkaConfig
+    _: KW_ONLY
+    client_id: str = "imgstream"
+    linger_ms: int = LINGER_MS
+    request_timeout_ms: int = REQUEST_TIMEOUT_MS
+    max_request_size: int = 1_048_576
+    _producer: Any = field(default=None, init=False)
 
     def __repr__(self) -> str:
         return f"KafkaEventPublisher(bootstrap={self.config.bootstrap_servers!r})"
 
     async def start(self) -> None:
-        try:
-            from aiokafka import AIOKafkaProducer
-            from aiokafka.errors import KafkaError
-        except ImportError as exc:  # pragma: no cover - depends on the venv
-            raise RuntimeError("KafkaEventPublisher needs aiokafka: pip install aiokafka") from exc
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.errors import KafkaError
+
         if self._producer is not None:
             return
         producer = AIOKafkaProducer(

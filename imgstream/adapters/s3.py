@@ -11,7 +11,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any, AsyncIterator, Final, Mapping, Protocol, runtime_checkable
 
@@ -148,6 +148,7 @@ def _not_found(exc: Any) -> bool:
     return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
 
 
+@dataclass(eq=False, repr=False)
 class S3ObjectStore:
     """:class:`ObjectStore` on any S3-compatible server, with aiobotocore.
 
@@ -161,21 +162,22 @@ class S3ObjectStore:
       which then travels as ``x-amz-checksum-sha256`` for the server to verify.
     """
 
-    def __init__(self, config: S3Config, *, max_pool_connections: int = 64, connect_timeout: float = 5.0,
-                 read_timeout: float = 30.0, payload_signing: bool = True,
-                 send_sha256_checksum: bool = False,
-                 multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = MULTIPART_PART_SIZE) -> None:
-        self.config = config
-        self.bucket = config.bucket
-        self.max_pool_connections = max_pool_connections
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.payload_signing = payload_signing
-        self.send_sha256_checksum = send_sha256_checksum
-        self.multipart_threshold = multipart_threshold
-        self.part_size = part_size
-        self._stack: contextlib.AsyncExitStack | None = None
-        self._client: Any = None
+    config: S3Config
+    _: KW_ONLY
+    max_pool_connections: int = 64
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    payload_signing: bool = True
+    send_sha256_checksum: bool = False
+    multipart_threshold: int = MULTIPART_THRESHOLD
+    part_size: int = MULTIPART_PART_SIZE
+    _stack: contextlib.AsyncExitStack | None = field(default=None, init=False)
+    _client: Any = field(default=None, init=False)
+
+    @property
+    def bucket(self) -> str:
+        """The configured bucket every call addresses."""
+        return self.config.bucket
 
     def __repr__(self) -> str:
         return f"S3ObjectStore(endpoint={self.config.endpoint_url!r}, bucket={self.bucket!r})"
@@ -188,11 +190,9 @@ class S3ObjectStore:
         return self._client
 
     async def start(self) -> None:
-        try:
-            from aiobotocore.config import AioConfig
-            from aiobotocore.session import get_session
-        except ImportError as exc:  # pragma: no cover - depends on the venv
-            raise RuntimeError("S3ObjectStore needs aiobotocore: pip install aiobotocore") from exc
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
         if self._client is not None:
             return
         config = AioConfig(
@@ -302,30 +302,32 @@ class S3ObjectStore:
                     await self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
                 raise
 
-    async def head(self, key: str) -> ObjectInfo | None:
+    async def _object_or_none(self, action: str, key: str) -> Any:
+        """``head_object``/``get_object`` of ``key``: the answer, or ``None`` when it is absent."""
         from botocore.exceptions import ClientError
 
-        async with self._errors(f"head {key}"):
+        call = self.client.head_object if action == "head" else self.client.get_object
+        async with self._errors(f"{action} {key}"):
             try:
-                answer = await self.client.head_object(Bucket=self.bucket, Key=key)
+                return await call(Bucket=self.bucket, Key=key)
             except ClientError as exc:
                 if _not_found(exc):
                     return None
                 raise
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        answer = await self._object_or_none("head", key)
+        if answer is None:
+            return None
         return ObjectInfo(key=key, size=int(answer.get("ContentLength", 0)), etag=answer.get("ETag", ""),
                           content_type=answer.get("ContentType", ""), metadata=answer.get("Metadata", {}),
                           last_modified=answer.get("LastModified"))
 
     async def get(self, key: str) -> bytes | None:
-        from botocore.exceptions import ClientError
-
+        answer = await self._object_or_none("get", key)
+        if answer is None:
+            return None
         async with self._errors(f"get {key}"):
-            try:
-                answer = await self.client.get_object(Bucket=self.bucket, Key=key)
-            except ClientError as exc:
-                if _not_found(exc):
-                    return None
-                raise
             async with answer["Body"] as stream:
                 data: bytes = await stream.read()
         return data

@@ -28,7 +28,9 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from imgstream.domain.errors import InvalidEvent
-from imgstream.domain.events import TOPIC_UPLOADED, ImageUploaded, format_time, parse_time, schema, validate
+from imgstream.domain.producers import is_valid_name
+from imgstream.domain.events import TOPIC_UPLOADED, ImageUploaded, schema, validate
+from imgstream.domain.timefmt import format_time, parse_time
 
 #: Largest event value accepted. A v1 event is < 2 KiB; anything far larger is not one, and
 #: echoing megabytes into the dead-letter topic would only move the problem.
@@ -64,7 +66,6 @@ _CONTENT_TYPE_ALIASES = {
 _HEX_FIELDS = ("image_id", "sha256", "phash")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_PRODUCER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +227,7 @@ def _dead_letter(
     if not (isinstance(image_id, str) and _UUID_RE.match(image_id)):
         image_id = str(uuid.uuid5(REJECTED_ID_NAMESPACE, f"{source.topic}/{source.partition}/{source.offset}"))
     producer = fields.get("producer")
-    if not (isinstance(producer, str) and _PRODUCER_RE.match(producer)):
+    if not is_valid_name(producer):
         producer = UNKNOWN
     content_type = fields.get("content_type")
     if content_type not in schema()["properties"]["content_type"]["enum"]:

@@ -36,7 +36,7 @@ Semantics
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from enum import Enum
 from typing import Any, Iterable, Mapping, MutableMapping, NamedTuple
@@ -219,13 +219,11 @@ class Verdict:
         return cls(image_id, STATUS_REJECTED)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "image_id": self.image_id,
-            "status": self.status,
-            "duplicate_of": self.duplicate_of,
-            "duplicate_kind": self.duplicate_kind,
-            "distance": self.distance,
-        }
+        """The verdict's fields by name (the columns of ``images`` it decides)."""
+        return {name: getattr(self, name) for name in _VERDICT_FIELDS}
+
+
+_VERDICT_FIELDS: tuple[str, ...] = tuple(field.name for field in fields(Verdict))
 
 
 # --- replay drop (state keyed by image_id: the event time of the first sighting) -----------

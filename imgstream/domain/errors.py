@@ -34,30 +34,55 @@ class ImgstreamError(Exception):
 
 
 class BadRequest(ImgstreamError):
+    """The request itself is malformed (a bad parameter, header or multipart body).
+
+    HTTP 400. Retrying the same request gets the same answer: fix it first.
+    """
+
     code = "bad_request"
 
 
 class Unauthorized(ImgstreamError):
+    """No bearer token, or one that is malformed, forged, expired or signed by a retired key (401)."""
+
     code = "unauthorized"
 
 
 class Forbidden(ImgstreamError):
+    """A valid token asking for another producer's data: producer tokens see only their own
+    producer's statistics, analyst tokens see everything (403).
+    """
+
     code = "forbidden"
 
 
 class NotFound(ImgstreamError):
+    """The resource does not exist for this caller (404): an unknown id, or a producer's
+    image that another producer asks to delete.
+    """
+
     code = "not_found"
 
 
 class PayloadTooLarge(ImgstreamError):
+    """The body (or one multipart part) is over the size limit (413). Nothing past the limit is
+    read, and nothing of the refused upload is stored or published.
+    """
+
     code = "payload_too_large"
 
 
 class UnsupportedMediaType(ImgstreamError):
+    """The sniffed bytes are not a supported image format (415): SVG, text, executables,
+    JPEG+HTML polyglots. The ``Content-Type`` header and file name are never consulted.
+    """
+
     code = "unsupported_media_type"
 
 
 class CorruptImage(ImgstreamError):
+    """The bytes claim a supported format but do not decode (422): truncated, bad structure or CRC."""
+
     code = "corrupt_image"
 
 
@@ -80,6 +105,11 @@ class Conflict(ImgstreamError):
 
 
 class RateLimited(ImgstreamError):
+    """The producer is over its request budget (429).
+
+    ``retry_after`` (seconds) goes out as the ``Retry-After`` header.
+    """
+
     code = "rate_limited"
 
     def __init__(self, message: str, *, retry_after: float, **details: Any) -> None:

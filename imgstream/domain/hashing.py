@@ -24,7 +24,7 @@ from itertools import combinations
 from math import comb
 from typing import Protocol
 
-#: Width of the perceptual hash the gateway publishes (``imaging.phash``: 16 hex chars).
+#: Width of the perceptual hash the gateway publishes (``phash.phash``: 16 hex chars).
 HASH_BITS = 64
 HASH_HEX_CHARS = HASH_BITS // 4
 _HASH_MASK = (1 << HASH_BITS) - 1

@@ -1,4 +1,4 @@
-"""Image inspection for untrusted uploads: sniff, scan, probe the header, check structure, hash.
+"""Image inspection for untrusted uploads: sniff, scan, probe the header, check structure.
 
 Every check here runs *before* the expensive one after it, so hostile input is turned away
 as cheaply as possible:
@@ -12,7 +12,8 @@ as cheaply as possible:
    the sniffed format, reads the dimensions from the *header only*, refuses anything over the
    pixel limit, checks the container structure (PNG chunk CRCs, GIF trailer, RIFF length), and
    only then decodes, at reduced scale where the format allows (JPEG draft mode), to compute a
-   64-bit perceptual hash. A truncated or corrupt body fails that decode.
+   64-bit perceptual hash (:mod:`imgstream.domain.phash`). A truncated or corrupt body fails that
+   decode.
 
 This module is pure library code: Pillow and numpy only, no I/O framework.
 """
@@ -20,19 +21,16 @@ This module is pure library code: Pillow and numpy only, no I/O framework.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import struct
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import IO, Final
 
-import numpy as np
-import numpy.typing as npt
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from imgstream.domain.errors import BadRequest, CorruptImage, ImageTooLarge, PayloadTooLarge, UnsupportedMediaType
+from imgstream.domain.phash import phash_image
 
 #: Largest image accepted, in pixels (width x height of the first frame), checked from the header
 #: before any decode. 50 MP admits every mainstream camera and phone (48 MP phone sensors,
@@ -44,16 +42,6 @@ MAX_PIXELS: Final = 50_000_000
 #: ISO-BMFF ``ftyp`` brand at offset 8..12; the BMP DIB-header size at offset 14..18).
 SNIFF_BYTES: Final = 32
 
-#: Side of the square the JPEG decoder is asked to scale towards in draft mode. libjpeg picks the
-#: largest 1/2, 1/4, 1/8 reduction that stays above it, so a 12 MP photo decodes at ~500x375
-#: (about 9x cheaper than a full decode) and still has far more detail than the 32x32 the hash
-#: needs.
-DRAFT_SIZE: Final = 256
-
-#: pHash parameters: the image is reduced to 32x32, DCT'd, and the top-left 8x8 block of
-#: coefficients (lowest frequencies) is thresholded at its median: 64 bits.
-_HASH_SIDE: Final = 8
-_DCT_SIDE: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,68 +354,6 @@ def check_structure(fp: IO[bytes], fmt: ImageFormat, size: int) -> None:
         (riff_size,) = struct.unpack("<I", fp.read(4))
         if riff_size + 8 > size:
             raise CorruptImage(f"truncated WebP: RIFF header declares {riff_size + 8} bytes, got {size}")
-
-
-@lru_cache(maxsize=1)
-def _dct_matrix(n: int = _DCT_SIDE) -> npt.NDArray[np.float64]:
-    """Orthonormal DCT-II matrix: ``C @ x @ C.T`` is the 2-D DCT of an n x n block."""
-    k = np.arange(n)[:, None]
-    i = np.arange(n)[None, :]
-    matrix: npt.NDArray[np.float64] = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
-    matrix[0, :] = np.sqrt(1.0 / n)
-    return matrix
-
-
-# EXIF orientation -> transpose that brings the reduced image upright, so a photo and the same
-# photo physically rotated (orientation tag cleared) hash alike.
-_ORIENTATION: Final = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-def phash_image(image: Image.Image) -> str:
-    """64-bit DCT perceptual hash of an opened image's first frame, as 16 hex digits.
-
-    Decodes the pixels (JPEG at up to 1/8 scale via draft mode). Decoder errors propagate as
-    Pillow raises them; :func:`inspect` maps them to :class:`CorruptImage`.
-    """
-    orientation = 1
-    try:
-        orientation = int(image.getexif().get(0x0112, 1))
-    except (ValueError, TypeError, OSError, SyntaxError, struct.error):
-        orientation = 1  # a malformed EXIF block is no reason to refuse the pixels
-    if image.format == "JPEG":
-        image.draft("L", (DRAFT_SIZE, DRAFT_SIZE))
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # Scale high-bit-depth data into 8 bits first; a plain convert("L") clips it to white.
-        image.load()
-        array = np.asarray(image, dtype=np.float64)
-        peak = float(array.max()) or 1.0
-        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8), "L")
-    gray = image.convert("L")  # forces the decode of the (first) frame
-    small = gray.resize((_DCT_SIDE, _DCT_SIDE), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    if orientation in _ORIENTATION:
-        small = small.transpose(_ORIENTATION[orientation])
-    pixels = np.asarray(small, dtype=np.float64)
-    matrix = _dct_matrix()
-    coefficients = (matrix @ pixels @ matrix.T)[:_HASH_SIDE, :_HASH_SIDE]
-    bits = (coefficients > np.median(coefficients)).flatten()  # row-major, first bit = MSB
-    return np.packbits(bits).tobytes().hex()
-
-
-def phash(source: bytes | IO[bytes] | Image.Image) -> str:
-    """Perceptual hash (16 hex digits) of an image given as bytes, a binary file or a Pillow image."""
-    if isinstance(source, Image.Image):
-        return phash_image(source)
-    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
-    with Image.open(fp) as image:
-        return phash_image(image)
 
 
 def inspect(fp: IO[bytes], fmt: ImageFormat, size: int, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:

@@ -28,16 +28,16 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Final, Mapping
+from typing import Any, Callable, Final, Mapping, Protocol
 
 from imgstream.domain.errors import Unauthorized
+from imgstream.domain.producers import NAME_PATTERN
+from imgstream.domain.timefmt import format_seconds
 
 ROLE_PRODUCER: Final = "producer"
 ROLE_ANALYST: Final = "analyst"
 ROLES: Final = frozenset({ROLE_PRODUCER, ROLE_ANALYST})
 
-#: Producer/analyst names: the same rule as the event schema's ``producer`` field.
-NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # anchored for OpenAPI; match with fullmatch ("$" lets "\n" in)
 
 #: Where the local stack keeps the key file (relative to the repository root) and the variable
 #: that overrides it. Read by entry points only.
@@ -60,12 +60,21 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+#: Unpadded base64url, nothing else: Python's decoder would skip other characters, so
+#: ``<token>!!!!`` verified like ``<token>``.
+_B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Decode unpadded base64url strictly: its alphabet only, and only the canonical spelling
+    (the unused low bits of the last character must be zero), so one token has one text."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not canonical base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
-
-def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,7 @@ class SigningKey:
         now = time.time() if now is None else now
         stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%d")
         return cls(kid=f"k{stamp}-{secrets.token_hex(3)}", secret=secrets.token_bytes(_SECRET_BYTES),
-                   created_at=_utc(now))
+                   created_at=format_seconds(now))
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,12 @@ class Principal:
     def may_read(self, producer: str) -> bool:
         """Analysts read every producer's data; a producer reads only its own."""
         return self.is_analyst or self.name == producer
+
+
+class TokenVerifier(Protocol):
+    """What a service needs to check bearer tokens: a :class:`KeyRing` or a :class:`ReloadingKeyRing`."""
+
+    def verify(self, token: str, *, now: float | None = None) -> Principal: ...
 
 
 def validate_name(name: str) -> str:
@@ -132,11 +147,13 @@ def parse_ttl(text: str) -> timedelta:
 class KeyRing:
     """The set of signing keys and which one signs new tokens. Immutable; changes return a copy."""
 
-    def __init__(self, keys: Mapping[str, SigningKey], active: str) -> None:
+    def __init__(self, keys: Mapping[str, SigningKey], active: str, revoked: Mapping[str, int] | None = None) -> None:
         if active not in keys:
             raise ValueError(f"active key {active!r} is not in the key ring")
         self._keys = dict(keys)
         self.active = active
+        #: Revoked token ids (``jti``) -> until when to remember them (epoch seconds).
+        self._revoked: dict[str, int] = dict(revoked or {})
 
     def __repr__(self) -> str:
         return f"KeyRing(active={self.active!r}, kids={sorted(self._keys)!r})"
@@ -162,7 +179,7 @@ class KeyRing:
         key = SigningKey.generate(now)
         while key.kid in self._keys:  # same day and a 24-bit collision: draw again
             key = SigningKey.generate(now)
-        return KeyRing({**self._keys, key.kid: key}, key.kid)
+        return KeyRing({**self._keys, key.kid: key}, key.kid, self._revoked)
 
     def retired(self, kid: str) -> "KeyRing":
         """A copy without ``kid``: every token it signed stops verifying."""
@@ -170,7 +187,23 @@ class KeyRing:
             raise ValueError(f"{kid} is the active key; rotate first, then retire it")
         if kid not in self._keys:
             raise ValueError(f"no key {kid!r} in the key ring")
-        return KeyRing({k: v for k, v in self._keys.items() if k != kid}, self.active)
+        return KeyRing({k: v for k, v in self._keys.items() if k != kid}, self.active, self._revoked)
+
+    @property
+    def revoked_ids(self) -> list[str]:
+        """Ids of the tokens revoked one by one (and not yet past the longest token lifetime)."""
+        return sorted(self._revoked)
+
+    def with_revoked(self, token_id: str, now: float | None = None) -> "KeyRing":
+        """A copy that refuses the token with id ``token_id`` (its ``jti``), whichever key
+        signed it. The id is remembered for :data:`MAX_TTL`, the longest any token lives;
+        entries older than that are dropped, so the list stays as long as the live tokens'."""
+        if not _TOKEN_ID.fullmatch(token_id):
+            raise ValueError(f"not a token id: {token_id!r} (16 hex digits, see `imgstream token verify`)")
+        now = time.time() if now is None else now
+        kept = {jti: until for jti, until in self._revoked.items() if until > now}
+        kept[token_id] = int(now + MAX_TTL.total_seconds())
+        return KeyRing(self._keys, self.active, kept)
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -182,6 +215,7 @@ class KeyRing:
                 {"kid": k.kid, "secret": base64.b64encode(k.secret).decode(), "created_at": k.created_at}
                 for k in (self._keys[kid] for kid in self.key_ids)
             ],
+            "revoked": dict(sorted(self._revoked.items())),
         }
         return json.dumps(body, indent=2) + "\n"
 
@@ -194,7 +228,8 @@ class KeyRing:
                                          entry.get("created_at", ""))
                 for entry in data["keys"]
             }
-            return cls(keys, data["active"])
+            revoked = {str(jti): int(until) for jti, until in data.get("revoked", {}).items()}
+            return cls(keys, data["active"], revoked)
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise ValueError(f"malformed key file: {exc}") from None
 
@@ -254,11 +289,17 @@ class KeyRing:
         if not hmac.compare_digest(given, _sign(key.secret, f"{_PREFIX}.{kid}.{payload}")):
             raise Unauthorized("invalid token: bad signature")
         claims = _claims(payload)
+        if claims.get("jti") in self._revoked:
+            raise Unauthorized("token revoked")
         now = time.time() if now is None else now
         if claims["exp"] <= now:
-            raise Unauthorized(f"token expired at {_utc(claims['exp'])}")
+            raise Unauthorized(f"token expired at {format_seconds(claims['exp'])}")
         return Principal(name=claims["sub"], role=claims["role"], key_id=kid,
                          expires_at=claims["exp"], token_id=claims.get("jti", ""))
+
+
+#: A token id as :meth:`KeyRing.issue` makes it (``jti``).
+_TOKEN_ID: Final = re.compile(r"[0-9a-f]{16}")
 
 
 def _sign(secret: bytes, signing_input: str) -> bytes:
@@ -278,6 +319,7 @@ def _claims(payload: str) -> dict[str, Any]:
         or not NAME_PATTERN.fullmatch(claims["sub"])
         or claims.get("role") not in ROLES
         or not isinstance(claims.get("exp"), int)
+        or not isinstance(claims.get("jti", ""), str)
     ):
         raise Unauthorized("invalid token: unexpected claims")
     return claims

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Callable, Generic, Iterable, Mapping, MutableMapping, Protocol, TypeVar
 
+from imgstream.domain.timefmt import from_millis, to_millis
 from imgstream.domain.dedup import KIND_EXACT, KIND_NEAR, STATUS_ACCEPTED, STATUS_DUPLICATE, STATUS_REJECTED
 
 MINUTE_MS = 60_000
@@ -106,19 +107,6 @@ def classify(ts: int, watermark: int, interval: Interval | int, allowed_lateness
     if is_final(window_end(ts, interval), watermark, allowed_lateness):
         return Lateness.TOO_LATE
     return Lateness.LATE
-
-
-def to_millis(ts: datetime) -> int:
-    """Epoch milliseconds of an aware datetime."""
-    if ts.tzinfo is None:
-        raise ValueError("naive datetime")
-    delta = ts - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-
-
-def from_millis(ms: int) -> datetime:
-    """Aware UTC datetime of epoch milliseconds."""
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 # --- aggregators --------------------------------------------------------------------------

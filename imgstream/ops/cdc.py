@@ -5,6 +5,9 @@ Changes of the Cassandra tables created ``WITH cdc = true`` reach Kafka as one t
 in production) and PostgreSQL through the Debezium JDBC sink. This module holds what the stack,
 the tests and the benchmarks share: topic names, the dead-letter topic, and the checks on
 ``connectors/**/*.json`` (no literal hosts or secrets, the keys each kind of connector needs).
+Topics are created with :func:`imgstream.adapters.kafka.ensure_topics` (the broker does not
+auto-create them, and the Cassandra agent fails its send when a table's topic is missing, so every
+CDC topic is created before its table is written).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from typing import Any, Mapping
 
 #: Topic prefix of change events: the agent's and ScyllaDB's ``topic.prefix``.
 TOPIC_PREFIX = "cdc"
+#: Partitions per CDC topic: one keeps every key's changes in one ordered log, and one sink task
+#: (tasks.max=1 on 2 cores) consumes them all anyway.
+CDC_TOPIC_PARTITIONS = 1
 #: Records the sink cannot apply go here, with the reason in ``__connect.errors.*`` headers.
 DLQ_TOPIC = "cdc.dlq"
 #: The replicated tables (Cassandra keyspace ``imgstream`` -> PostgreSQL schema ``public``).
@@ -95,27 +101,3 @@ def config_problems(name: str, config: Mapping[str, Any]) -> list[str]:
     else:
         problems.append(f"unknown connector.class {cls!r}")
     return problems
-
-
-async def ensure_topics(bootstrap: str, topics: Mapping[str, int]) -> list[str]:
-    """Create the missing ``topics`` (name -> partitions, replication 1); return those created.
-
-    The broker does not auto-create topics, and the Cassandra agent fails its send when a
-    table's topic is missing, so every CDC topic is created before its table is written.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [NewTopic(name, parts, 1) for name, parts in topics.items() if name not in existing]
-        if wanted:
-            try:
-                await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass  # created concurrently (a test, another hook): the goal is reached
-        return [t.name for t in wanted]
-    finally:
-        await admin.close()

@@ -18,23 +18,20 @@ Lifecycle, each step a poll with a deadline:
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from imgstream.ops.cdc import cdc_topic, ensure_topics
+from imgstream.adapters.kafka import TopicSpec, admin_client, delete_topics, end_offsets, ensure_topics
+from imgstream.config import KafkaConfig
+from imgstream.ops.cdc import CDC_TOPIC_PARTITIONS, cdc_topic
 from imgstream.ops.cdc_reconcile import Diff, cassandra_rows, compare, postgres_rows
+from imgstream.polling import PollTimeout, until
 
 #: The sink's consumer group (Kafka Connect names it ``connect-<connector>``).
 SINK_GROUP = "connect-cdc-postgres-sink"
 #: How long one change may take end to end before a probe gives up (the aim is p99 < 15 s; a new
 #: topic is found by the sink's consumer within its metadata refresh, 5 s).
 CHANGE_DEADLINE_S = 60.0
-POLL_S = 0.25
-
-
-class ProbeTimeout(AssertionError):
-    """The chain did not reach the expected state within the deadline (details in the message)."""
 
 
 @dataclass
@@ -43,7 +40,7 @@ class CdcProbe:
 
     store: Any          # imgstream.adapters.cassandra.CassandraStore
     pg: Any             # asyncpg.Connection
-    bootstrap: str      # Kafka bootstrap servers
+    kafka: KafkaConfig
     table: str
     columns: Mapping[str, str]
     key: Sequence[str]
@@ -66,7 +63,7 @@ class CdcProbe:
 
     async def create(self, sentinel: Sequence[Any], deadline_s: float = CHANGE_DEADLINE_S) -> None:
         """Topic, table, then arm with ``sentinel`` (a whole row, deleted again once replicated)."""
-        await ensure_topics(self.bootstrap, {self.topic: 1})
+        await ensure_topics(self.kafka, [TopicSpec(self.topic, CDC_TOPIC_PARTITIONS)])
         cols = ", ".join(f"{name} {cql}" for name, cql in self.columns.items())
         pk = f"(({self.key[0]}){''.join(', ' + k for k in self.key[1:])})"
         await asyncio.to_thread(self.store.execute, f"CREATE TABLE {self.table} ({cols}, PRIMARY KEY {pk}) "
@@ -83,8 +80,8 @@ class CdcProbe:
                     raise
                 return False
 
-        await until(sentinel_replicated, deadline_s, f"{self.table}: the CDC chain picks up the new table",
-                    interval=1.0)
+        await until(sentinel_replicated, f"{self.table}: the CDC chain picks up the new table",
+                    timeout=deadline_s, interval=1.0)
         cql_where = " AND ".join(f"{k} = ?" for k in self.key)
         self.store.execute(f"DELETE FROM {self.table} WHERE {cql_where}", key_values)
         await self.wait_equal(deadline_s)
@@ -99,7 +96,7 @@ class CdcProbe:
         return compare(await asyncio.to_thread(self.source), await self.replica())
 
     async def wait_equal(self, deadline_s: float = CHANGE_DEADLINE_S) -> Diff:
-        """Poll until PostgreSQL holds exactly Cassandra's rows; raise :class:`ProbeTimeout` with the diff."""
+        """Poll until PostgreSQL holds exactly Cassandra's rows; raise :class:`PollTimeout` with the diff."""
         source = await asyncio.to_thread(self.source)
         last: list[Diff] = []
 
@@ -108,58 +105,31 @@ class CdcProbe:
             return last[0].equal
 
         try:
-            await until(equal, deadline_s, f"{self.table} replicated")
-        except ProbeTimeout:
-            raise ProbeTimeout(f"{self.table}: {last[0].summary() if last else 'never compared'}") from None
+            await until(equal, f"{self.table} replicated", timeout=deadline_s)
+        except PollTimeout:
+            raise PollTimeout(f"{self.table}: {last[0].summary() if last else 'never compared'}") from None
         return last[0]
 
     async def sink_lag(self) -> int:
         """Records of the probe's topic the sink has not committed yet."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka import TopicPartition
 
         tp = TopicPartition(self.topic, 0)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None)
-        await admin.start()
-        await consumer.start()
-        try:
-            end = (await consumer.end_offsets([tp]))[tp]
+        end = (await end_offsets(self.kafka, self.topic)).get(0, 0)
+        async with admin_client(self.kafka) as admin:
             committed = await admin.list_consumer_group_offsets(SINK_GROUP, partitions=[tp])
-            meta = committed.get(tp)
-            return end - (meta.offset if meta is not None and meta.offset >= 0 else 0)
-        finally:
-            await consumer.stop()
-            await admin.close()
+        meta = committed.get(tp)
+        return end - (meta.offset if meta is not None and meta.offset >= 0 else 0)
 
     async def drop(self, deadline_s: float = CHANGE_DEADLINE_S) -> None:
         """Drop the Cassandra table; once the sink is idle on the topic, the topic and the replica."""
-        from aiokafka.admin import AIOKafkaAdminClient
-
         await asyncio.to_thread(self.store.execute, f"DROP TABLE IF EXISTS {self.table}", None, timeout=60)
 
         async def idle() -> bool:
             return await self.sink_lag() == 0
 
         try:
-            await until(idle, deadline_s, f"{self.table}: the sink consumed its topic")
+            await until(idle, f"{self.table}: the sink consumed its topic", timeout=deadline_s)
         finally:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-            await admin.start()
-            try:
-                await admin.delete_topics([self.topic])
-            finally:
-                await admin.close()
+            await delete_topics(self.kafka, [self.topic])
         await self.pg.execute(f'DROP TABLE IF EXISTS public."{self.table}"')
-
-
-async def until(check: Any, deadline_s: float, what: str, interval: float = POLL_S) -> Any:
-    """Await ``check()`` until it returns something truthy; :class:`ProbeTimeout` after ``deadline_s``."""
-    end = time.monotonic() + deadline_s
-    last: Any = None
-    while time.monotonic() < end:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise ProbeTimeout(f"{what}: not reached within {deadline_s:.0f}s (last: {last!r})")

@@ -22,10 +22,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from api.stats.queries.freshness import freshness_sql
 from imgstream.adapters.cassandra import CassandraStore
+from imgstream.adapters.postgres import connect
 from imgstream.ops.cdc_probe import CdcProbe
-from imgstream.freshness import table_freshness
-from imgstream.ops.cdc_reconcile import cassandra_rows, compare, postgres_rows
+from imgstream.ops.cdc_reconcile import Diff, cassandra_rows, compare, postgres_rows
+from imgstream.polling import until
 
 ROWS = 6000
 BATCH = 200
@@ -57,28 +59,28 @@ async def _until_equal(store: CassandraStore, pg: asyncpg.Connection, table: str
     """Poll until PostgreSQL holds exactly Cassandra's rows of ``table`` (optionally narrowed)."""
     cql_where, sql_where, params = where or ("", "", [])
     source = cassandra_rows(store, table, key, columns, cql_where, params)
-    end = time.monotonic() + deadline_s
-    diff = None
-    while time.monotonic() < end:
-        diff = compare(source, await postgres_rows(pg, table, key, columns, sql_where, params))
-        if diff.equal:
-            return
-        await asyncio.sleep(0.5)
-    pytest.fail(f"{table}: PostgreSQL differs from Cassandra after {deadline_s:.0f}s: {diff.summary() if diff else ''}")
+    last: list[Diff] = []
+
+    async def equal() -> bool:
+        last[:] = [compare(source, await postgres_rows(pg, table, key, columns, sql_where, params))]
+        return last[0].equal
+
+    await until(equal, lambda: f"{table}: PostgreSQL equal to Cassandra ({last[0].summary() if last else ''})",
+                timeout=deadline_s, interval=0.5)
 
 
 @pytest.fixture
 async def probe(stack_config):
     store = CassandraStore.connect(stack_config.cassandra)
-    pg = await asyncpg.connect(str(stack_config.postgres.dsn))
-    p = CdcProbe(store, pg, stack_config.kafka.bootstrap_servers, f"cdc_fault_{uuid.uuid4().hex[:10]}",
+    pg = await connect(str(stack_config.postgres.dsn))
+    p = CdcProbe(store, pg, stack_config.kafka, f"cdc_fault_{uuid.uuid4().hex[:10]}",
                  {"id": "text", "n": "bigint", "label": "text", "at": "timestamp"}, ["id"])
     try:
         await p.create(sentinel=("__sentinel__", 0, "", datetime(2026, 1, 1, tzinfo=timezone.utc)))
         yield p
     finally:
         if p.pg.is_closed():  # a test that stopped PostgreSQL failed before it reconnected
-            p.pg = await asyncpg.connect(str(stack_config.postgres.dsn))
+            p.pg = await connect(str(stack_config.postgres.dsn))
         try:
             await p.drop(RECOVERY_DEADLINE_S)
         finally:
@@ -134,7 +136,7 @@ async def test_pipeline_tables_reach_the_analytics_views_and_deletes_follow(stac
     ids = [str(uuid.uuid4()) for _ in range(3)]
     written = datetime.now(timezone.utc) - timedelta(seconds=1)
     store = CassandraStore.connect(stack_config.cassandra)
-    pg = await asyncpg.connect(str(stack_config.postgres.dsn))
+    pg = await connect(str(stack_config.postgres.dsn))
     try:
         image_cols = ["producer", "sha256", "size", "content_type", "width", "height", "received_at", "status",
                       "duplicate_of", "duplicate_kind", "distance", "processed_at"]
@@ -167,11 +169,11 @@ async def test_pipeline_tables_reach_the_analytics_views_and_deletes_follow(stac
                             [window, producer]))
 
         # freshness: the newest change applied to images is at least as new as ours
-        fresh = {f.table: f for f in await table_freshness(pg)}
-        assert fresh["images"].newest_change_at is not None and fresh["images"].newest_change_at >= written
+        fresh = {r["table_name"]: r for r in await pg.fetch(freshness_sql().text)}
+        assert fresh["images"]["newest_change_at"] is not None and fresh["images"]["newest_change_at"] >= written
 
         # the analytics views expose them, for the analyst role too
-        analyst = await asyncpg.connect(str(stack_config.postgres.dsn).replace("imgstream@", "analyst@", 1))
+        analyst = await connect(str(stack_config.postgres.dsn).replace("imgstream@", "analyst@", 1))
         try:
             statuses = await analyst.fetch(
                 "SELECT image_id, status, duplicate_of FROM analytics.images WHERE producer = $1 ORDER BY received_at",
@@ -199,17 +201,17 @@ async def test_pipeline_tables_reach_the_analytics_views_and_deletes_follow(stac
             store.execute("DELETE FROM duplicates WHERE duplicate_of = ? AND image_id = ?", [ids[0], image_id])
         store.execute("DELETE FROM upload_stats WHERE window_start = ? AND producer = ? AND content_type = ?",
                       [window, producer, "image/png"])
-        end = time.monotonic() + CHANGE_DEADLINE_S
-        left = None
-        while time.monotonic() < end:
-            left = await pg.fetchrow(
+        left: list[dict[str, int]] = []
+
+        async def all_deleted() -> bool:
+            left[:] = [dict(await pg.fetchrow(
                 "SELECT (SELECT count(*) FROM images WHERE producer = $1) AS images, "
                 "(SELECT count(*) FROM duplicates WHERE producer = $1) AS duplicates, "
-                "(SELECT count(*) FROM upload_stats WHERE producer = $1) AS stats", producer)
-            if not any(left.values()):
-                break
-            await asyncio.sleep(0.5)
-        assert left is not None and not any(left.values()), dict(left or {})
+                "(SELECT count(*) FROM upload_stats WHERE producer = $1) AS stats", producer))]
+            return not any(left[0].values())
+
+        await until(all_deleted, lambda: f"the deletes replicated (rows left: {left})", timeout=CHANGE_DEADLINE_S,
+                    interval=0.5)
     finally:
         store.close()
         await pg.close()
@@ -226,16 +228,17 @@ async def test_postgres_down_for_a_while_then_the_sink_catches_up(probe, repo_ro
         # the changes reach Kafka but cannot be applied: the sink's committed offset stays behind.
         # The agent may still be catching up after the kill -9 tests before this one (a CI run
         # saw it over 2 min behind), so this waits as long as a recovery may take.
-        end = time.monotonic() + RECOVERY_DEADLINE_S
-        while await probe.sink_lag() == 0 and time.monotonic() < end:
-            await asyncio.sleep(0.5)
-        assert await probe.sink_lag() > 0, "the changes never reached the CDC topic"
+        async def lagging() -> bool:
+            return await probe.sink_lag() > 0
+
+        await until(lagging, "the changes reach the CDC topic (the sink cannot apply them)",
+                    timeout=RECOVERY_DEADLINE_S, interval=0.5)
     finally:
         up = await asyncio.to_thread(_stackctl, repo_root, "up")
     assert up.returncode == 0, up.stdout[-3000:]
     assert "started  postgres" in up.stdout
 
-    probe.pg = await asyncpg.connect(str(stack_config.postgres.dsn))  # the old connection died with the server
+    probe.pg = await connect(str(stack_config.postgres.dsn))  # the old connection died with the server
     diff = await probe.wait_equal(RECOVERY_DEADLINE_S)
     assert diff.source_rows == diff.replica_rows == written  # the sentinel was deleted by create()
     assert await probe.pg.fetchval(f"SELECT count(*) FROM {probe.table} WHERE label LIKE 'outage-%'") == written

@@ -17,9 +17,11 @@ import asyncpg
 import numpy as np
 from PIL import Image
 
-from api.stats import statsquery as sq
+from api.stats.ranges import ceil_to, floor_to
+from api.stats.times import format_time
 from imgstream.config import StackConfig
 from imgstream.domain.tokens import KeyRing, keys_file_from_env
+from imgstream.domain.windows import Interval
 
 #: Window (1 min) + the pipeline's event-time ticks + CDC delay, with room for a loaded 2-core box.
 DEADLINE_S = 240.0
@@ -95,8 +97,8 @@ async def test_uploads_show_up_in_the_stats_api(stack_env: dict[str, str], stack
         assert (near["status"], near["duplicate_kind"], near["duplicate_of"]) == ("duplicate", "near", ids[0])
         assert near["distance"] >= 0 and near["freshness"]["tables"]["images"]["newest_change_at"]
 
-        span = {"from": sq.format_time(sq.floor_to(_utc(started - 60), sq.Interval.MINUTE)),
-                "to": sq.format_time(sq.ceil_to(_utc(time.time() + 60), sq.Interval.MINUTE))}
+        span = {"from": format_time(floor_to(_utc(started - 60), Interval.MINUTE)),
+                "to": format_time(ceil_to(_utc(time.time() + 60), Interval.MINUTE))}
 
         async def summary() -> dict[str, Any] | None:
             async with session.get(f"{api}/v1/stats/summary", params=span, headers=mine) as response:

@@ -12,16 +12,17 @@ import json
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any
 
-import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from imgstream.adapters.cassandra import CassandraStore
-from imgstream.ops.cdc import DLQ_TOPIC, cdc_topic, ensure_topics
-from imgstream.ops.cdc_probe import CdcProbe, ProbeTimeout
-from imgstream.ops.cdc_probe import until as probe_until
+from imgstream.adapters.kafka import open_consumer, open_producer
+from imgstream.adapters.postgres import connect
+from imgstream.ops.cdc import DLQ_TOPIC, cdc_topic
+from imgstream.ops.cdc_probe import CdcProbe
+from imgstream.polling import until
 
 #: End-to-end delay budget of one change (the issue's aim is p99 < 15 s; a cold sink may also
 #: have to discover the new topic: metadata refresh 5 s).
@@ -30,13 +31,6 @@ BURST_DEADLINE_S = 180.0
 
 COLUMNS = {"id": "text", "k": "int", "n": "bigint", "label": "text", "at": "timestamp", "ratio": "double",
            "ok": "boolean", "ref": "uuid"}
-
-
-async def until(check: Callable[[], Awaitable[Any]], deadline_s: float, what: str) -> Any:
-    try:
-        return await probe_until(check, deadline_s, what)
-    except ProbeTimeout as exc:
-        pytest.fail(str(exc))
 
 
 class Probe(CdcProbe):
@@ -48,8 +42,8 @@ class Probe(CdcProbe):
 @pytest.fixture
 async def probe(stack_config):
     store = CassandraStore.connect(stack_config.cassandra)
-    pg = await asyncpg.connect(str(stack_config.postgres.dsn))
-    p = Probe(store, pg, stack_config.kafka.bootstrap_servers, f"cdc_probe_{uuid.uuid4().hex[:10]}",
+    pg = await connect(str(stack_config.postgres.dsn))
+    p = Probe(store, pg, stack_config.kafka, f"cdc_probe_{uuid.uuid4().hex[:10]}",
               COLUMNS, ["id", "k"])
     try:
         await p.create(sentinel=p.row(999_999, -1))
@@ -100,16 +94,11 @@ async def test_burst_of_thousands_reconciles(probe):
 
 
 async def test_poison_record_goes_to_dlq_and_the_sink_keeps_going(probe, stack_config):
-    bootstrap = stack_config.kafka.bootstrap_servers
     topic = cdc_topic(probe.table)
     probe.write([probe.row(1)])
     await probe.wait_equal()  # the sink consumes this topic
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
+    async with open_consumer(stack_config.kafka) as consumer, open_producer(stack_config.kafka) as producer:
         partitions = [TopicPartition(DLQ_TOPIC, 0)]  # the stack creates the DLQ with one partition
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
@@ -132,14 +121,11 @@ async def test_poison_record_goes_to_dlq_and_the_sink_keeps_going(probe, stack_c
             values = {r.value for r in found}
             return found if poison in values and not_a_row in values else []
 
-        records = await until(dead_letters, CHANGE_DEADLINE_S, "both bad records in the DLQ")
+        records = await until(dead_letters, "both bad records in the DLQ", timeout=CHANGE_DEADLINE_S)
         by_value = {r.value: dict(r.headers) for r in records}
         assert by_value[poison]["__connect.errors.stage"] == b"VALUE_CONVERTER"
         assert by_value[not_a_row]["__connect.errors.stage"] == b"TRANSFORMATION"
         assert b"not a change event" in by_value[not_a_row]["__connect.errors.exception.message"]
-    finally:
-        await producer.stop()
-        await consumer.stop()
 
     # the connector keeps going: later changes still arrive, and it still reports RUNNING
     probe.write([probe.row(i) for i in range(2, 12)])
@@ -160,9 +146,7 @@ async def test_partition_and_range_deletes_are_dead_letters_not_silent_misses(pr
     """The sink deletes by full key; a partition or range delete would delete nothing, silently."""
     probe.write([probe.row(i, k) for i in (1, 2) for k in range(4)])
     await probe.wait_equal()
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack_config.kafka.bootstrap_servers, group_id=None)
-    await consumer.start()
-    try:
+    async with open_consumer(stack_config.kafka) as consumer:
         dlq = TopicPartition(DLQ_TOPIC, 0)
         consumer.assign([dlq])
         await consumer.seek_to_end(dlq)
@@ -176,15 +160,13 @@ async def test_partition_and_range_deletes_are_dead_letters_not_silent_misses(pr
                          for r in recs if dict(r.headers).get("__connect.errors.topic") == cdc_topic(probe.table).encode())
             return found if len(found) >= 2 else []
 
-        messages = await until(reasons, CHANGE_DEADLINE_S, "partition and range deletes in the DLQ")
+        messages = await until(reasons, "partition and range deletes in the DLQ", timeout=CHANGE_DEADLINE_S)
         assert any(b"partition or range delete" in m for m in messages)
         assert any(b"range tombstone" in m for m in messages)
-    finally:
-        await consumer.stop()
     # the sink goes on with the next change
     probe.write([probe.row(9)])
 
     async def arrived() -> bool:
         return await probe.pg.fetchval(f"SELECT count(*) FROM {probe.table} WHERE id = 'id-000009'") == 1
 
-    await until(arrived, CHANGE_DEADLINE_S, "a later change")
+    await until(arrived, "a later change", timeout=CHANGE_DEADLINE_S)

@@ -24,19 +24,20 @@ from aiohttp.test_utils import TestClient, TestServer
 from api.stats.app import create_app, server_options
 from api.stats.config import StatsConfig
 from api.stats.pool import open_pool
-from api.stats import statsquery as sq
+from api.stats.sql import MEASURES, ROLLUP_VIEWS
+from api.stats.times import format_time, parse_time
 from imgstream.adapters.postgres import create_pool
 from imgstream.config import StackConfig
 from imgstream.domain.tokens import KeyRing
+from imgstream.domain.windows import Interval
 
-MEASURES = sq.MEASURES
 STAT_COLUMNS = ("window_start", "window_end", "producer", "content_type", "uploads", "bytes", "accepted",
                 "duplicates_exact", "duplicates_near", "duplicates", "rejected", "revision", "late_events", "final",
                 "updated_at")
 
 
 def iso(ts: datetime) -> str:
-    return sq.format_time(ts)
+    return format_time(ts)
 
 
 # --- the known data set ------------------------------------------------------------------------
@@ -281,7 +282,7 @@ async def test_uploads_series_equals_truth_and_views(stats: Stats, interval: str
         params["group_by"] = ",".join(group_by)
     body = await stats.ok("/v1/stats/uploads", **params)
     truth = ds.series(interval, start, end, group_by)
-    view = sq.ROLLUP_VIEWS[sq.Interval(interval)]
+    view = ROLLUP_VIEWS[Interval(interval)]
     rows = await stats.sql(f"SELECT window_start, window_end, producer, content_type, "
                            f"{', '.join(MEASURES)}, is_final FROM {view} "
                            f"WHERE window_start >= $1 AND window_start < $2 ORDER BY 1", start, end)
@@ -462,7 +463,7 @@ async def test_every_answer_carries_freshness(stats: Stats) -> None:
         shown = whole["tables"][table]["newest_change_at"]
         if shown is not None:
             assert row["newest_change_at"] is not None
-            assert sq.parse_time("t", shown) <= row["newest_change_at"] + timedelta(milliseconds=1)
+            assert parse_time("t", shown) <= row["newest_change_at"] + timedelta(milliseconds=1)
     assert whole["tables"]["upload_stats"]["final_until"] == iso(
         (await stats.sql("SELECT max(window_end) AS m FROM analytics.upload_stats WHERE is_final"))[0]["m"])
 

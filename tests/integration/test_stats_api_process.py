@@ -16,7 +16,7 @@ from typing import AsyncIterator
 import aiohttp
 import pytest_asyncio
 
-from api.common.service import free_port
+from api.common.process import free_port
 from imgstream.domain.tokens import KeyRing
 from tests.fixtures.services import REPO, RunningService, running_service
 

@@ -111,3 +111,22 @@ def test_console_process_prints_token_last(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "imgstream.cli", "token", "create", "--producer", "cam"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=True)
     assert KeyRing.load(keys).verify(done.stdout.strip().splitlines()[-1]).name == "cam"
+
+
+def test_revoke_refuses_one_token_and_keeps_the_others(tmp_path: Path, capsys) -> None:
+    import json
+
+    keys = str(tmp_path / "keys.json")
+    _, out, _ = run(capsys, "token", "create", "--producer", "cam", "--keys-file", keys)
+    gone = out.splitlines()[-1]
+    _, out, _ = run(capsys, "token", "create", "--producer", "cam", "--keys-file", keys)
+    kept = out.splitlines()[-1]
+    status, out, _ = run(capsys, "token", "verify", gone, "--keys-file", keys)
+    token_id = json.loads(out)["token_id"]
+    assert status == 0 and len(token_id) == 16
+    assert run(capsys, "token", "revoke", token_id, "--keys-file", keys)[0] == 0
+    status, _, err = run(capsys, "token", "verify", gone, "--keys-file", keys)
+    assert status == 1 and "revoked" in err
+    assert run(capsys, "token", "verify", kept, "--keys-file", keys)[0] == 0
+    status, _, err = run(capsys, "token", "revoke", "'; DROP", "--keys-file", keys)
+    assert status == 2 and "not a token id" in err

@@ -97,11 +97,12 @@ def test_postgres_tables_exist_for_every_replicated_table_with_its_cassandra_col
 
 def test_agent_component_is_declared_with_real_health_and_dependencies():
     sys.path.insert(0, str(REPO / "local-stack"))
-    import components  # noqa: E402  (imports cdc.py as an extension)
+    import component  # noqa: E402
+    import stack  # noqa: E402
+    from components import connect  # noqa: E402
 
-    agent = components.BY_NAME["cassandra-cdc"]
+    agent = stack.BY_NAME["cassandra-cdc"]
     assert set(agent.depends) == {"cassandra", "kafka"}
-    assert not set(agent.ports) & set(components.PORTS.values())
+    assert not set(agent.ports) & set(component.PORTS.values())
     assert agent.heap == "512m"
-    hooks = {h.__name__ for h in components.BOOTSTRAP_HOOKS.get("connect", [])}
-    assert "_connect_bootstrap" in hooks
+    assert stack.BY_NAME["connect"].bootstrap is connect.bootstrap  # registers the connectors once healthy

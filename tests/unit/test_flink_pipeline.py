@@ -40,9 +40,8 @@ def _run_pipeline(planned, **overrides):
 
     from flink_jobs.config import PipelineConfig
     from flink_jobs.pipeline import build, environment
-    from flink_jobs.rows import RAW_FIELDS
     from imgstream.domain.cleaning import heartbeat_value
-    from imgstream.domain.windows import from_millis
+    from imgstream.domain.timefmt import from_millis
 
     class FromField(TimestampAssigner):
         def extract_timestamp(self, value, record_timestamp):
@@ -53,7 +52,7 @@ def _run_pipeline(planned, **overrides):
     # collected streams are unioned (a test-only topology; each stream alone runs chained).
     env, t_env = environment(config, jars=[], extra={"python.operator-chaining.enabled": "false"})
     raw_type = Types.ROW_NAMED(
-        [*RAW_FIELDS, "ts"],
+        ["value", "topic", "partition", "offset", "ts"],
         [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG(), Types.LONG()],
     )
     rows, last = [], 0

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from imgstream.domain import imaging
+from imgstream.domain import imaging, phash
 from imgstream.domain.errors import BadRequest, CorruptImage, ImageTooLarge, ImgstreamError, PayloadTooLarge, UnsupportedMediaType
 from tests.fixtures import images as fx
 
@@ -218,19 +218,19 @@ def test_configure_pillow_sets_the_process_guard() -> None:
 
 def test_phash_ignores_bytes_that_are_not_pixels() -> None:
     base = fx.real("rocket.jpg")
-    assert imaging.phash(base) == imaging.phash(fx.unique_jpeg("one")) == imaging.phash(fx.unique_jpeg("two"))
+    assert phash.phash(base) == phash.phash(fx.unique_jpeg("one")) == phash.phash(fx.unique_jpeg("two"))
 
 
 def test_phash_survives_recompression_and_resizing() -> None:
     with Image.open(io.BytesIO(fx.real("astronaut.png"))) as image:
         original = image.convert("RGB")
-    reference = imaging.phash(png_of(original))
-    assert hamming(reference, imaging.phash(jpeg_of(original, quality=40))) <= 4
-    assert hamming(reference, imaging.phash(png_of(original.resize((256, 256))))) <= 4
+    reference = phash.phash(png_of(original))
+    assert hamming(reference, phash.phash(jpeg_of(original, quality=40))) <= 4
+    assert hamming(reference, phash.phash(png_of(original.resize((256, 256))))) <= 4
 
 
 def test_phash_tells_different_photos_apart() -> None:
-    hashes = [imaging.phash(fx.real(n)) for n in ("rocket.jpg", "astronaut.png", "camera.png", "coffee.png")]
+    hashes = [phash.phash(fx.real(n)) for n in ("rocket.jpg", "astronaut.png", "camera.png", "coffee.png")]
     for i, a in enumerate(hashes):
         for b in hashes[i + 1 :]:
             assert hamming(a, b) > 16
@@ -242,9 +242,9 @@ def test_jpeg_draft_decode_matches_full_decode() -> None:
     data = jpeg_of(big, quality=90)
     with Image.open(io.BytesIO(data)) as full:
         full.load()  # decoded at full scale, draft never applied
-        full_hash = imaging.phash_image(full)
+        full_hash = phash.phash_image(full)
     with Image.open(io.BytesIO(data)) as drafted:
-        draft_hash = imaging.phash_image(drafted)
+        draft_hash = phash.phash_image(drafted)
         assert drafted.size[0] < 3000  # the decoder really did scale down
     assert hamming(full_hash, draft_hash) <= 4
 
@@ -257,9 +257,9 @@ def test_phash_applies_exif_orientation() -> None:
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     tagged = jpeg_of(stored, quality=95, exif=exif.tobytes())
     untagged = jpeg_of(stored, quality=95)
-    reference = imaging.phash(jpeg_of(upright, quality=95))
-    assert hamming(reference, imaging.phash(tagged)) <= 4
-    assert hamming(reference, imaging.phash(untagged)) > 16
+    reference = phash.phash(jpeg_of(upright, quality=95))
+    assert hamming(reference, phash.phash(tagged)) <= 4
+    assert hamming(reference, phash.phash(untagged)) > 16
 
 
 def test_phash_of_16_bit_image_is_not_degenerate() -> None:
@@ -267,4 +267,40 @@ def test_phash_of_16_bit_image_is_not_degenerate() -> None:
         gray = image.convert("L")
     wide = Image.frombytes("I;16", gray.size, bytes(b for v in gray.tobytes() for b in (0, v)))
     data = png_of(wide)
-    assert hamming(imaging.phash(data), imaging.phash(png_of(gray))) <= 4
+    assert hamming(phash.phash(data), phash.phash(png_of(gray))) <= 4
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_high_bit_depth_scaling_equals_the_float_formula(mode: str) -> None:
+    """The in-Pillow scaling gives the very 8-bit image the float64 formula gave (hashes of
+    stored 16-bit uploads stay comparable), without the full-size float copies."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    values = rng.integers(0, 4000, size=(97, 131)).astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode])
+    image = Image.fromarray(values, mode if mode != "I;16" else None)
+    assert image.mode == mode
+    expected = (values.astype(np.float64) * (255.0 / float(values.max()))).astype(np.uint8)
+    got = np.asarray(phash._to_8_bits(image))
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= (0 if mode != "F" else 1)
+
+
+def test_hashing_a_50_megapixel_16_bit_png_stays_within_the_memory_budget(tmp_path) -> None:
+    """A ~100 KB PNG that decodes to 50 MP of 16-bit samples: the hash must not need the
+    ~1 GB that float64 copies took (the gateway pod has 1 GiB). Measured in a fresh process."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "wide.png"
+    make = ("import numpy as np; from PIL import Image; "
+            "a = (np.arange(10000, dtype=np.uint16)[None, :] * 6).repeat(5000, axis=0); "
+            f"Image.fromarray(a).save({str(path)!r})")
+    subprocess.run([sys.executable, "-c", make], check=True)
+    measure = ("import resource; from PIL import Image; Image.MAX_IMAGE_PIXELS = None; "
+               "from imgstream.domain.phash import phash; "
+               f"h = phash(open({str(path)!r}, 'rb').read()); "
+               "print(h, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    out = subprocess.run([sys.executable, "-c", measure], check=True, capture_output=True, text=True).stdout.split()
+    digest, peak_mb = out[0], int(out[1])
+    assert len(digest) == 16 and digest != "0" * 16
+    assert peak_mb < 450, f"hashing took {peak_mb} MB of RSS"

@@ -15,32 +15,33 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "local-stack"))
 
-import components  # noqa: E402
+import component  # noqa: E402
 import procs  # noqa: E402
 import stackctl  # noqa: E402
+from components import cassandra, connect, kafka, s3proxy  # noqa: E402
 
 
 def test_render_fills_placeholders_and_refuses_unknown(tmp_path, monkeypatch):
-    monkeypatch.setattr(components, "TEMPLATES", tmp_path)
+    monkeypatch.setattr(component, "TEMPLATES", tmp_path)
     (tmp_path / "t.conf").write_text("port=${port}\nkeep=${file:/x:y}\n")
-    out = components.render("t.conf", tmp_path / "out" / "t.conf", {"port": 9092})
+    out = component.render("t.conf", tmp_path / "out" / "t.conf", {"port": 9092})
     assert out.read_text() == "port=9092\nkeep=${file:/x:y}\n"  # config-provider syntax untouched
     (tmp_path / "bad.conf").write_text("a=${missing}\n")
     with pytest.raises(KeyError, match="missing"):
-        components.render("bad.conf", tmp_path / "bad.out", {})
+        component.render("bad.conf", tmp_path / "bad.out", {})
 
 
 def test_cql_statements_split_and_skip_comments():
     text = "-- a comment\nCREATE TABLE a (x int PRIMARY KEY);\n// another\nCREATE TABLE b (\n  y int PRIMARY KEY\n);\n"
-    assert components.cql_statements(text) == ["CREATE TABLE a (x int PRIMARY KEY)", "CREATE TABLE b (\n  y int PRIMARY KEY\n)"]
+    assert cassandra.cql_statements(text) == ["CREATE TABLE a (x int PRIMARY KEY)", "CREATE TABLE b (\n  y int PRIMARY KEY\n)"]
 
 
 def test_every_template_renders_with_the_values_the_stack_passes(tmp_path):
-    ctx = components.Context(paths=components.Paths.for_repo(tmp_path), s3_secret="s", java="/bin/true")
+    ctx = component.Context(paths=component.Paths.for_repo(tmp_path), s3_secret="s", java="/bin/true")
     (tmp_path / ".stack" / "lib" / "kafka").mkdir(parents=True)
-    components._connect_prepare(ctx)
-    components._cassandra_prepare(ctx)
-    components._s3_prepare(ctx)
+    connect.prepare(ctx)
+    cassandra.prepare(ctx)
+    s3proxy.prepare(ctx)
     worker = (tmp_path / ".stack" / "conf" / "connect" / "worker.properties").read_text()
     assert "listeners=http://127.0.0.1:8083" in worker
     yaml_text = (tmp_path / ".stack" / "conf" / "cassandra" / "cassandra.yaml").read_text()
@@ -49,16 +50,16 @@ def test_every_template_renders_with_the_values_the_stack_passes(tmp_path):
 
 
 def test_kafka_cluster_id_has_kafka_uuid_shape():
-    cid = components._kafka_uuid()
+    cid = kafka.kafka_uuid()
     assert len(cid) == 22 and "=" not in cid
 
 
 def test_kafka_cluster_id_never_starts_with_a_dash():
     # 0xf8 encodes to "-" first: the storage tool would read "-t -..." as an option (a CI run did)
     draws = iter([b"\xf8" + bytes(15), bytes(16)])
-    cid = components._kafka_uuid(lambda: next(draws))
+    cid = kafka.kafka_uuid(lambda: next(draws))
     assert cid == "AAAAAAAAAAAAAAAAAAAAAA"
-    assert not any(components._kafka_uuid().startswith("-") for _ in range(500))
+    assert not any(kafka.kafka_uuid().startswith("-") for _ in range(500))
 
 
 def test_pid_file_tracks_a_live_process_and_forgets_a_dead_one(tmp_path):
@@ -138,7 +139,7 @@ def test_up_refuses_to_start_when_a_port_is_taken(tmp_path, monkeypatch, capsys)
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        fake = components.Component("fake", (port,), "x", "0", argv=lambda ctx: ["true"], health=None)  # type: ignore[arg-type]
+        fake = component.Component("fake", (port,), "x", "0", argv=lambda ctx: ["true"], health=None)  # type: ignore[arg-type]
         monkeypatch.setattr(stackctl, "COMPONENTS", (fake,))
         stack = stackctl.Stack(root=tmp_path)
         assert stack.up() == 2
@@ -156,7 +157,7 @@ def test_components_do_not_inherit_jvm_overrides_or_a_pyflink_loopback_address(t
     monkeypatch.setenv("PYTHON_LOOPBACK_SERVER_ADDRESS", "localhost:1")  # left by an in-process mini-cluster
     monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Xmx1m")
     monkeypatch.setenv("IMGSTREAM_TEST_KEEP", "1")
-    ctx = components.Context(paths=components.Paths.for_repo(tmp_path), s3_secret="s", java="/bin/true")
+    ctx = component.Context(paths=component.Paths.for_repo(tmp_path), s3_secret="s", java="/bin/true")
     env = ctx.base_env()
     assert "PYTHON_LOOPBACK_SERVER_ADDRESS" not in env and "JAVA_TOOL_OPTIONS" not in env
     assert env["IMGSTREAM_TEST_KEEP"] == "1"

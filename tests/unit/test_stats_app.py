@@ -20,7 +20,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api.stats.app import ROUTES, STATS, create_app, etag_matches, server_options, weak_etag
 from api.stats.config import StatsConfig, with_session_settings
-from api.stats import statsquery as sq
+from api.stats.queries.duplicates import DuplicatesQuery
+from api.stats.queries.image import ImageQuery
+from api.stats.queries.summary import SummaryQuery
+from api.stats.queries.top import TopQuery
+from api.stats.queries.uploads import UploadsQuery
+from api.stats.queries.usage import UsageQuery
+from api.stats.sql import MEASURES
 from api.common.httpkit import JsonFormatter
 from imgstream.domain.tokens import KeyRing
 
@@ -33,7 +39,7 @@ def utc(*args: int) -> datetime:
 
 
 def stats_row(start: datetime, final: bool = True, **values: Any) -> dict[str, Any]:
-    return {"window_start": start, **{m: 0 for m in sq.MEASURES}, "final": final, **values}
+    return {"window_start": start, **{m: 0 for m in MEASURES}, "final": final, **values}
 
 
 @dataclass
@@ -78,7 +84,7 @@ class FakePool:
                 return answer(args)
         # Like PostgreSQL: an aggregate without GROUP BY always returns one row.
         if "GROUP BY" not in query and "AS producers" in query:
-            return [{**{m: 0 for m in sq.MEASURES}, "final": True, "producers": 0}]
+            return [{**{m: 0 for m in MEASURES}, "final": True, "producers": 0}]
         if "count(*) AS total" in query:
             return [{"total": 0, "exact": 0, "near": 0}]
         if "min(received_at)" in query:
@@ -172,7 +178,7 @@ async def test_producer_queries_always_carry_the_producer(api: Api) -> None:
 
 
 async def test_image_of_another_producer_is_403_own_is_200(api: Api) -> None:
-    row = {c: None for c in sq.ImageQuery.COLUMNS} | {"image_id": IMAGE_ID, "producer": "bob", "status": "accepted",
+    row = {c: None for c in ImageQuery.COLUMNS} | {"image_id": IMAGE_ID, "producer": "bob", "status": "accepted",
                                                       "received_at": utc(2026, 11, 26, 11)}
     api.pool.on("FROM analytics.images", [row])
     status, body, _ = await api.get(f"/v1/images/{IMAGE_ID}", api.auth("alice"))
@@ -251,7 +257,7 @@ async def test_uploads_answer_with_freshness_and_paging(api: Api) -> None:
     assert status == 200
     assert [w["uploads"] for w in body["windows"]] == [0, 1, 2, 3]
     assert body["windows"][0] == {"window_start": "2026-11-26T00:00:00Z", "window_end": "2026-11-26T01:00:00Z",
-                                  "producer": "p", **{m: 0 for m in sq.MEASURES}, "final": True}
+                                  "producer": "p", **{m: 0 for m in MEASURES}, "final": True}
     assert body["freshness"]["tables"]["upload_stats"]["lag_seconds"] == 3.0
     assert body["freshness"]["tables"]["upload_stats"]["final_until"] == "2026-11-26T11:55:00Z"
     assert set(body["freshness"]["tables"]) == {"upload_stats"}
@@ -278,7 +284,7 @@ async def test_closed_windows_are_cacheable_open_ones_are_not(api: Api) -> None:
 
 async def test_if_none_match_gives_304_until_the_data_changes(api: Api) -> None:
     params = {"from": "2026-11-26T10:00:00Z", "to": "2026-11-26T11:00:00Z"}
-    api.pool.on("FROM analytics.upload_stats", [{**{m: 1 for m in sq.MEASURES}, "final": True, "producers": 1}])
+    api.pool.on("FROM analytics.upload_stats", [{**{m: 1 for m in MEASURES}, "final": True, "producers": 1}])
     status, body, headers = await api.get("/v1/stats/summary", api.analyst(), **params)
     etag = headers["ETag"]
     assert status == 200 and body["uploads"] == 1
@@ -287,26 +293,26 @@ async def test_if_none_match_gives_304_until_the_data_changes(api: Api) -> None:
     strong = etag.removeprefix("W/")
     status, _, _ = await api.get("/v1/stats/summary", {**api.analyst(), "If-None-Match": f'"x", {strong}'}, **params)
     assert status == 304
-    api.pool.on("FROM analytics.upload_stats", [{**{m: 2 for m in sq.MEASURES}, "final": True, "producers": 1}])
+    api.pool.on("FROM analytics.upload_stats", [{**{m: 2 for m in MEASURES}, "final": True, "producers": 1}])
     status, body, headers = await api.get("/v1/stats/summary", {**api.analyst(), "If-None-Match": etag}, **params)
     assert status == 200 and body["uploads"] == 2 and headers["ETag"] != etag
 
 
 def test_etag_helpers() -> None:
-    tag = weak_etag({"a": 1})
-    assert tag == weak_etag({"a": 1}) != weak_etag({"a": 2})
+    tag = weak_etag(b'{"a":1}')
+    assert tag == weak_etag(b'{"a":1}') != weak_etag(b'{"a":2}')
     assert etag_matches(tag, tag) and etag_matches(tag.removeprefix("W/"), tag) and etag_matches("*", tag)
     assert not etag_matches(None, tag) and not etag_matches('"other"', tag)
 
 
 async def test_summary_top_usage_duplicates_freshness(api: Api) -> None:
-    api.pool.on("GROUP BY producer", [{"producer": "b", **{m: 9 for m in sq.MEASURES}, "final": True,
+    api.pool.on("GROUP BY producer", [{"producer": "b", **{m: 9 for m in MEASURES}, "final": True,
                                        "producers": 1},
-                                      {"producer": "a", **{m: 4 for m in sq.MEASURES}, "final": True,
+                                      {"producer": "a", **{m: 4 for m in MEASURES}, "final": True,
                                        "producers": 1}])
     status, body, _ = await api.get("/v1/stats/top", api.analyst(), by="bytes")
     assert status == 200 and [(t["rank"], t["producer"], t["bytes"]) for t in body["top"]] == [(1, "b", 9), (2, "a", 4)]
-    api.pool.on("GROUP BY content_type", [{"content_type": "image/png", **{m: 2 for m in sq.MEASURES},
+    api.pool.on("GROUP BY content_type", [{"content_type": "image/png", **{m: 2 for m in MEASURES},
                                            "final": True, "producers": 1}])
     api.pool.on("min(received_at)", [{"first_upload_at": utc(2026, 11, 20), "last_upload_at": utc(2026, 11, 25)}])
     status, body, _ = await api.get("/v1/usage/alice", api.auth("alice"))
@@ -444,10 +450,10 @@ async def test_openapi_matches_the_routes(api: Api) -> None:
         declared = {p["name"] for p in item["get"].get("parameters", []) if p["in"] == "path"}
         assert names == declared, path
     # query parameters documented == the parser's closed sets
-    accepted = {"/v1/stats/uploads": sq.UploadsQuery.PARAMS, "/v1/stats/summary": sq.SummaryQuery.PARAMS,
-                "/v1/stats/top": sq.TopQuery.PARAMS, "/v1/duplicates": sq.DuplicatesQuery.PARAMS,
-                "/v1/usage/{producer}": sq.UsageQuery.PARAMS, "/v1/freshness": frozenset(),
-                "/v1/images/{image_id}": sq.ImageQuery.PARAMS}
+    accepted = {"/v1/stats/uploads": UploadsQuery.PARAMS, "/v1/stats/summary": SummaryQuery.PARAMS,
+                "/v1/stats/top": TopQuery.PARAMS, "/v1/duplicates": DuplicatesQuery.PARAMS,
+                "/v1/usage/{producer}": UsageQuery.PARAMS, "/v1/freshness": frozenset(),
+                "/v1/images/{image_id}": ImageQuery.PARAMS}
     for path, params in accepted.items():
         declared = {p["name"] for p in doc["paths"][path]["get"].get("parameters", []) if p["in"] == "query"}
         assert declared == params, path

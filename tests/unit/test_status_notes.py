@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "local-stack"))
 
-import components  # noqa: E402
+import component  # noqa: E402
 import status_notes  # noqa: E402
 
 
@@ -23,7 +23,7 @@ def test_status_lines_count_each_dead_letter_topic_and_flag_a_non_empty_one(tmp_
     import imgstream.adapters.kafka as kafka
 
     monkeypatch.setattr(kafka, "retained_records", retained)
-    ctx = components.Context(paths=components.Paths.for_repo(tmp_path), s3_secret="s", java="/bin/true")
+    ctx = component.Context(paths=component.Paths.for_repo(tmp_path), s3_secret="s", java="/bin/true")
     lines = status_notes.lines(ctx)
     (cdc,) = [line for line in lines if "cdc.dlq" in line]
     (pipeline,) = [line for line in lines if "images.dlq" in line]

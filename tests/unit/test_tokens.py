@@ -191,3 +191,48 @@ def test_parse_ttl_refuses_nonsense(text: str) -> None:
 def test_keys_file_from_env() -> None:
     assert keys_file_from_env({"IMGSTREAM_TOKEN_KEYS_FILE": "/x/k.json"}) == Path("/x/k.json")
     assert keys_file_from_env({}) == Path(".stack/secrets/token-keys.json")
+
+
+@pytest.mark.parametrize("suffix", ["!!!!", "=", "==", " ", "\n", "A", "$", "+/"])
+def test_only_the_exact_base64url_text_verifies(suffix: str) -> None:
+    """Python's base64 decoder skips characters outside the alphabet and ignores extra bits;
+    a token is accepted only in the one spelling it was issued in."""
+    ring = KeyRing.generate(NOW)
+    token = ring.issue("cam", "producer", now=NOW)
+    assert ring.verify(token, now=NOW).name == "cam"
+    with pytest.raises(Unauthorized):
+        ring.verify(token + suffix, now=NOW)
+
+
+def test_a_signature_with_non_zero_padding_bits_is_refused() -> None:
+    ring = KeyRing.generate(NOW)
+    token = ring.issue("cam", "producer", now=NOW)
+    head, signature = token.rsplit(".", 1)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # a 32-byte HMAC is 43 characters: the last one carries 4 data bits and 2 unused ones
+    last = alphabet.index(signature[-1])
+    twin = signature[:-1] + alphabet[last | 1]
+    assert twin != signature and base64.urlsafe_b64decode(twin + "=") == base64.urlsafe_b64decode(signature + "=")
+    with pytest.raises(Unauthorized):
+        ring.verify(f"{head}.{twin}", now=NOW)
+
+
+def test_one_token_can_be_revoked_by_id_and_the_revocation_survives_the_key_file(tmp_path: Path) -> None:
+    ring = KeyRing.generate(NOW)
+    kept, gone = ring.issue("cam", "producer", now=NOW), ring.issue("cam", "producer", now=NOW)
+    gone_id = ring.verify(gone, now=NOW).token_id
+    path = tmp_path / "keys.json"
+    ring.with_revoked(gone_id, now=NOW).rotated(NOW).save(path)
+    loaded = KeyRing.load(path)
+    assert loaded.revoked_ids == [gone_id]
+    assert loaded.verify(kept, now=NOW + 1).name == "cam"
+    with pytest.raises(Unauthorized, match="revoked"):
+        loaded.verify(gone, now=NOW + 1)
+
+
+def test_revocations_are_forgotten_once_no_token_could_still_be_alive() -> None:
+    ring = KeyRing.generate(NOW).with_revoked("00112233aabbccdd", now=NOW)
+    later = NOW + MAX_TTL.total_seconds() + 1
+    assert ring.with_revoked("ffeeddccbbaa9988", now=later).revoked_ids == ["ffeeddccbbaa9988"]
+    with pytest.raises(ValueError):
+        ring.with_revoked("not-an-id", now=NOW)
