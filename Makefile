@@ -10,7 +10,7 @@ STACKCTL    := $(PY) local-stack/stackctl.py
 JVM_POMS    := $(wildcard local-stack/jvm/pom.xml local-stack/jvm/*/pom.xml)
 PYTEST_ARGS ?=
 
-.PHONY: up down status logs test unit clean deps venv jars bench flink-savepoint flink-redeploy flink-status help
+.PHONY: up down status logs test unit clean deps venv jars bench flink-savepoint flink-redeploy flink-status flink-reset chaos help
 
 help:
 	@echo "make up      install what is missing, start the whole local stack, run a small demo ingest"
@@ -21,6 +21,8 @@ help:
 	@echo "make clean   stop and wipe the state folder ($(STATE)/data, logs)"
 	@echo "make bench   run the benchmarks in bench/"
 	@echo "make flink-savepoint | flink-redeploy | flink-status   operate the pipeline job"
+	@echo "make flink-reset   start the pipeline with EMPTY state, rebuilt from Kafka (after a refused resume)"
+	@echo "make chaos   the crash matrix: SIGKILL each component mid-stream, check the numbers (long)"
 
 ## --- set-up -----------------------------------------------------------------------------------
 
@@ -90,6 +92,15 @@ flink-redeploy: venv
 
 flink-status: venv
 	@$(PY) -m flink_jobs.submit status
+
+# The pipeline's state (dedup index, open windows) is thrown away: only when `make up` refused to
+# resume it and the operator decides so. Prints a loud warning; refuses while the job runs.
+flink-reset: venv
+	@$(PY) -m flink_jobs.submit reset
+
+# Kills components of the RUNNING stack one after another (it brings each back): not for a shared stack.
+chaos: deps
+	@$(STACKCTL) with-stack -- $(PY) -m pytest -ra --timeout=3600 tests/e2e/test_crash_matrix.py $(PYTEST_ARGS)
 
 bench: deps
 	@$(STACKCTL) with-stack -- bash -c 'for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done'
