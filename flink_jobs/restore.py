@@ -152,13 +152,19 @@ class StackState:
         return self.run / SAVEPOINT_NOTE
 
 
-def latest_restore_point(state: StackState, name: str, extra: Sequence[Path] = ()) -> RestorePoint | None:
-    """The newest completed checkpoint or savepoint of the jobs named ``name`` (since the last
-    reset), or of ``extra`` (e.g. the savepoint ``make down`` noted), ``None`` when there is none."""
+def restore_points(state: StackState, name: str, extra: Sequence[Path] = ()) -> list[RestorePoint]:
+    """The completed checkpoints and savepoints of the jobs named ``name`` (since the last
+    reset) and ``extra`` (e.g. the savepoint ``make down`` noted), newest first."""
     job_ids = state.registry.job_ids(name)
     candidates = checkpoints_of(state.checkpoints, job_ids) + savepoints_of(state.savepoints, job_ids)
     candidates += [p for p in (completed(path, "savepoint") for path in extra) if p is not None]
-    return max(candidates, default=None)
+    return sorted(set(candidates), reverse=True)
+
+
+def latest_restore_point(state: StackState, name: str, extra: Sequence[Path] = ()) -> RestorePoint | None:
+    """The newest of :func:`restore_points`, ``None`` when there is none."""
+    points = restore_points(state, name, extra)
+    return points[0] if points else None
 
 
 def noted_savepoint(state: StackState) -> Path | None:

@@ -59,6 +59,12 @@ LIVE_STATES = ("RUNNING", "CREATED", "RESTARTING", "INITIALIZING", "RECONCILING"
 #: How long a resumed job may take to leave INITIALIZING (its state is mapped then: an
 #: incompatible checkpoint fails it there).
 RESUME_CHECK_S = 120
+#: Restore points tried, newest first, before refusing: a JobManager killed while writing a
+#: checkpoint's metadata may leave the newest one unreadable; the one before it still holds
+#: the whole state (a few seconds older, replayed from Kafka).
+RESUME_ATTEMPTS = 3
+#: Flink's words for state that does not map onto the program (every older point fails alike).
+INCOMPATIBLE = "Cannot map"
 #: What an operator runs to start the pipeline with empty state, named in every refusal.
 RESET_COMMAND = "make flink-reset"
 
@@ -203,8 +209,8 @@ def up(args: Sequence[str], env: Mapping[str, str]) -> str:
             print(f"{name} already running as {existing}")
             return existing
         noted = restore.noted_savepoint(state)
-        point = restore.latest_restore_point(state, name, [noted] if noted else [])
-        if point is None:
+        points = restore.restore_points(state, name, [noted] if noted else [])
+        if not points:
             known = state.registry.job_ids(name)
             if known or noted:
                 raise Refused(
@@ -214,20 +220,34 @@ def up(args: Sequence[str], env: Mapping[str, str]) -> str:
                     f"`{RESET_COMMAND}` to start it EMPTY, rebuilt from the upload topic."
                 )
             return run("pipeline", args, env)
-        print(f"resuming {name} from {point}", flush=True)
-        try:
-            job_id = run("pipeline", args, env, savepoint=str(point.path))
-            wait_initialised(job_id, env)
-        except (SystemExit, RuntimeError) as exc:
-            raise Refused(
-                f"REFUSED: {name} could not resume from {point}: {exc}\n"
-                f"It was NOT started with empty state. Fix the cause (a state-incompatible change needs "
-                f"its operator uids kept), resume another point (python -m flink_jobs.submit resume PATH), "
-                f"or run `{RESET_COMMAND}` to start it EMPTY, rebuilt from the upload topic."
-            ) from None
-        if noted is not None:
-            state.note.unlink(missing_ok=True)  # consumed (newer checkpoints supersede it)
-        return job_id
+        failures = []
+        for point in points[:RESUME_ATTEMPTS]:
+            print(f"resuming {name} from {point}", flush=True)
+            try:
+                job_id = run("pipeline", args, env, savepoint=str(point.path))
+                wait_initialised(job_id, env)
+            except (SystemExit, RuntimeError) as exc:
+                failures.append(f"{point}: {str(exc).strip()[-1500:]}")
+                if INCOMPATIBLE in str(exc):
+                    break  # the program changed: an older point of the same program fails alike
+                _cancel_quietly(name, env)
+                continue
+            if noted is not None:
+                state.note.unlink(missing_ok=True)  # consumed (newer checkpoints supersede it)
+            return job_id
+        raise Refused(
+            f"REFUSED: {name} could not resume:\n  " + "\n  ".join(failures) + "\n"
+            f"It was NOT started with empty state. Fix the cause (a state-incompatible change must keep its "
+            f"operator uids and state), resume another point (python -m flink_jobs.submit resume PATH), "
+            f"or run `{RESET_COMMAND}` to start it EMPTY, rebuilt from the upload topic."
+        )
+
+
+def _cancel_quietly(name: str, env: Mapping[str, str]) -> None:
+    """Cancel a job of ``name`` left by a failed resume attempt (before trying an older point)."""
+    job_id = running_jobs(env).get(name)
+    if job_id:
+        cancel(job_id, env)
 
 
 def down(env: Mapping[str, str]) -> str | None:

@@ -109,6 +109,22 @@ def test_a_failed_resume_is_refused_not_replaced_by_an_empty_job(state, cluster)
     assert cluster.submitted == []  # no fresh, empty job
 
 
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before(state, cluster, monkeypatch):
+    state.registry.record(JOB_A, NAME)
+    older = _point(state.checkpoints / JOB_A / "chk-7", 1_000)
+    newest = _point(state.checkpoints / JOB_A / "chk-8", 2_000)
+    flink_run = submit._flink_run
+
+    def truncated_newest(job, name, args, env, savepoint):
+        if savepoint == str(newest):
+            raise SystemExit("java.io.EOFException while reading the checkpoint metadata")
+        return flink_run(job, name, args, env, savepoint)
+
+    monkeypatch.setattr(submit, "_flink_run", truncated_newest)
+    submit.up([], cluster.env)
+    assert [s for _, s, _ in cluster.submitted] == [str(older)]
+
+
 def test_the_first_start_is_fresh_and_a_reset_starts_empty_from_the_earliest_offset(state, cluster, capsys):
     submit.up([], cluster.env)
     assert cluster.submitted == [(NAME, None, [])]
