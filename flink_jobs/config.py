@@ -119,6 +119,9 @@ class PipelineConfig:
     decide_slot_group: str = "decide"
     #: Stop at the offsets current at start (benchmarks, batch re-runs); ``--bounded=1`` or ``true``.
     bounded: bool = False
+    #: Events already in the topic at start may have rows from an earlier job although this one
+    #: starts empty (``make flink-reset``): check and clean them like a restore's replay.
+    recheck_written: bool = False
     #: Extra jars (``file://`` URLs); the Kafka connector is found by :func:`connector_jars`.
     jars: tuple[str, ...] = ()
 

@@ -154,6 +154,10 @@ PRUNE_EVERY_MS = 3600 * 1000
 PRUNE_SLACK_MS = 24 * 3600 * 1000
 
 
+#: Verdict flag: the event may have been written before this attempt (see Decide.replay_horizon).
+RECHECK = "recheck"
+
+
 def _pending_key(image: dict[str, Any]) -> str:
     """Sorts as ``(event_time, image_id)``, the decision order; unique per Kafka record."""
     return f"{int(image['event_time']):015d}|{image['image_id']}|{image['partition']}|{image['offset']}"
@@ -181,12 +185,16 @@ class Decide(KeyedProcessFunction):
     every hop between Python operators costs a JVM round trip per record (docs/flink-jobs.md).
     """
 
-    def __init__(self, policy: DedupPolicy, window_ms: int, allowed_lateness_ms: int) -> None:
+    def __init__(self, policy: DedupPolicy, window_ms: int, allowed_lateness_ms: int, kafka: KafkaConfig | None = None,
+                 topic: str = "", recheck_all: bool = False) -> None:  # fmt: skip
         if window_ms % ORDER_BUCKET_MS:
             raise ValueError(f"window_ms must be a multiple of {ORDER_BUCKET_MS}, got {window_ms}")
         self.policy = policy
         self.window_ms = window_ms
         self.allowed_lateness_ms = allowed_lateness_ms
+        self.kafka = kafka
+        self.topic = topic
+        self.recheck_all = recheck_all
 
     def open(self, runtime_context: RuntimeContext) -> None:
         def mirrored(name: str, ttl_ms: int = 0) -> MirroredMap:
@@ -213,6 +221,7 @@ class Decide(KeyedProcessFunction):
         self.timers: set[int] = set()  # registered in this attempt (re-registering is harmless)
         self.pruned_at: int | None = None
         self.decided_to: int | None = None  # pending holds nothing at or before it
+        self.horizon: dict[int, int] | None = None  # see replay_horizon
 
     def _use_key(self, key: Any) -> None:
         if key != self.key:
@@ -224,6 +233,21 @@ class Decide(KeyedProcessFunction):
             moved = self.dedup.reband()  # an index stored under other bands (older version)
             if moved:
                 log.info("re-banded %d near-duplicate candidates of key %r to %s", moved, key, self.policy.band_plan)
+            if self.horizon is None:
+                self.horizon = self.replay_horizon()
+
+    def replay_horizon(self) -> dict[int, int]:
+        """Upload-topic offsets below which an event may already have been decided and written
+        by an earlier attempt: the end offsets now when this task starts on restored state (or
+        when ``recheck_all``, after ``make flink-reset``), else none. Its verdicts are tagged
+        ``recheck`` so the writer removes rows a different earlier verdict left (item 4 of
+        issue 16); a fresh job's verdicts need no look-up."""
+        restored = any(len(mirror) for mirror in self.mirrors)
+        if self.kafka is None or not self.topic or not (restored or self.recheck_all):
+            return {}
+        horizon = asyncio.run(end_offsets(self.kafka, self.topic))
+        log.info("events of %s below offsets %s may be replays: their earlier rows are checked", self.topic, horizon)
+        return horizon
 
     def _timer(self, ctx: Any, timestamp: int) -> None:
         if timestamp not in self.timers:
@@ -275,10 +299,13 @@ class Decide(KeyedProcessFunction):
         for image in images:
             if image.get("status") == STATUS_REJECTED:  # never meets the index
                 verdicts.append(image)
-                continue
-            verdict = self.dedup.process(_ref(image))
-            if verdict is not None:  # None: a replay, dropped
+            else:
+                verdict = self.dedup.process(_ref(image))
+                if verdict is None:  # a replay, dropped
+                    continue
                 verdicts.append({**image, **verdict.to_dict()})
+            if self.horizon and maybe_written(verdicts[-1], self.topic, self.horizon):
+                verdicts[-1][RECHECK] = True
         return verdicts
 
     def _finish(self, verdicts: list[dict[str, Any]], ctx: Any, watermark: int | None = None) -> Iterable[Any]:
@@ -317,37 +344,28 @@ class WriteSteps(FlatMapFunction):
     image.
 
     **Replays.** A replay may decide an image differently than the attempt that failed (a
-    late image decided on arrival, then in event-time order), so for every event that may
-    have been written before this attempt started (below the upload topic's end offsets at
-    ``open``: only the backlog after a restart) the stored images row is read first and the
-    rows its old verdict implied are deleted (:func:`superseded_writes`). Later events cost
-    no read.
+    late image decided on arrival, then in event-time order), so for every verdict ``decide``
+    tagged ``recheck`` (an event that may have been written before this attempt: see
+    :meth:`Decide.replay_horizon`) the stored images row is read first and the rows its old
+    verdict implied are deleted (:func:`superseded_writes`). Other verdicts cost no read.
     """
 
-    def __init__(self, writer: CassandraWriter, window_ms: int, kafka: KafkaConfig | None = None,
-                 topic: str = "") -> None:  # fmt: skip
+    def __init__(self, writer: CassandraWriter, window_ms: int) -> None:
         self.writer = writer
         self.window_ms = window_ms
-        self.kafka = kafka
-        self.topic = topic
-        self.horizon: dict[int, int] = {}
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.writer.open()
-        if self.kafka is not None and self.topic:
-            self.horizon = asyncio.run(end_offsets(self.kafka, self.topic))
-            log.info("events of %s below offsets %s may be replays: their earlier rows are checked",
-                     self.topic, self.horizon)
 
     def close(self) -> None:
         self.writer.close()
 
     def flat_map(self, step: dict[str, Any]) -> Iterable[Any]:
         writes = step_writes(step, self.window_ms)
-        replayed = [v for v in step["verdicts"] if self.horizon and maybe_written(v, self.topic, self.horizon)]
-        if replayed:
-            previous = self.writer.previous([v["image_id"] for v in replayed])
-            writes = [w for v in replayed for w in superseded_writes(v, previous.get(v["image_id"]), self.window_ms)] + writes
+        recheck = [v for v in step["verdicts"] if v.get(RECHECK)]
+        if recheck:
+            previous = self.writer.previous([v["image_id"] for v in recheck])
+            writes = [w for v in recheck for w in superseded_writes(v, previous.get(v["image_id"]), self.window_ms)] + writes
         self.writer.write(writes)
         return ()
 

@@ -73,7 +73,8 @@ def build(
     timestamps and watermarks) and return its output streams; ``write=False`` leaves
     Cassandra out (a test collects ``results`` instead)."""
     cleaned = raw.process(CleanFunction(config.clock_skew_tolerance_ms)).name("clean").uid("clean")
-    decide = Decide(config.dedup(), config.window_ms, config.allowed_lateness_ms)
+    decide = Decide(config.dedup(), config.window_ms, config.allowed_lateness_ms, config.kafka, config.topic,
+                    config.recheck_written)  # fmt: skip
     results = (
         cleaned.key_by(lambda image: INDEX_KEY, key_type=Types.STRING())
         .process(decide)
@@ -89,7 +90,7 @@ def build(
         # never fused into decide (PyFlink merges chained Python operators into one): its own
         # task, in clean's slot group (it would inherit decide's) and so in clean's Python worker
         results = (
-            results.flat_map(WriteSteps(writer, config.window_ms, config.kafka, config.topic))
+            results.flat_map(WriteSteps(writer, config.window_ms))
             .name("cassandra: write steps")
             .uid("write-cassandra")
             .disable_chaining()

@@ -274,7 +274,7 @@ def reset(args: Sequence[str], env: Mapping[str, str]) -> str:
           "clean run decides them. Records Kafka no longer retains are not counted again.\n" + "=" * 78, flush=True)
     state.registry.reset()
     state.note.unlink(missing_ok=True)
-    return run("pipeline", ["--startup_mode=earliest-offset", *args], env)
+    return run("pipeline", ["--startup_mode=earliest-offset", "--recheck_written=1", *args], env)
 
 
 def cancel(job_id: str, env: Mapping[str, str]) -> None:

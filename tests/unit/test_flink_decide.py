@@ -130,3 +130,35 @@ def test_a_restore_still_counts_a_late_event_into_an_open_window():
     assert verdict["lateness"] == "late"
     (version,) = restored.windows()
     assert (version["window_start"], version["uploads"], version["late_events"], version["final"]) == (W, 2, 1, False)
+
+
+def test_after_a_restore_verdicts_below_the_topics_end_are_tagged_for_a_recheck(monkeypatch):
+    """Issue 16, item 4: only the backlog a restored task may have written before is re-read."""
+    import flink_jobs.functions as functions
+    from imgstream.config import KafkaConfig
+
+    calls = []
+
+    async def end_offsets(config, topic):
+        calls.append(topic)
+        return {0: 100}
+
+    monkeypatch.setattr(functions, "end_offsets", end_offsets)
+
+    def operator(states=None):
+        op = Operator(states)
+        op.decide = Decide(DedupPolicy(), W, L, KafkaConfig(), "t")
+        op.decide.open(op.runtime)
+        return op
+
+    fresh = operator()
+    fresh.element(_image(1, 1_000))
+    fresh.watermark(2_000)
+    assert calls == [] and not any(v.get("recheck") for v in fresh.verdicts())  # a fresh job reads nothing
+
+    restored = operator(fresh.runtime.checkpoint())
+    restored.element(_image(99, 3_000))  # offset 99: below the end offsets at restore
+    restored.element(_image(150, 3_100))  # appended after the restore
+    restored.watermark(4_000)
+    assert calls == ["t"]
+    assert {v["offset"]: bool(v.get("recheck")) for v in restored.verdicts()} == {99: True, 150: False}

@@ -136,7 +136,7 @@ def test_the_first_start_is_fresh_and_a_reset_starts_empty_from_the_earliest_off
     submit.reset([], cluster.env)
     warning = capsys.readouterr().out
     assert "WARNING" in warning and "EMPTY" in warning
-    assert cluster.submitted[-1] == (NAME, None, ["--startup_mode=earliest-offset"])
+    assert cluster.submitted[-1] == (NAME, None, ["--startup_mode=earliest-offset", "--recheck_written=1"])
     assert state.registry.job_ids(NAME) == [f"{1:032x}"]  # the jobs before the reset are forgotten
 
 

@@ -89,3 +89,26 @@ def test_an_unchanged_verdict_deletes_nothing_and_new_events_need_no_look_up():
     assert not maybe_written({"topic": "t", "partition": 0, "offset": 100}, "t", horizon)
     assert not maybe_written({"topic": "t", "partition": 2, "offset": 0}, "t", horizon)
     assert not maybe_written({"topic": "other", "partition": 0, "offset": 0}, "t", horizon)
+
+
+def test_the_writer_reads_earlier_rows_only_for_verdicts_tagged_for_a_recheck():
+    from flink_jobs.functions import WriteSteps
+
+    class Writer:
+        def __init__(self):
+            self.asked, self.written = [], []
+
+        def previous(self, ids):
+            self.asked.append(list(ids))
+            return {O: {"duplicate_of": L, "lateness": "on_time"}}
+
+        def write(self, writes):
+            self.written.append(writes)
+
+    writer = Writer()
+    steps = WriteSteps(writer, W)
+    steps.flat_map({"verdicts": [_verdict(E, 1_000)], "windows": []})
+    assert writer.asked == []  # steady state: no read
+    steps.flat_map({"verdicts": [{**_verdict(O, 2_000), "recheck": True}, _verdict(E, 1_000)], "windows": []})
+    assert writer.asked == [[O]]
+    assert ("delete_duplicate", (L, O)) in writer.written[-1]
