@@ -28,8 +28,9 @@ def _submit_sync(ctx: Context) -> None:
     result = _submit(ctx, "up")
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip()
-        refusal = [line for line in output.splitlines() if "REFUSED" in line]
-        raise RuntimeError("pipeline not started:\n" + ("\n".join(refusal) if refusal else output[-3000:]))
+        # a refusal (flink_jobs.submit.Refused) is the end of the output: why, and what to do
+        refusal = output[output.index("REFUSED:"):] if "REFUSED:" in output else output[-3000:]
+        raise RuntimeError(f"pipeline not started:\n{refusal}")
     for line in result.stdout.strip().splitlines()[-2:]:
         print(f"  flink    {line}", flush=True)
 

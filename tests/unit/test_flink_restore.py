@@ -184,3 +184,21 @@ def test_a_second_stack_up_waits_for_the_first(tmp_path, monkeypatch, capsys):
             stack.up()
     assert ran == [] and "waiting for another `make up`" in capsys.readouterr().out
     assert stack.up() == 0 and ran == [None]  # free again once the first one is done
+
+
+def test_make_up_fails_with_the_whole_refusal(tmp_path, monkeypatch):
+    """The stack's step shows why the pipeline was not started and what to do (item 3)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "local-stack"))
+    import subprocess
+
+    import component
+    from components import pipeline
+
+    refusal = ("REFUSED: imgstream-pipeline could not resume:\n  checkpoint /x/chk-3: Cannot map state\n"
+               f"It was NOT started with empty state. ... or run `{submit.RESET_COMMAND}` to start it EMPTY.")
+    monkeypatch.setattr(pipeline, "_submit", lambda ctx, *args: subprocess.CompletedProcess(
+        args, 1, "resuming imgstream-pipeline from checkpoint /x/chk-3\n", f"Traceback ...\n{refusal}\n"))
+    ctx = component.Context(paths=component.Paths.for_repo(tmp_path), s3_secret="s", java="/bin/true")
+    with pytest.raises(RuntimeError) as failed:
+        pipeline._submit_sync(ctx)
+    assert "Cannot map" in str(failed.value) and "make flink-reset" in str(failed.value)
