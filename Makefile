@@ -100,7 +100,7 @@ flink-reset: venv
 
 # Kills components of the RUNNING stack one after another (it brings each back): not for a shared stack.
 chaos: deps
-	@$(STACKCTL) with-stack -- $(PY) -m pytest -ra --timeout=3600 tests/e2e/test_crash_matrix.py $(PYTEST_ARGS)
+	@$(STACKCTL) with-stack -- $(PY) -m pytest -ra --timeout=7200 tests/e2e/test_crash_matrix.py $(PYTEST_ARGS)
 
 bench: deps
 	@$(STACKCTL) with-stack -- bash -c 'for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done'
