@@ -16,12 +16,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from imgstream.config import load_env_file
+from imgstream.polling import PollTimeout, until_sync
 
 from flink_jobs.config import KAFKA_CONNECTOR_JAR, PipelineConfig
 
@@ -117,17 +117,19 @@ def stop_with_savepoint(name: str, env: Mapping[str, str]) -> str:
     if job_id is None:
         raise SystemExit(f"no running job named {name}")
     trigger = _call(f"{_rest(env)}/jobs/{job_id}/stop", "POST", {"drain": False})["request-id"]
-    deadline = time.monotonic() + SAVEPOINT_TIMEOUT_S
-    while time.monotonic() < deadline:
+
+    def completed() -> dict[str, Any] | None:
         status = _call(f"{_rest(env)}/jobs/{job_id}/savepoints/{trigger}")
-        if status["status"]["id"] == "COMPLETED":
-            operation = status["operation"]
-            if "failure-cause" in operation:
-                raise SystemExit(f"savepoint failed: {operation['failure-cause'].get('stack-trace', '')[:2000]}")
-            print(f"{name} stopped; savepoint {operation['location']}")
-            return str(operation["location"])
-        time.sleep(1)
-    raise SystemExit(f"savepoint of {name} did not complete within {SAVEPOINT_TIMEOUT_S}s")
+        return status["operation"] if status["status"]["id"] == "COMPLETED" else None
+
+    try:
+        operation = until_sync(completed, f"savepoint of {name}", timeout=SAVEPOINT_TIMEOUT_S, interval=1.0)
+    except PollTimeout:
+        raise SystemExit(f"savepoint of {name} did not complete within {SAVEPOINT_TIMEOUT_S}s") from None
+    if "failure-cause" in operation:
+        raise SystemExit(f"savepoint failed: {operation['failure-cause'].get('stack-trace', '')[:2000]}")
+    print(f"{name} stopped; savepoint {operation['location']}")
+    return str(operation["location"])
 
 
 def cancel(job_id: str, env: Mapping[str, str]) -> None:
