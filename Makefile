@@ -84,7 +84,7 @@ clean: down
 test: deps
 	@$(STACKCTL) with-stack -- $(PY) -m pytest -ra --timeout=900 tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 
-unit: venv
+unit: venv $(KUBECONFORM)
 	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # Render both overlays and validate every resource (Kubernetes 1.33 strict + CRD schemas).
