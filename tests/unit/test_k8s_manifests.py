@@ -134,6 +134,12 @@ def test_emr_application_is_a_valid_create_application_request():
     report = ParamValidator().validate(request, _emr_model().operation_model("CreateApplication").input_shape)
     assert not report.has_errors(), report.generate_report()
     assert request["releaseLabel"] == "emr-spark-8.0.0"  # Spark 4.0.2: the newest EMR release known to ship Spark 4
+    # Per-environment endpoints live on the application; secrets never (S3 comes from the job role).
+    (defaults,) = [c for c in request["runtimeConfiguration"] if c["classification"] == "spark-defaults"]
+    for key, value in defaults["properties"].items():
+        if any(word in key for word in ("SECRET", "PASSWORD", "DSN", "ACCESS_KEY", "TOKEN")):
+            assert value == "", key
+    assert "spark.emr-serverless.driverEnv.IMGSTREAM_KAFKA_BOOTSTRAP" in defaults["properties"]
 
 
 @pytest.mark.parametrize("path", sorted(EMR.glob("*.json")), ids=lambda p: p.stem)
@@ -149,6 +155,9 @@ def test_emr_jobs_are_valid_start_job_run_requests(path: Path):
     submit = request["jobDriver"]["sparkSubmit"]
     assert submit["entryPointArguments"][0] == path.stem
     assert "spark.archives=" in submit["sparkSubmitParameters"]  # the packed virtualenv
+    assert submit["entryPoint"].endswith("/main.py")  # batch/main.py, as `imgstream batch submit --emr` sends it
+    # EMR 8.0.0 runs Spark 4.0.2: the Kafka source jar must be that version, not the local 4.1.1.
+    assert "spark-sql-kafka-0-10_2.13-4.0.2.jar" in submit["sparkSubmitParameters"]
     assert request["configurationOverrides"]["monitoringConfiguration"]["s3MonitoringConfiguration"]["logUri"].startswith("s3://")
 
 
