@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from typing import Any
 
@@ -75,15 +76,39 @@ def _prometheus_name(metric: str) -> str:
     return re.sub(r"[^a-zA-Z0-9:_]", "_", metric)
 
 
+#: How long to wait for a pipeline job whose tasks all run (other tests restart TaskManagers and
+#: submit jobs of their own; a job between restarts reports no task metrics).
+FLINK_DEADLINE_S = 240
+
+
+def _running_pipeline(rest: str) -> tuple[str, list[dict[str, Any]]] | None:
+    """A pipeline job (``imgstream-pipeline`` first, else any job built by flink_jobs.pipeline)
+    whose tasks all run and report metrics: its id and vertices."""
+    jobs = [j for j in _get(f"{rest}/jobs/overview")["jobs"] if j["state"] == "RUNNING"]
+    jobs.sort(key=lambda j: j["name"] != PIPELINE_JOB)
+    for job in jobs:
+        vertices = _get(f"{rest}/jobs/{job['jid']}")["vertices"]
+        if not any(v["name"].startswith("Source: raw_uploads") for v in vertices):
+            continue
+        if all(v["status"] == "RUNNING" for v in vertices) and _get(
+                f"{rest}/jobs/{job['jid']}/vertices/{vertices[0]['id']}/metrics"):
+            return job["jid"], vertices
+    return None
+
+
 @pytest.fixture(scope="module")
 def flink_names(stack_config) -> set[str]:
     """The running pipeline job's metrics under the Prometheus reporter's names."""
     rest = stack_config.flink_rest
-    jobs = [j for j in _get(f"{rest}/jobs/overview")["jobs"] if j["name"] == PIPELINE_JOB and j["state"] == "RUNNING"]
-    assert jobs, f"no RUNNING {PIPELINE_JOB} job on {rest}: the stack submits it at `make up`"
-    jid = jobs[0]["jid"]
+    deadline = time.monotonic() + FLINK_DEADLINE_S
+    found = _running_pipeline(rest)
+    while found is None and time.monotonic() < deadline:
+        time.sleep(2)  # poll interval, bounded by the deadline
+        found = _running_pipeline(rest)
+    assert found, f"no pipeline job with all tasks RUNNING on {rest} within {FLINK_DEADLINE_S} s (`make up` submits it)"
+    jid, vertices = found
     names = {f"flink_jobmanager_job_{_prometheus_name(m['id'])}" for m in _get(f"{rest}/jobs/{jid}/metrics")}
-    for vertex in _get(f"{rest}/jobs/{jid}")["vertices"]:
+    for vertex in vertices:
         for metric in _get(f"{rest}/jobs/{jid}/vertices/{vertex['id']}/metrics"):
             _subtask, _, rest_id = metric["id"].partition(".")
             if "." in rest_id:  # <operator>.<metric...>: an operator metric (operator names hold no dots)
