@@ -9,8 +9,9 @@ STATE       := .stack
 STACKCTL    := $(PY) local-stack/stackctl.py
 JVM_POMS    := $(wildcard local-stack/jvm/pom.xml local-stack/jvm/*/pom.xml)
 PYTEST_ARGS ?=
+KUBECONFORM := $(STATE)/bin/kubeconform
 
-.PHONY: up down status logs test unit clean deps venv jars bench flink-savepoint flink-redeploy flink-status flink-reset chaos help
+.PHONY: up down status logs test unit clean deps venv jars bench flink-savepoint flink-redeploy flink-status flink-reset chaos help k8s-validate
 
 help:
 	@echo "make up      install what is missing, start the whole local stack, run a small demo ingest"
@@ -26,7 +27,7 @@ help:
 
 ## --- set-up -----------------------------------------------------------------------------------
 
-deps: $(STATE)/.system-deps venv jars
+deps: $(STATE)/.system-deps venv jars $(KUBECONFORM)
 
 # PostgreSQL 15 server binaries come from Debian's packages.
 $(STATE)/.system-deps:
@@ -55,6 +56,11 @@ $(STATE)/lib/.resolved: $(JVM_POMS)
 	@python3 local-stack/sync_jars.py
 	@touch $@
 
+# kubeconform validates k8s/ offline (k8s/validate.py; tests/unit/test_k8s_validate.py runs it).
+$(KUBECONFORM):
+	@echo "[deps] go install kubeconform v0.8.0 into $(STATE)/bin"
+	@mkdir -p $(STATE)/bin && GOBIN=$(abspath $(STATE)/bin) go install github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0
+
 ## --- the stack ----------------------------------------------------------------------------------
 
 up: deps
@@ -80,8 +86,12 @@ clean: down
 test: deps
 	@$(STACKCTL) with-stack -- $(PY) -m pytest -ra --timeout=900 tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 
-unit: venv
+unit: venv $(KUBECONFORM)
 	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# Render both overlays and validate every resource (Kubernetes 1.33 strict + CRD schemas).
+k8s-validate: venv $(KUBECONFORM)
+	@$(PY) k8s/validate.py
 
 # Stop the pipeline with a savepoint (path printed), or stop + resume from it (a code upgrade).
 flink-savepoint: venv

@@ -24,13 +24,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from imgstream.config import load_env_file
 from imgstream.filelock import exclusive
+from imgstream.polling import PollTimeout, until_sync
 
 from flink_jobs import restore
 from flink_jobs.config import KAFKA_CONNECTOR_JAR, PipelineConfig
@@ -162,17 +162,19 @@ def stop_with_savepoint(name: str, env: Mapping[str, str]) -> str:
     if job_id is None:
         raise SystemExit(f"no running job named {name}")
     trigger = _call(f"{_rest(env)}/jobs/{job_id}/stop", "POST", {"drain": False})["request-id"]
-    deadline = time.monotonic() + SAVEPOINT_TIMEOUT_S
-    while time.monotonic() < deadline:
+
+    def completed() -> dict[str, Any] | None:
         status = _call(f"{_rest(env)}/jobs/{job_id}/savepoints/{trigger}")
-        if status["status"]["id"] == "COMPLETED":
-            operation = status["operation"]
-            if "failure-cause" in operation:
-                raise SystemExit(f"savepoint failed: {operation['failure-cause'].get('stack-trace', '')[:2000]}")
-            print(f"{name} stopped; savepoint {operation['location']}")
-            return str(operation["location"])
-        time.sleep(1)
-    raise SystemExit(f"savepoint of {name} did not complete within {SAVEPOINT_TIMEOUT_S}s")
+        return status["operation"] if status["status"]["id"] == "COMPLETED" else None
+
+    try:
+        operation = until_sync(completed, f"savepoint of {name}", timeout=SAVEPOINT_TIMEOUT_S, interval=1.0)
+    except PollTimeout:
+        raise SystemExit(f"savepoint of {name} did not complete within {SAVEPOINT_TIMEOUT_S}s") from None
+    if "failure-cause" in operation:
+        raise SystemExit(f"savepoint failed: {operation['failure-cause'].get('stack-trace', '')[:2000]}")
+    print(f"{name} stopped; savepoint {operation['location']}")
+    return str(operation["location"])
 
 
 class Refused(SystemExit):
@@ -182,16 +184,17 @@ class Refused(SystemExit):
 def wait_initialised(job_id: str, env: Mapping[str, str], timeout_s: float = RESUME_CHECK_S) -> None:
     """Return once the job left INITIALIZING (its restored state mapped onto the program);
     raise with Flink's root cause when it failed instead."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = _call(f"{_rest(env)}/jobs/{job_id}")["state"]
-        if state in ("FAILED", "CANCELED", "FINISHED"):
-            root = (_call(f"{_rest(env)}/jobs/{job_id}/exceptions") or {}).get("root-exception") or ""
-            raise RuntimeError(f"job {job_id} {state} while restoring: {root.strip()[:1500]}")
-        if state != "INITIALIZING":
-            return
-        time.sleep(1)  # polling the REST API
-    raise RuntimeError(f"job {job_id} still INITIALIZING after {timeout_s:.0f}s")
+    def left_initialising() -> str | None:
+        state = str(_call(f"{_rest(env)}/jobs/{job_id}")["state"])
+        return None if state == "INITIALIZING" else state
+
+    try:
+        state = until_sync(left_initialising, f"job {job_id} to leave INITIALIZING", timeout=timeout_s, interval=1.0)
+    except PollTimeout:
+        raise RuntimeError(f"job {job_id} still INITIALIZING after {timeout_s:.0f}s") from None
+    if state in ("FAILED", "CANCELED", "FINISHED"):
+        root = (_call(f"{_rest(env)}/jobs/{job_id}/exceptions") or {}).get("root-exception") or ""
+        raise RuntimeError(f"job {job_id} {state} while restoring: {root.strip()[:1500]}")
 
 
 def up(args: Sequence[str], env: Mapping[str, str]) -> str:

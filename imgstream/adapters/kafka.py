@@ -270,15 +270,14 @@ async def open_consumer(config: KafkaConfig, *topics: str, group_id: str | None 
     """A started ``AIOKafkaConsumer`` (``read_committed``, no auto-commit), stopped on exit."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=config.bootstrap_servers,
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-        isolation_level="read_committed",
-        **options,
-    )
+    settings: dict[str, Any] = {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest" if from_beginning else "latest",
+        "isolation_level": "read_committed",
+    }
+    settings.update(options)  # callers may override any default (e.g. read_uncommitted)
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=config.bootstrap_servers, **settings)
     await consumer.start()
     try:
         yield consumer
