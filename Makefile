@@ -10,7 +10,7 @@ STACKCTL    := $(PY) local-stack/stackctl.py
 JVM_POMS    := $(wildcard local-stack/jvm/pom.xml local-stack/jvm/*/pom.xml)
 PYTEST_ARGS ?=
 
-.PHONY: up down status logs test unit clean deps venv jars bench flink-savepoint flink-redeploy flink-status help
+.PHONY: up down status logs test unit clean deps venv jars bench flink-savepoint flink-redeploy flink-status batch help
 
 help:
 	@echo "make up      install what is missing, start the whole local stack, run a small demo ingest"
@@ -90,6 +90,10 @@ flink-redeploy: venv
 
 flink-status: venv
 	@$(PY) -m flink_jobs.submit status
+
+# A Spark batch job on the local stack: make batch JOB=derivatives|reconcile|gc|reorganize ARGS="..."
+batch: venv jars
+	@$(PY) -m batch.cli $(JOB) $(ARGS)
 
 bench: deps
 	@$(STACKCTL) with-stack -- bash -c 'for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done'

@@ -45,8 +45,9 @@ class SyncObjectStore:
             "s3",
             endpoint_url=config.endpoint_url,
             region_name=config.region,
-            aws_access_key_id=str(config.access_key),
-            aws_secret_access_key=str(config.secret_key),
+            # Empty keys: botocore's default chain (an EMR job role, an instance profile).
+            aws_access_key_id=str(config.access_key) or None,
+            aws_secret_access_key=str(config.secret_key) or None,
             config=Config(
                 signature_version="s3v4",
                 s3={"addressing_style": "path"},
