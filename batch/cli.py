@@ -95,6 +95,8 @@ def _run_local_from_namespace(args: argparse.Namespace) -> int:
         argv.append("--apply" if args.apply else "--dry-run")
     if args.job in ("gc", "reconcile", "reorganize"):
         argv += ["--grace", f"{args.grace.total_seconds():g}s"]
+    if args.job == "reconcile" and args.skip_postgres:
+        argv.append("--skip-postgres")
     if args.job == "reorganize":
         argv += ["--to", args.layout, "--limit", str(args.limit)]
     args.job_argv = argv

@@ -30,6 +30,8 @@ def add_job_arguments(sub: Any) -> None:
     r = sub.add_parser("reconcile", help="S3 vs upload events vs Cassandra vs PostgreSQL; exit 1 on disagreement")
     r.add_argument("--grace", type=parse_duration, default=parse_duration("10m"),
                    help="ignore what is younger than this (in flight); default 10m")
+    r.add_argument("--skip-postgres", action="store_true",
+                   help="leave PostgreSQL out (a keyspace that is not replicated, e.g. in tests)")
     g = sub.add_parser("gc", help="collect unreferenced objects: dry run (default) or quarantine + delete")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", dest="apply", action="store_false", help="only write the manifest (default)")
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace, config: BatchConfig) -> tuple[dict[str, Any], 
             if args.job == "reconcile":
                 from batch import reconcile
 
-                summary = reconcile.build(spark, config, grace=args.grace, progress=progress)
+                summary = reconcile.build(spark, config, grace=args.grace, postgres=not args.skip_postgres,
+                                          progress=progress)
                 return summary, 0 if summary["agree"] else 1
             if args.job == "gc":
                 from batch import gc
