@@ -181,14 +181,18 @@ class Progress:
     counters: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _started: float = field(default_factory=time.monotonic)
+    _thread: threading.Thread | None = None
 
     def __enter__(self) -> "Progress":
         print(f"[{self.job}] Spark UI: {self.spark.sparkContext.uiWebUrl or 'disabled'}", flush=True)
-        threading.Thread(target=self._loop, name="progress", daemon=True).start()
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        if self._thread is not None:  # no progress line may follow the summary
+            self._thread.join(timeout=5)
 
     def line(self) -> str:
         tracker = self.spark.sparkContext.statusTracker()
