@@ -154,3 +154,34 @@ def test_failures_are_errors_with_a_stable_code(data: bytes, code: str) -> None:
     with pytest.raises(dv.RenderFailed) as caught:
         dv.render(data, ALL)
     assert caught.value.code == code
+
+
+@pytest.mark.slow
+def test_a_48_megapixel_photo_renders_within_a_bounded_memory(tmp_path: "Path") -> None:
+    """The whole ladder from a 48 MP JPEG (8000x6000), rendered in a fresh process: its peak RSS
+    stays far below a full-resolution pipeline (one 48 MP RGB frame alone is 144 MB, RGBA 192 MB)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    source = tmp_path / "48mp.jpg"
+    make = f"from tests.fixtures.derivative_images import photo; open({str(source)!r}, 'wb').write(photo(48, seed=7))"
+    subprocess.run([sys.executable, "-c", make], cwd=repo, check=True, timeout=300)
+    script = (
+        "import resource\n"
+        "from imgstream.domain import derivatives as dv\n"
+        "from PIL import Image\n"
+        f"data = open({str(source)!r}, 'rb').read()\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "out = dv.render(data, [(p.name, p.max_edge, f) for p in dv.DEFAULT_LADDER.presets for f in p.formats])\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(len(out), max(r.width for r in out), Image.open(__import__('io').BytesIO(data)).size[0], peak - base)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    count, widest, source_width, grown_kb = (int(x) for x in done.stdout.split())
+    assert count == 6 and widest == 2048 and source_width >= 8000
+    # Draft decode at 1/2 scale: a 4000x3000 RGB frame (36 MB) plus the resized copies.
+    print(f"render grew RSS by {grown_kb} kB")
+    assert grown_kb < 150_000, grown_kb
