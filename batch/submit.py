@@ -24,6 +24,10 @@ REPO: Final = Path(__file__).resolve().parent.parent
 ENTRY_POINT: Final = REPO / "batch" / "main.py"
 #: The EMR Serverless release the jobs target: the newest confirmed to ship Spark 4 (4.0.2).
 EMR_RELEASE: Final = "emr-spark-8.0.0"
+#: The Kafka source for the EMR release's Spark 4.0 (local-stack/jvm/spark-emr/pom.xml resolves them
+#: into .stack/lib/spark-emr; upload them to <artifacts>/jars/).
+EMR_JARS: Final = ("spark-sql-kafka-0-10_2.13-4.0.0.jar", "spark-token-provider-kafka-0-10_2.13-4.0.0.jar",
+                   "kafka-clients-3.9.0.jar", "commons-pool2-2.12.0.jar")
 #: Environment variables never put into a request (visible in the EMR console): credentials come
 #: from the job's IAM role (S3) or a secret store, not from submit parameters.
 SECRET_MARKERS: Final = ("SECRET", "PASSWORD", "DSN", "TOKEN", "ACCESS_KEY")
@@ -117,9 +121,7 @@ def emr_request(job_args: Sequence[str], target: EmrTarget) -> dict[str, Any]:
     for key, value in _public_env(target.env).items():
         conf[f"spark.emr-serverless.driverEnv.{key}"] = value
     params = ["--py-files", f"{base}/imgstream-code.zip"]
-    jars = target.jars or tuple(f"{base}/jars/{name}" for name in (
-        "spark-sql-kafka-0-10_2.13-4.1.1.jar", "spark-token-provider-kafka-0-10_2.13-4.1.1.jar",
-        "kafka-clients-3.9.1.jar", "commons-pool2-2.12.1.jar"))
+    jars = target.jars or tuple(f"{base}/jars/{name}" for name in EMR_JARS)
     params += ["--jars", ",".join(jars)]
     for key, value in conf.items():
         params += ["--conf", f"{key}={value}"]
