@@ -120,8 +120,10 @@ def _statuses(cfg: CassandraConfig, items: Iterable[runtime.Upload]) -> Iterator
     session = runtime.cassandra(cfg)
     statement = runtime.prepared(session, "SELECT status FROM images WHERE image_id = ?")
     batch = list(items)
+    # A lookup that fails (a timeout) leaves that image pending: it holds back its partition's
+    # offset and is read again next run, instead of failing the whole task.
     results = execute_concurrent_with_args(session, statement, [(u.image_id,) for u in batch], concurrency=64,
-                                           raise_on_first_error=True)
+                                           raise_on_first_error=False)
     for upload, (ok, rows) in zip(batch, results):
         row = rows.one() if ok else None
         yield upload, (row.status if row is not None else None)

@@ -112,6 +112,9 @@ def build(spark: Any, config: BatchConfig, *, layout: str, grace: timedelta, lim
         if switched is None or switched > now - grace or on_key.get(r["old_key"]):
             waiting += 1
             continue
+        if r["new_key"] not in inv.objects:  # never retire the only copy
+            waiting += 1
+            continue
         obj = inv.objects.get(r["old_key"])
         session.execute(log, (run, r["old_key"], "retire", f"moved to {r['new_key']}", obj.size if obj else 0,
                               r["sha256"], "apply", datetime.now(timezone.utc)))
