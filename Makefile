@@ -83,8 +83,10 @@ clean: down
 
 # Starts whatever part of the stack is not running, runs all three tiers, then stops only what
 # it started. pytest's exit code (5 = no tests collected) is passed through, so it fails loudly.
+# The crash matrix (tests/e2e/test_crash_matrix.py, ~30 min) runs in `make chaos`, not here: with it the
+# suite would not fit CI's 90 minutes on 2 cores.
 test: deps
-	@$(STACKCTL) with-stack -- $(PY) -m pytest -ra --timeout=900 tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+	@$(STACKCTL) with-stack -- $(PY) -m pytest -ra --timeout=900 tests/unit tests/integration tests/e2e --ignore=tests/e2e/test_crash_matrix.py $(PYTEST_ARGS)
 
 unit: venv $(KUBECONFORM)
 	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
