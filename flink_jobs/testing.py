@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
 
 from imgstream.adapters.kafka import TopicSpec, delete_topics, ensure_topics, open_consumer, open_producer
-from imgstream.config import KafkaConfig
+from imgstream.config import KafkaConfig, StackConfig
+from imgstream.ops.synthetic import lock_path, purge_stack, synthetic_session
 from imgstream.domain.producers import SYNTHETIC_PREFIX, is_synthetic, synthetic
 from imgstream.domain.timefmt import parse_time
 from imgstream.polling import until
@@ -70,6 +73,24 @@ async def read_committed(bootstrap: str, topic: str, expected: int, deadline_s: 
             batch = await consumer.getmany(timeout_ms=2000)
             got.extend(json.loads(r.value) for records in batch.values() for r in records)
     return got
+
+
+@contextmanager
+def synthetic_run(env: Mapping[str, str], what: str) -> Iterator[None]:
+    """Bracket a test session or a benchmark that writes synthetic data to the stack: leftovers
+    of an interrupted earlier run are purged at the start, this run's rows at the end, each
+    only when no other run is in progress (:func:`imgstream.ops.synthetic.synthetic_session`).
+    Not for use inside a running event loop (the purge runs its own)."""
+    config = StackConfig.from_env(env)
+    stack_dir = Path(env.get("IMGSTREAM_STACK_DIR") or env.get("IMGSTREAM_STATE_DIR")
+                     or Path(__file__).resolve().parents[1] / ".stack")
+
+    def clean(when: str) -> None:
+        report = asyncio.run(purge_stack(config))
+        print(f"[{what}] synthetic data purged at the {when}: {report}", file=sys.stderr, flush=True)
+
+    with synthetic_session(lock_path(stack_dir), clean):
+        yield
 
 
 @asynccontextmanager

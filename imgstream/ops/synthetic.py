@@ -50,8 +50,10 @@ TABLES: Final[Mapping[str, tuple[str, ...]]] = {
 #: Deletes in flight at once: keeps one local node busy without overrunning its queue (the
 #: same bound as the adapter's writes).
 MAX_CONCURRENT_DELETES: Final = 64
-#: Rows per page of the scan: the driver's default, small enough for a 1 GiB heap.
-SCAN_PAGE_ROWS: Final = 5000
+#: Rows per page of the scan. Each page is one read command, and Cassandra fails a read that
+#: passes ``tombstone_failure_threshold`` (100,000) tombstones: the pipeline's rows carry null
+#: cells (tombstones) and purged rows leave row tombstones, so pages stay well below that.
+SCAN_PAGE_ROWS: Final = 1000
 #: How long a starting run waits for another run's final purge (seconds of deletes, rarely more).
 LOCK_WAIT_S: Final = 600.0
 #: How often a waiting run tries the lock again.
