@@ -212,7 +212,7 @@ def _synthetic_purge(args: argparse.Namespace) -> int:
 
     env_file = Path(os.environ.get("IMGSTREAM_STACK_DIR") or ".stack") / "env"
     env = {**(load_env_file(env_file) if env_file.exists() else {}), **os.environ}
-    report = asyncio.run(purge_stack(StackConfig.from_env(env), dry_run=args.dry_run))
+    report = asyncio.run(purge_stack(StackConfig.from_env(env), dry_run=args.dry_run, legacy=args.legacy))
     print(f"{'would delete' if args.dry_run else 'deleted'}: {report}", file=sys.stderr)
     for producer in sorted(report.producers):
         print(producer)
@@ -225,6 +225,9 @@ def _configure_synthetic(parser: argparse.ArgumentParser, env: Mapping[str, str]
     purge = sub.add_parser("purge", help="delete every row of synthetic producers from Cassandra (CDC deletes "
                                          "them in PostgreSQL); prints the producers found")
     purge.add_argument("--dry-run", action="store_true", help="only count and list")
+    purge.add_argument("--legacy", action="store_true",
+                       help="also the names tests used before the prefix (it1a2b3c4d-alice, chaos-..., e2e-stats-...): "
+                            "once, on a stack that ran an older make test/bench; never while such tests run")
     purge.set_defaults(handler=_synthetic_purge)
 
 

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,21 @@ MAX_CONCURRENT_DELETES: Final = 64
 #: passes ``tombstone_failure_threshold`` (100,000) tombstones: the pipeline's rows carry null
 #: cells (tombstones) and purged rows leave row tombstones, so pages stay well below that.
 SCAN_PAGE_ROWS: Final = 1000
+#: The names tests and benchmarks used before the reserved prefix existed (each with a random run
+#: id, so no user picks them by accident): ``imgstream synthetic purge --legacy`` removes them from
+#: a stack that ran an older ``make test``/``make bench``. Plain ``alice``/``bob`` (old generator
+#: defaults) and ``unknown`` are not matched: a user may own those names.
+LEGACY_TEST_NAMES: Final = re.compile(
+    r"^(?:(?:it|ft|sp|bench)[0-9a-f]{8}-(?:alice|bob|a|b|c)"
+    r"|chaos-[0-9a-f]{6}-[a-z-]+|it-replay-[0-9a-f]{8}|it-cdc-order-[0-9a-f]{8}|cdc-e2e-[0-9a-f]{8}"
+    r"|e2e-(?:stats|gw)-[0-9a-f]{8}|it-[0-9a-f]{10}-[ab]|bench-stats-[0-9])$")
+
+
+def is_legacy_test_name(name: str | None) -> bool:
+    """Whether ``name`` is one an older test or benchmark wrote (:data:`LEGACY_TEST_NAMES`)."""
+    return name is not None and LEGACY_TEST_NAMES.fullmatch(name) is not None
+
+
 #: How long a starting run waits for another run's final purge (seconds of deletes, rarely more).
 LOCK_WAIT_S: Final = 600.0
 #: How often a waiting run tries the lock again.
@@ -119,13 +135,17 @@ async def purge_postgres(conn: Any, tables: Mapping[str, tuple[str, ...]] = TABL
     return deleted
 
 
-async def purge_stack(config: StackConfig, *, dry_run: bool = False) -> PurgeReport:
+async def purge_stack(config: StackConfig, *, dry_run: bool = False, legacy: bool = False) -> PurgeReport:
     """:func:`purge` on the stack's Cassandra keyspace, then :func:`purge_postgres` (skipped in
-    a dry run). CDC removes the deleted rows from PostgreSQL within seconds afterwards."""
+    a dry run). CDC removes the deleted rows from PostgreSQL within seconds afterwards. With
+    ``legacy``, also the names older tests used (:func:`is_legacy_test_name`)."""
+    def match(name: str | None) -> bool:
+        return is_synthetic(name) or (legacy and is_legacy_test_name(name))
+
     def in_cassandra() -> PurgeReport:
         cluster, session = open_session(config.cassandra)
         try:
-            return purge(session, dry_run=dry_run)
+            return purge(session, match, dry_run=dry_run)
         finally:
             cluster.shutdown()
 

@@ -114,3 +114,17 @@ def test_the_last_run_out_cleans_and_a_killed_run_is_cleaned_at_the_next_start(t
     with synthetic_session(lock, lambda when: cleaned.append(f"d-{when}")):
         pass
     assert cleaned[2:] == ["c-start", "d-start", "d-end"]
+
+
+@pytest.mark.parametrize("name, legacy", [
+    ("it2d5ff8a8-alice", True), ("ft11b9c893-bob", True), ("sp839811e0-alice", True), ("itc676936c-b", True),
+    ("bench1a2b3c4d-alice", True), ("chaos-7579af-flink-jobmanager", True), ("it-replay-0e529456", True),
+    ("e2e-stats-8b28fe8d", True), ("cdc-e2e-12345678", True), ("it-cdc-order-abcdef01", True),
+    ("it-0123456789-a", True), ("bench-stats-3", True),
+    ("alice", False), ("bob", False), ("unknown", False), ("demo", False), ("itgalaxy-alice", False),
+    ("chaos-monkey", False), ("e2e-stats", False), (None, False),
+])
+def test_legacy_test_names_are_matched_exactly(name: str | None, legacy: bool) -> None:
+    from imgstream.ops.synthetic import is_legacy_test_name
+
+    assert is_legacy_test_name(name) is legacy
