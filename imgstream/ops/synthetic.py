@@ -18,7 +18,10 @@ run killed by SIGKILL releases it, and the next start cleans up after it).
 
 Cassandra cannot select by a name prefix without an index, so :func:`purge` reads the key
 columns and ``producer`` of each table (paged) and deletes matching rows by primary key; on a
-test stack (tens of thousands of rows) that takes seconds.
+test stack (tens of thousands of rows) that takes seconds. Every purged row leaves a tombstone
+until compaction after ``gc_grace_seconds`` (10 days): should a scan ever fail on them
+(``tombstone_failure_threshold``), the table's keys are taken from PostgreSQL's replica instead
+(:func:`postgres_keys`; only rows CDC has already carried there, the rest go at the next purge).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Final, Iterator, Mapping
 
+from cassandra import ReadFailure, ReadTimeout
 from cassandra.concurrent import execute_concurrent_with_args
 
 from imgstream.adapters.cassandra import open_session
@@ -85,6 +89,8 @@ class PurgeReport:
     producers: set[str] = field(default_factory=set)
     #: Rows deleted from PostgreSQL directly (:func:`purge_postgres`).
     postgres: int = 0
+    #: Tables whose scan failed and whose keys came from PostgreSQL, with the error.
+    fallbacks: dict[str, str] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -92,33 +98,65 @@ class PurgeReport:
 
     def __str__(self) -> str:
         per_table = ", ".join(f"{t} {self.deleted.get(t, 0)}/{self.scanned.get(t, 0)}" for t in self.scanned)
+        fallbacks = f"; keys from PostgreSQL for {sorted(self.fallbacks)}" if self.fallbacks else ""
         return (f"{self.total} Cassandra rows of {len(self.producers)} synthetic producers (deleted/scanned: "
-                f"{per_table}); {self.postgres} hand-written PostgreSQL rows")
+                f"{per_table}); {self.postgres} hand-written PostgreSQL rows{fallbacks}")
+
+
+Keyed = list[tuple[tuple[Any, ...], str]]  # (primary key values, producer) of matching rows
 
 
 def purge(session: Any, match: Callable[[str | None], bool] = is_synthetic, *, dry_run: bool = False,
-          tables: Mapping[str, tuple[str, ...]] = TABLES) -> PurgeReport:
+          tables: Mapping[str, tuple[str, ...]] = TABLES,
+          fallback: Mapping[str, Keyed] | None = None) -> PurgeReport:
     """Delete, by primary key, every row of ``tables`` whose ``producer`` satisfies ``match``
     (default: the synthetic ones). ``session`` is a driver session on the pipeline's keyspace.
-    With ``dry_run`` only counts. Idempotent: a second call finds nothing."""
+    With ``dry_run`` only counts. Idempotent: a second call finds nothing. When a table's scan
+    fails (a read failure or timeout) and ``fallback`` has keys for it, those are deleted
+    instead; without them the error propagates."""
     report = PurgeReport()
     for table, key in tables.items():
-        columns = ", ".join(dict.fromkeys((*key, "producer")))
-        select = session.prepare(f"SELECT {columns} FROM {table}")
-        select.fetch_size = SCAN_PAGE_ROWS
-        doomed: list[tuple[Any, ...]] = []
-        scanned = 0
-        for row in session.execute(select):
-            scanned += 1
-            if match(row.producer):
-                doomed.append(tuple(getattr(row, c) for c in key))
-                report.producers.add(row.producer)
+        try:
+            found, scanned = _scan(session, table, key, match)
+        except (ReadFailure, ReadTimeout) as exc:
+            if fallback is None or table not in fallback:
+                raise
+            found, scanned = list(fallback[table]), 0
+            report.fallbacks[table] = f"{type(exc).__name__}: {exc}"[:300]
+        doomed = [keys for keys, _ in found]
+        report.producers.update(producer for _, producer in found)
         report.scanned[table], report.deleted[table] = scanned, len(doomed)
         if doomed and not dry_run:
             delete = session.prepare(f"DELETE FROM {table} WHERE {' AND '.join(f'{c} = ?' for c in key)}")
             execute_concurrent_with_args(session, delete, doomed, concurrency=MAX_CONCURRENT_DELETES,
                                          raise_on_first_error=True)
     return report
+
+
+def _scan(session: Any, table: str, key: tuple[str, ...], match: Callable[[str | None], bool]) -> tuple[Keyed, int]:
+    """The keys and producers of ``table``'s matching rows, and how many rows were read."""
+    columns = ", ".join(dict.fromkeys((*key, "producer")))
+    select = session.prepare(f"SELECT {columns} FROM {table}")
+    select.fetch_size = SCAN_PAGE_ROWS
+    found: Keyed = []
+    scanned = 0
+    for row in session.execute(select):
+        scanned += 1
+        if match(row.producer):
+            found.append((tuple(getattr(row, c) for c in key), row.producer))
+    return found, scanned
+
+
+async def postgres_keys(conn: Any, match: Callable[[str | None], bool],
+                        tables: Mapping[str, tuple[str, ...]] = TABLES) -> dict[str, Keyed]:
+    """The keys of matching rows that CDC replicated into PostgreSQL (``cdc_ts`` set), per table:
+    :func:`purge`'s fallback. Reads key columns and producer only (a few MB for 100,000 rows)."""
+    out: dict[str, Keyed] = {}
+    for table, key in tables.items():
+        columns = ", ".join(dict.fromkeys((*key, "producer")))
+        rows = await conn.fetch(f"SELECT {columns} FROM public.{table} WHERE cdc_ts IS NOT NULL")
+        out[table] = [(tuple(r[c] for c in key), r["producer"]) for r in rows if match(r["producer"])]
+    return out
 
 
 #: Rows tests write into PostgreSQL directly (``cdc_ts`` NULL: no CDC change will delete them).
@@ -142,20 +180,22 @@ async def purge_stack(config: StackConfig, *, dry_run: bool = False, legacy: boo
     def match(name: str | None) -> bool:
         return is_synthetic(name) or (legacy and is_legacy_test_name(name))
 
-    def in_cassandra() -> PurgeReport:
-        cluster, session = open_session(config.cassandra)
-        try:
-            return purge(session, match, dry_run=dry_run)
-        finally:
-            cluster.shutdown()
+    conn = await connect(str(config.postgres.dsn))
+    try:
+        fallback = await postgres_keys(conn, match)
 
-    report = await asyncio.to_thread(in_cassandra)
-    if not dry_run:
-        conn = await connect(str(config.postgres.dsn))
-        try:
+        def in_cassandra() -> PurgeReport:
+            cluster, session = open_session(config.cassandra)
+            try:
+                return purge(session, match, dry_run=dry_run, fallback=fallback)
+            finally:
+                cluster.shutdown()
+
+        report = await asyncio.to_thread(in_cassandra)
+        if not dry_run:
             report.postgres = await purge_postgres(conn)
-        finally:
-            await conn.close()
+    finally:
+        await conn.close()
     return report
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,3 +129,27 @@ def test_legacy_test_names_are_matched_exactly(name: str | None, legacy: bool) -
     from imgstream.ops.synthetic import is_legacy_test_name
 
     assert is_legacy_test_name(name) is legacy
+
+
+def test_a_scan_that_fails_on_tombstones_takes_the_keys_from_postgres() -> None:
+    from types import SimpleNamespace
+
+    from cassandra import ReadFailure
+
+    from imgstream.ops.synthetic import TABLES, purge
+
+    class Overwhelmed:
+        """A session whose every scan fails like a read past tombstone_failure_threshold."""
+
+        def prepare(self, cql: str) -> SimpleNamespace:
+            return SimpleNamespace(cql=cql, fetch_size=None)
+
+        def execute(self, statement: SimpleNamespace) -> list[Any]:
+            raise ReadFailure("Operation failed - received 0 responses and 1 failures: READ_TOO_MANY_TOMBSTONES")
+
+    known = {table: [((f"{table}-key",), "synthetic-a")] for table in TABLES}
+    report = purge(Overwhelmed(), dry_run=True, fallback=known)
+    assert report.deleted == {t: 1 for t in TABLES} and report.producers == {"synthetic-a"}
+    assert set(report.fallbacks) == set(TABLES) and "READ_TOO_MANY_TOMBSTONES" in report.fallbacks["images"]
+    with pytest.raises(ReadFailure):
+        purge(Overwhelmed(), dry_run=True)  # no fallback: the failure is not swallowed
