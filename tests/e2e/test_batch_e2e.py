@@ -6,21 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
+
 import pytest
 from PIL import Image
 
 from imgstream.adapters.cassandra import open_session
+from imgstream.adapters.postgres import connect
 from imgstream.adapters.s3_sync import SyncObjectStore
 from imgstream.config import StackConfig
 from imgstream.domain.derivatives import DEFAULT_LADDER, fit, source_size
 from imgstream.domain.tokens import KeyRing, keys_file_from_env
+from imgstream.polling import until_sync
 from tests.fixtures import derivative_images as dfx
 from tests.fixtures import images as fx
 from tests.fixtures.batch_env import job_env, run_job
@@ -51,8 +52,9 @@ async def _upload(url: str, token: str, bodies: list[bytes]) -> list[dict[str, A
 
 
 async def _pg_rows(dsn: str, image_id: str) -> list[Any]:
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn)
     try:
+        await conn.execute("SET imgstream.include_synthetic = on")  # our producers are synthetic-*
         return list(await conn.fetch(DERIVATIVES_OF_IMAGE, image_id))
     finally:
         await conn.close()
@@ -64,23 +66,19 @@ def test_gateway_uploads_get_their_derivatives(stack_env: dict[str, str], stack_
     nonce = uuid.uuid4().hex[:8]
     bodies = {"rotated.jpg": dfx.exif_rotated_jpeg(6), "photo.png": fx.real("astronaut.png"),
               "unique.jpg": fx.unique_jpeg(f"batch-e2e-{nonce}")}
-    alice = asyncio.run(_upload(url, keys.issue(f"batch-a-{nonce}", "producer"), list(bodies.values())))
+    alice = asyncio.run(_upload(url, keys.issue(f"synthetic-batch-a-{nonce}", "producer"), list(bodies.values())))
     # Another producer uploads the same bytes: an exact duplicate, whose derivatives are shared.
-    (bob,) = asyncio.run(_upload(url, keys.issue(f"batch-b-{nonce}", "producer"), [bodies["unique.jpg"]]))
+    (bob,) = asyncio.run(_upload(url, keys.issue(f"synthetic-batch-b-{nonce}", "producer"), [bodies["unique.jpg"]]))
     assert bob["sha256"] == alice[2]["sha256"]
     ids = [r["image_id"] for r in alice] + [bob["image_id"]]
 
     cluster, session = open_session(stack_config.cassandra)
     try:
-        deadline = time.monotonic() + ROW_DEADLINE_S
-        statuses: dict[str, str] = {}
-        while time.monotonic() < deadline and len(statuses) < len(ids):
-            for image_id in ids:
-                row = session.execute("SELECT status FROM images WHERE image_id = %s", (image_id,)).one()
-                if row is not None:
-                    statuses[image_id] = row.status
-            time.sleep(1)
-        assert len(statuses) == len(ids), f"pipeline wrote {statuses} of {ids}"
+        def decided() -> dict[str, str] | None:
+            rows = {i: session.execute("SELECT status FROM images WHERE image_id = %s", (i,)).one() for i in ids}
+            return {i: r.status for i, r in rows.items() if r is not None} if all(rows.values()) else None
+
+        until_sync(decided, f"the pipeline to decide {ids}", timeout=ROW_DEADLINE_S, interval=1.0)
 
         env = job_env(stack_env)
         first = run_job(env, "derivatives")
@@ -117,12 +115,9 @@ def test_gateway_uploads_get_their_derivatives(stack_env: dict[str, str], stack_
         cluster.shutdown()
 
     # CDC carries the rows to PostgreSQL: the stats API's query lists them for both producers' images.
-    deadline = time.monotonic() + CDC_DEADLINE_S
-    pg: list[Any] = []
-    while time.monotonic() < deadline:
-        pg = asyncio.run(_pg_rows(str(stack_config.postgres.dsn), bob["image_id"]))
-        if len(pg) == len(DEFAULT_LADDER.outputs()):
-            break
-        time.sleep(1)
+    expected = len(DEFAULT_LADDER.outputs())
+    pg = until_sync(lambda: (lambda rows: rows if len(rows) == expected else None)(
+        asyncio.run(_pg_rows(str(stack_config.postgres.dsn), bob["image_id"]))),
+        "the derivatives of the image in analytics via CDC", timeout=CDC_DEADLINE_S, interval=1.0)
     assert sorted((r["preset"], r["format"]) for r in pg) == sorted(DEFAULT_LADDER.outputs())
     assert all(r["width"] > 0 and r["size"] > 0 and r["storage_key"].startswith("derived/") for r in pg)

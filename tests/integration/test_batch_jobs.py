@@ -24,7 +24,7 @@ FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
 def test_derivatives_incremental_backfill_and_a_failing_image(world: World) -> None:
     uploads = dfx.upload_set()
     contents = {name: world.add_image(data)[1] for name, data in uploads.items()}
-    dup_id, dup_sha = world.add_image(uploads["rocket.jpg"], status="duplicate", producer="p2")  # same bytes
+    dup_id, dup_sha = world.add_image(uploads["rocket.jpg"], status="duplicate", producer="synthetic-p2")  # same bytes
     rejected_id, rejected_sha = world.add_image(fx.unique_jpeg("rejected"), status="rejected")
     _, missing_sha = world.add_image(fx.unique_jpeg("missing"))
     world.store.delete(image_key(missing_sha))  # deleted behind the job's back
@@ -79,8 +79,8 @@ def test_derivatives_incremental_backfill_and_a_failing_image(world: World) -> N
 
 def test_gc_dry_run_quarantine_shared_content_and_restore(world: World) -> None:
     shared = fx.unique_jpeg("shared")
-    a_id, sha = world.add_image(shared, producer="alice")
-    b_id, _ = world.add_image(shared, producer="bob")  # same bytes, another producer: one object
+    a_id, sha = world.add_image(shared, producer="synthetic-alice")
+    b_id, _ = world.add_image(shared, producer="synthetic-bob")  # same bytes, another producer: one object
     keep_id, keep_sha = world.add_image(fx.unique_jpeg("keep"))
     orphan_sha = world.put_original(fx.unique_jpeg("orphan"))  # gateway died before publishing
     back_sha = world.put_original(fx.unique_jpeg("comes-back"))
@@ -101,7 +101,7 @@ def test_gc_dry_run_quarantine_shared_content_and_restore(world: World) -> None:
     assert world.store.head(image_key(orphan_sha)) is None
     assert world.store.head(quarantine_key(image_key(orphan_sha))) is not None
 
-    world.set_row(a_id, sha, "deleted", producer="alice")
+    world.set_row(a_id, sha, "deleted", producer="synthetic-alice")
     world.add_image(fx.unique_jpeg("comes-back"), store=False, publish=False)  # referenced again
     apply2 = world.run("gc", "--apply", "--grace", "0s").summary
     assert apply2["restored"] == 1 and apply2["deleted"] == 1  # the orphan, after its re-check
@@ -109,7 +109,7 @@ def test_gc_dry_run_quarantine_shared_content_and_restore(world: World) -> None:
     assert world.store.head(image_key(sha)) is not None  # bob still uses the shared bytes
     assert world.store.head(quarantine_key(image_key(orphan_sha))) is None
 
-    world.set_row(b_id, sha, "deleted", producer="bob")
+    world.set_row(b_id, sha, "deleted", producer="synthetic-bob")
     apply3 = world.run("gc", "--apply", "--grace", "0s").summary
     assert apply3["quarantined"] == 1 and apply3["reasons"] == {"deleted_image": 1}
     assert world.store.head(image_key(sha)) is None
