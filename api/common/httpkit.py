@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import math
+import random
 import re
 import sys
 import time
@@ -40,6 +41,10 @@ REQUEST_ID: Final = web.RequestKey("request_id", str)
 HTTP_CODES: Final = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                      405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout",
                      413: "payload_too_large", 415: "unsupported_media_type", 431: "bad_request"}
+
+#: Retry-After of a 503, drawn uniformly from this range of seconds: a constant would bring every
+#: client refused in one blip back in the same second, a second blip of their own making.
+UNAVAILABLE_RETRY_AFTER: Final = (1, 5)
 
 #: Routes polled by load balancers and Prometheus: counted in the metrics, not logged per request.
 QUIET_ROUTES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -98,7 +103,7 @@ def error_response(exc: ImgstreamError, dumps: Callable[[Any], str] = json.dumps
     elif isinstance(exc, Unauthorized):
         response.headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="imgstream"'
     elif isinstance(exc, Unavailable):
-        response.headers[hdrs.RETRY_AFTER] = "1"
+        response.headers[hdrs.RETRY_AFTER] = str(random.randint(*UNAVAILABLE_RETRY_AFTER))
     return response
 
 
@@ -112,6 +117,9 @@ def errors_middleware(logger: logging.Logger = log) -> Middleware:
         try:
             return await handler(request)
         except ImgstreamError as exc:
+            if isinstance(exc, Unavailable):  # the body is generic: the inside goes to the log
+                logger.warning("unavailable", extra={"request_id": request.get(REQUEST_ID), "path": request.path,
+                                                     "error": exc.message, **exc.details})
             return error_response(exc)
         except web.HTTPException as exc:
             if exc.status < 400:

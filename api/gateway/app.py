@@ -11,6 +11,7 @@ import logging
 import math
 import re
 import time
+import uuid
 from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -29,11 +30,13 @@ from imgstream.domain.errors import (
     RequestTimeout,
     PayloadTooLarge,
     RateLimited,
+    Unavailable,
     UnsupportedMediaType,
     http_status,
 )
 from imgstream.domain.events import image_id_for
-from api.common.httpkit import check, errors_middleware, healthz, metrics_response, observe_middleware, readiness
+from api.common.httpkit import (check, error_response, errors_middleware, healthz, metrics_response,
+                                observe_middleware, readiness)
 from imgstream.domain.ratelimit import RateLimiter
 from imgstream.domain.tokens import Principal, TokenVerifier, bearer_token
 
@@ -47,6 +50,17 @@ log = logging.getLogger("imgstream.gateway")
 #: Idempotency keys: 1-200 visible ASCII characters (a UUID is the usual choice). 200, not the
 #: schema's 255, leaves room for the "#<part>" suffix of multipart parts.
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+#: The request header of a client's key, and the response header of a 503 that says which key to
+#: retry with.
+IDEMPOTENCY_KEY = "Idempotency-Key"
+
+
+def server_key() -> str:
+    """An idempotency key made by the gateway for an upload that came without one: the image_id
+    derives from it, and a 503 returns it, so the client's retry cannot count the image twice."""
+    return f"gw-{uuid.uuid4().hex}"
+
+
 #: How long /readyz waits for each dependency before calling it unreachable.
 _READY_TIMEOUT = 3.0
 #: Per-request state: whether the client waits for "100 Continue", and whether part of the body
@@ -138,7 +152,7 @@ class Gateway:
 
     @staticmethod
     def idempotency_key(request: web.Request) -> str | None:
-        value = request.headers.get("Idempotency-Key")
+        value = request.headers.get(IDEMPOTENCY_KEY)
         if value is None:
             return None
         if not _IDEMPOTENCY_KEY.match(value):
@@ -233,9 +247,17 @@ class Gateway:
                 request[BODY_UNREAD] = not request.content.at_eof()
                 raise
             self.metrics.stage.labels("receive").observe(time.perf_counter() - started)
-            image_id = image_id_for(principal.name, key)
+            retry_key = None if key is not None else server_key()
+            image_id = image_id_for(principal.name, key or retry_key)
             outcome = await self.ingestor.ingest(spool, summary, producer=principal.name, image_id=image_id,
-                                                 idempotency_key=key)
+                                                 idempotency_key=key, retry_key=retry_key)
+        except Unavailable as exc:
+            self.rejected(exc, principal, None, None)
+            response = error_response(exc)
+            retry_with = exc.details.get("idempotency_key")
+            if retry_with is not None:
+                response.headers[IDEMPOTENCY_KEY] = retry_with
+            return response
         except ImgstreamError as exc:
             self.rejected(exc, principal, None, None)
             raise
@@ -327,14 +349,17 @@ class Gateway:
             spool.close()
             raise
         part_key = None if key is None else f"{key}#{index}"
-        image_id = image_id_for(principal.name, part_key)
-        return asyncio.create_task(self.ingest_part(spool, summary, index, filename, principal, image_id, part_key))
+        retry_key = None if part_key is not None else server_key()
+        image_id = image_id_for(principal.name, part_key or retry_key)
+        return asyncio.create_task(self.ingest_part(spool, summary, index, filename, principal, image_id, part_key,
+                                                    retry_key))
 
     async def ingest_part(self, spool: Spool, summary: imaging.StreamSummary, index: int, filename: str | None,
-                          principal: Principal, image_id: str, key: str | None) -> dict[str, Any]:
+                          principal: Principal, image_id: str, key: str | None,
+                          retry_key: str | None) -> dict[str, Any]:
         try:
             outcome = await self.ingestor.ingest(spool, summary, producer=principal.name, image_id=image_id,
-                                                 idempotency_key=key)
+                                                 idempotency_key=key, retry_key=retry_key)
         except ImgstreamError as exc:
             self.rejected(exc, principal, index, filename)
             return self.part_error(exc, index, "file", filename)

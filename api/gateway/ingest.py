@@ -22,11 +22,11 @@ from typing import IO, Any, Awaitable, Callable, Final
 from imgstream.domain import imaging
 from imgstream.adapters.kafka import EventPublisher
 from imgstream.adapters.s3 import MULTIPART_THRESHOLD, ObjectStore
-from imgstream.domain.errors import BadRequest, Conflict, RequestTimeout, Unavailable
+from imgstream.domain.errors import BadRequest, Conflict, ImgstreamError, RequestTimeout, Unavailable
 from imgstream.domain.events import ImageUploaded
 from imgstream.domain.timefmt import format_time
 from imgstream.domain.imaging import StreamInspector, StreamSummary
-from api.gateway.receipts import ReceiptStore
+from api.gateway.receipts import ReceiptStore, Record
 from imgstream.domain.receipts import build_receipt
 from imgstream.domain.storage_layout import image_key
 
@@ -38,6 +38,11 @@ log = logging.getLogger("imgstream.gateway")
 #: (content addressing), re-sending megabytes costs more than one small round trip. Below it, a
 #: blind PUT (idempotent for identical bytes) is cheaper than the extra request.
 HEAD_BEFORE_PUT_BYTES: Final = 2 * 1024 * 1024
+
+#: How long a request waits for the receipt of a concurrent upload of the same bytes under the
+#: same Idempotency-Key before taking the key over. Storing and publishing the largest body takes
+#: about a second on a healthy stack; a claim still open after this long lost its owner.
+IN_FLIGHT_WAIT: Final = 10.0
 
 
 class Spool:
@@ -139,7 +144,7 @@ class Ingestor:
 
     def __init__(self, *, store: ObjectStore, publisher: EventPublisher, executor: Executor, topic: str,
                  max_pixels: int, gateway_id: str, metrics: GatewayMetrics,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], in_flight_wait: float = IN_FLIGHT_WAIT) -> None:
         self.store = store
         self.publisher = publisher
         self.receipts = ReceiptStore(store)
@@ -149,64 +154,129 @@ class Ingestor:
         self.gateway_id = gateway_id
         self.metrics = metrics
         self.clock = clock
+        self.in_flight_wait = in_flight_wait
 
     async def ingest(self, spool: Spool, summary: StreamSummary, *, producer: str, image_id: str,
-                     idempotency_key: str | None) -> Outcome:
+                     idempotency_key: str | None, retry_key: str | None = None) -> Outcome:
         """Take one fully received body to a receipt. Raises an :class:`ImgstreamError` when the
-        image is refused (422) or a dependency is down (503)."""
+        image is refused (422), its key was used for other bytes (409) or a dependency is down
+        (503).
+
+        ``image_id`` is derived from ``idempotency_key`` (the client's) or, without one, from
+        ``retry_key`` (made by the server): a 503 carries that key as ``idempotency_key``, so a
+        client whose upload may have been counted after all (a lost Kafka acknowledgement)
+        retries under the same ``image_id`` and the stream counts it once.
+        """
         received_at = format_time(self.clock())
+        owned = False
         if idempotency_key is not None:
-            previous = await self.receipts.get(producer, image_id)
+            previous = await self._claim(producer, image_id, summary.sha256, received_at)
             if previous is not None:
-                if previous.get("sha256") != summary.sha256:
-                    raise Conflict("Idempotency-Key was already used for a different image; use a new key "
-                                   "for new content", reason="idempotency_key_reused")
                 self.metrics.images.labels("replayed").inc()
                 return Outcome(previous, replayed=True)
+            owned = True
+        stored = False
+        try:
+            started = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            try:
+                info = await loop.run_in_executor(
+                    self.executor, lambda: imaging.inspect(spool.file, summary.format, summary.size,
+                                                           max_pixels=self.max_pixels))
+            except ImgstreamError:
+                if owned:  # refused bytes: the key stays free for the client's corrected upload
+                    await self._quietly(self.receipts.release(producer, image_id), image_id)
+                raise
+            self.metrics.stage.labels("inspect").observe(time.perf_counter() - started)
 
-        started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        info = await loop.run_in_executor(
-            self.executor, lambda: imaging.inspect(spool.file, summary.format, summary.size,
-                                                   max_pixels=self.max_pixels))
-        self.metrics.stage.labels("inspect").observe(time.perf_counter() - started)
+            key = image_key(summary.sha256)
+            started = time.perf_counter()
+            if not await self._already_stored(key, summary.size):
+                body = spool.body()
+                if not isinstance(body, bytes) and summary.size < MULTIPART_THRESHOLD:
+                    # One read in a worker thread beats the HTTP client's 64 KiB reads through the
+                    # executor (~5 ms less CPU per 5 MB); multipart bodies stay on disk, part by part.
+                    body = await loop.run_in_executor(self.executor, body.read)
+                await self.store.put(key, body, size=summary.size, content_type=info.format.content_type,
+                                     metadata={"sha256": summary.sha256}, sha256=summary.sha256)
+            stored = True
+            self.metrics.stage.labels("store").observe(time.perf_counter() - started)
 
-        key = image_key(summary.sha256)
-        started = time.perf_counter()
-        if not await self._already_stored(key, summary.size):
-            body = spool.body()
-            if not isinstance(body, bytes) and summary.size < MULTIPART_THRESHOLD:
-                # One read in a worker thread beats the HTTP client's 64 KiB reads through the
-                # executor (~5 ms less CPU per 5 MB); multipart bodies stay on disk, part by part.
-                body = await loop.run_in_executor(self.executor, body.read)
-            await self.store.put(key, body, size=summary.size, content_type=info.format.content_type,
-                                 metadata={"sha256": summary.sha256}, sha256=summary.sha256)
-        self.metrics.stage.labels("store").observe(time.perf_counter() - started)
-
-        # The object is durable: only now may the event exist.
-        event = ImageUploaded(
-            image_id=image_id, producer=producer, sha256=summary.sha256, phash=info.phash, size=summary.size,
-            content_type=info.format.content_type, width=info.width, height=info.height, storage_key=key,
-            received_at=received_at, idempotency_key=idempotency_key, gateway=self.gateway_id,
-        )
-        started = time.perf_counter()
-        published = await self.publisher.publish(
-            self.topic, key=image_id.encode(), value=event.to_json(),
-            headers=(("event_type", event.event_type.encode()), ("schema_version", str(event.schema_version).encode())),
-        )
-        self.metrics.stage.labels("publish").observe(time.perf_counter() - started)
+            # The object is durable: only now may the event exist.
+            event = ImageUploaded(
+                image_id=image_id, producer=producer, sha256=summary.sha256, phash=info.phash, size=summary.size,
+                content_type=info.format.content_type, width=info.width, height=info.height, storage_key=key,
+                received_at=received_at, idempotency_key=idempotency_key, gateway=self.gateway_id,
+            )
+            started = time.perf_counter()
+            published = await self.publisher.publish(
+                self.topic, key=image_id.encode(), value=event.to_json(),
+                headers=(("event_type", event.event_type.encode()),
+                         ("schema_version", str(event.schema_version).encode())),
+            )
+            self.metrics.stage.labels("publish").observe(time.perf_counter() - started)
+        except Unavailable as exc:
+            retry_with = idempotency_key or retry_key
+            if (owned or stored) and retry_with is not None:
+                # The event may exist although the publish failed (a lost acknowledgement): record
+                # the bytes under the key, so its retry takes over at once and other bytes get 409.
+                marking: Awaitable[Any]
+                if owned:
+                    marking = self.receipts.mark_unpublished(producer, image_id, summary.sha256,
+                                                             claimed_at=received_at)
+                else:
+                    marking = self.receipts.claim(producer, image_id, summary.sha256, claimed_at=received_at,
+                                                  state="unpublished")
+                await self._quietly(marking, image_id)
+            if retry_with is not None:
+                exc.details["idempotency_key"] = retry_with
+            raise
         receipt = build_receipt(event, partition=published.partition, offset=published.offset)
 
         if idempotency_key is not None:
             try:
                 await self.receipts.put(producer, receipt)
             except Unavailable as exc:
-                # The upload itself succeeded. A retry will store and publish again with the same
-                # image_id, which the stream drops as a repeat: still counted once.
+                # The upload itself succeeded. A retry finds the claim, waits IN_FLIGHT_WAIT for
+                # the receipt, then stores and publishes again with the same image_id, which the
+                # stream drops as a repeat: still counted once.
                 log.warning("receipt not saved", extra={"image_id": image_id, "error": str(exc)})
         self.metrics.images.labels("stored").inc()
         self.metrics.stored_bytes.inc(summary.size)
         return Outcome(receipt)
+
+    async def _claim(self, producer: str, image_id: str, sha256: str, claimed_at: str) -> dict[str, Any] | None:
+        """Own the idempotency key (``None``) or return the receipt to replay; raise 409 when the
+        key holds other bytes."""
+        record = await self.receipts.claim(producer, image_id, sha256, claimed_at=claimed_at)
+        if record is None:
+            return None
+        deadline = time.monotonic() + self.in_flight_wait
+        pause = 0.02
+        while True:
+            if record.sha256 is not None and record.sha256 != sha256:
+                raise Conflict("Idempotency-Key was already used for a different image; use a new key "
+                               "for new content", reason="idempotency_key_reused")
+            if record.state == "stored" and record.receipt is not None:
+                return record.receipt
+            if record.state != "claimed" or time.monotonic() >= deadline:
+                # Unpublished, unreadable, or its owner went quiet: take over under the same
+                # image_id (content addressing makes the store idempotent, the stream drops a
+                # repeated id).
+                log.info("idempotency claim taken over", extra={"image_id": image_id, "state": record.state})
+                return None
+            # Same bytes, in flight elsewhere: wait for its receipt rather than publish twice.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+            record = await self.receipts.get(producer, image_id) or Record("unknown")
+
+    @staticmethod
+    async def _quietly(pending: Awaitable[Any], image_id: str) -> None:
+        """Best-effort bookkeeping of a claim: a failure is logged, never the client's answer."""
+        try:
+            await pending
+        except Unavailable as exc:
+            log.warning("idempotency record not updated", extra={"image_id": image_id, "error": str(exc)})
 
     async def _already_stored(self, key: str, size: int) -> bool:
         if size < HEAD_BEFORE_PUT_BYTES:

@@ -68,10 +68,12 @@ def openapi_document(config: GatewayConfig) -> dict[str, Any]:
                 },
                 "ErrorBody": {"type": "object", "required": ["code", "message"],
                               "properties": {"code": {"type": "string", "enum": [
-                                  "bad_request", "unauthorized", "forbidden", "payload_too_large",
+                                  "bad_request", "unauthorized", "forbidden", "conflict", "payload_too_large",
                                   "unsupported_media_type", "corrupt_image", "image_too_large", "rate_limited",
                                   "unavailable", "internal_error"]},
-                                  "message": {"type": "string"}},
+                                  "message": {"type": "string"},
+                                  "idempotency_key": {"type": "string",
+                                                      "description": "503 only: the key to retry with"}},
                               "additionalProperties": True},
                 "Error": {"type": "object", "required": ["error"],
                           "properties": {"error": {"$ref": "#/components/schemas/ErrorBody"}}},
@@ -113,7 +115,15 @@ def openapi_document(config: GatewayConfig) -> dict[str, Any]:
                         "422": _error("Corrupt/truncated image, or over the pixel limit (decompression bomb)"),
                         "429": {**_error("Per-producer rate limit; see Retry-After"),
                                 "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
-                        "503": _error("Object store or Kafka unreachable; retry (with the same Idempotency-Key)"),
+                        "503": {**_error("Object store or Kafka unreachable, or the gateway is at its limit of "
+                                         "concurrent uploads. The body is generic (the cause is logged) and "
+                                         "carries error.idempotency_key: retry with that key (also in the "
+                                         "Idempotency-Key header) so the upload counts once even if it was "
+                                         "published after all"),
+                                "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1},
+                                                            "description": "seconds, spread over 1-5 s"},
+                                            "Idempotency-Key": {"schema": {"type": "string"},
+                                                                "description": "the key to retry with"}}},
                     },
                 }
             },

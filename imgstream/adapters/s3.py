@@ -56,6 +56,10 @@ class ObjectStore(Protocol):
     async def put(self, key: str, body: Body, *, size: int, content_type: str = "application/octet-stream",
                   metadata: Mapping[str, str] | None = None, sha256: str | None = None) -> None: ...
 
+    async def create(self, key: str, body: bytes, *, content_type: str = "application/octet-stream") -> bool:
+        """Store ``body`` under ``key`` only if no object exists there (atomically: of concurrent
+        callers exactly one wins). Returns whether this call created it."""
+
     async def head(self, key: str) -> ObjectInfo | None: ...
 
     async def get(self, key: str) -> bytes | None: ...
@@ -118,6 +122,15 @@ class MemoryObjectStore:
                                               metadata=dict(metadata or {}),
                                               last_modified=datetime.now(timezone.utc)))
 
+    async def create(self, key: str, body: bytes, *, content_type: str = "application/octet-stream") -> bool:
+        self._check()
+        await asyncio.sleep(0)  # a real store yields before it decides; keep interleavings honest
+        if key in self.objects:
+            return False
+        self.objects[key] = (bytes(body), ObjectInfo(key, len(body), etag=f'"{len(body)}"', content_type=content_type,
+                                                     last_modified=datetime.now(timezone.utc)))
+        return True
+
     async def head(self, key: str) -> ObjectInfo | None:
         self._check()
         entry = self.objects.get(key)
@@ -146,6 +159,11 @@ def _read_part(body: IO[bytes], size: int) -> tuple[bytes, str]:
 
 def _not_found(exc: Any) -> bool:
     return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+
+
+#: Answers to a conditional create that mean "another writer has (or is creating) this key":
+#: 412 when it exists, and AWS's 409 when a concurrent conditional write to the key is in flight.
+_LOST_RACE: Final = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 
 
 @dataclass(eq=False, repr=False)
@@ -276,6 +294,21 @@ class S3ObjectStore:
             body.seek(0)
         async with self._errors(f"put {key}"):
             await self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=size, **extra)
+
+    async def create(self, key: str, body: bytes, *, content_type: str = "application/octet-stream") -> bool:
+        """A conditional PUT (``If-None-Match: *``): S3 and s3proxy decide atomically on the
+        server, so of concurrent creators of one key exactly one gets ``True``."""
+        from botocore.exceptions import ClientError
+
+        async with self._errors(f"create {key}"):
+            try:
+                await self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=len(body),
+                                             ContentType=content_type, IfNoneMatch="*")
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in _LOST_RACE:
+                    return False
+                raise
+        return True
 
     async def _put_multipart(self, key: str, body: IO[bytes], extra: Mapping[str, Any]) -> None:
         async with self._errors(f"multipart put {key}"):

@@ -124,9 +124,26 @@ class InvalidEvent(ImgstreamError):
 
 
 class Unavailable(ImgstreamError):
-    """A dependency (S3, Kafka, PostgreSQL...) is not reachable right now; retry later."""
+    """A dependency (S3, Kafka, PostgreSQL...) is not reachable right now; retry later (503).
+
+    ``message`` and most ``details`` describe the inside (hosts, driver errors): they are for the
+    logs. The body a client gets (:meth:`to_dict`) says only :data:`UNAVAILABLE_MESSAGE` plus the
+    details named in :data:`PUBLIC_DETAILS`.
+    """
 
     code = "unavailable"
+
+    #: Details a client may see: a stable ``reason`` code and the ``idempotency_key`` to retry with.
+    PUBLIC_DETAILS = ("reason", "idempotency_key")
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": UNAVAILABLE_MESSAGE}
+        body.update((k, self.details[k]) for k in self.PUBLIC_DETAILS if k in self.details)
+        return {"error": body}
+
+
+#: The one message of every 503: what went wrong inside is logged, not sent.
+UNAVAILABLE_MESSAGE = "the service cannot complete this request right now; retry after the Retry-After delay"
 
 
 #: The single code -> HTTP status table shared by the HTTP services.

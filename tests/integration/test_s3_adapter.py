@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import io
@@ -108,3 +109,11 @@ async def test_unreachable_server_is_unavailable(it_bucket: StackConfig) -> None
             await down.ping()
     finally:
         await down.close()
+
+
+async def test_create_is_atomic_among_concurrent_writers(store: S3ObjectStore) -> None:
+    results = await asyncio.gather(*(store.create("claims/one", bytes([i]) * 50_000) for i in range(8)))
+    assert results.count(True) == 1
+    winner = results.index(True)
+    assert await store.get("claims/one") == bytes([winner]) * 50_000
+    assert await store.create("claims/one", b"later") is False
