@@ -161,7 +161,7 @@ async def start_gateway(env: dict[str, str], workdir: Path) -> tuple[ServiceProc
     ensure_key_file(keys)
     child_env = {**env, "IMGSTREAM_GATEWAY_TOPIC": GATEWAY_TOPIC, "IMGSTREAM_S3_BUCKET": BENCH_BUCKET,
                  "IMGSTREAM_TOKEN_KEYS_FILE": str(keys), "IMGSTREAM_GATEWAY_RATE": "0",
-                 "IMGSTREAM_GATEWAY_LOG_LEVEL": "WARNING"}
+                 "IMGSTREAM_GATEWAY_LOG_LEVEL": "WARNING", "IMGSTREAM_GATEWAY_PRESTOP_DELAY": "0"}
     try:
         service = await start_service("api.gateway", cwd=REPO, env=child_env, port_variable="IMGSTREAM_GATEWAY_PORT",
                                       log=workdir / "gateway.log", ready_path="/readyz", timeout=90)

@@ -1,7 +1,8 @@
 """``python -m api.gateway``: read the configuration once, connect, serve until SIGTERM/SIGINT.
 
-On a signal the gateway stops accepting connections, fails /readyz, lets in-flight uploads
-finish (up to ``IMGSTREAM_GATEWAY_SHUTDOWN_TIMEOUT`` seconds), then flushes Kafka and exits.
+On a signal the gateway fails /readyz and keeps serving for ``IMGSTREAM_GATEWAY_PRESTOP_DELAY``
+seconds, then stops accepting connections, lets in-flight uploads finish (up to
+``IMGSTREAM_GATEWAY_SHUTDOWN_TIMEOUT`` seconds), flushes Kafka and exits.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ async def serve(config: GatewayConfig) -> None:
 
     # After drain, the runner's cleanup closes idle connections, Kafka (flush) and S3.
     await serve_until_signal(app, host=config.host, port=config.port, logger=log, server_options=server_options(config),
-                             reuse_port=config.reuse_port, drain=drain,
+                             reuse_port=config.reuse_port, drain=drain, prestop=app[GATEWAY].prestop,
                              listening={"topic": config.topic, "bucket": config.s3.bucket,
                                         "keys_file": str(config.keys_file)})
     log.info("stopped")

@@ -36,11 +36,12 @@ from imgstream.domain.errors import (
 )
 from imgstream.domain.events import image_id_for
 from api.common.httpkit import (check, error_response, errors_middleware, healthz, metrics_response,
-                                observe_middleware, readiness)
+                                observe_middleware)
 from imgstream.domain.ratelimit import RateLimiter
 from imgstream.domain.tokens import Principal, TokenVerifier, bearer_token
 
 from api.gateway.config import READ_CHUNK, GatewayConfig
+from api.gateway.decoding import DecodeBudget
 from api.gateway.ingest import Ingestor, Outcome, Spool, receive
 from api.gateway.metrics import GatewayMetrics
 from api.gateway.openapi import openapi_document
@@ -104,9 +105,10 @@ class Gateway:
         self._own_executor = executor is None
         self.executor = executor or ThreadPoolExecutor(max_workers=config.inspect_workers,
                                                        thread_name_prefix="inspect")
+        self.decode_budget = DecodeBudget(config.decode_memory_bytes)
         self.ingestor = Ingestor(store=store, publisher=publisher, executor=self.executor, topic=config.topic,
                                  max_pixels=config.max_pixels, gateway_id=config.gateway_id, metrics=metrics,
-                                 clock=clock)
+                                 clock=clock, decode_budget=self.decode_budget)
         self.draining = False
         self._uploads = 0
         self._idle = asyncio.Event()
@@ -162,7 +164,12 @@ class Gateway:
     # -- POST /v1/images ----------------------------------------------------------------------------
 
     async def post_images(self, request: web.Request) -> web.StreamResponse:
-        """``POST /v1/images``; counted so a shutdown can wait for in-flight uploads (``drain``)."""
+        """``POST /v1/images``; counted so a shutdown can wait for in-flight uploads (``drain``),
+        and refused with 503 from its headers alone while ``max_concurrent_uploads`` are in flight."""
+        if self._uploads >= self.config.max_concurrent_uploads:
+            self.metrics.images.labels("overloaded").inc()
+            raise Unavailable(f"{self._uploads} uploads in flight, the limit of this process",
+                              reason="overloaded", limit=self.config.max_concurrent_uploads)
         self._uploads += 1
         self._idle.clear()
         try:
@@ -405,9 +412,24 @@ class Gateway:
     # -- operations ---------------------------------------------------------------------------------
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
-        s3, kafka = await asyncio.gather(check(self.store.ping, _READY_TIMEOUT),
-                                         check(self.publisher.ping, _READY_TIMEOUT))
-        return readiness({"s3": s3, "kafka": kafka}, draining=self.draining)
+        """Readiness of this process only: ready unless draining. S3 and Kafka are shared by every
+        replica, so failing readiness on them would take all pods out of the load balancer at
+        once for one blip; uploads then fail fast with 503 + a retry key instead. ``?deps=1``
+        adds a live check of both for operators (reported, never failing the probe)."""
+        checks = {"uploads_in_flight": str(self._uploads), "upload_limit": str(self.config.max_concurrent_uploads)}
+        if request.query.get("deps") == "1":
+            checks["s3"], checks["kafka"] = await asyncio.gather(check(self.store.ping, _READY_TIMEOUT),
+                                                                 check(self.publisher.ping, _READY_TIMEOUT))
+        ready = not self.draining
+        body = {"status": "ready" if ready else "draining", "checks": checks}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def prestop(self) -> None:
+        """First step of a SIGTERM: fail /readyz and keep serving for ``prestop_delay`` seconds, so
+        load balancers stop routing here before the listening socket closes."""
+        self.draining = True
+        log.info("draining: readiness failed, still serving", extra={"prestop_delay_s": self.config.prestop_delay})
+        await asyncio.sleep(self.config.prestop_delay)
 
     async def metrics_endpoint(self, request: web.Request) -> web.StreamResponse:
         return metrics_response(self.metrics.registry)

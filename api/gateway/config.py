@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Mapping
 
+from api.gateway.decoding import DECODE_MEMORY_BYTES
 from imgstream.config import ConfigReader, KafkaConfig, S3Config
+from imgstream.cpus import usable_cpus
 from imgstream.domain.events import TOPIC_UPLOADED
 from imgstream.domain.imaging import MAX_PIXELS
 from imgstream.domain.tokens import DEFAULT_KEYS_FILE, keys_file_from_env
@@ -41,6 +43,19 @@ REQUEST_TIMEOUT: Final = 120.0
 #: On SIGTERM, in-flight uploads get this long to finish before they are cancelled; below the
 #: usual 30-60 s grace period of process supervisors and Kubernetes.
 SHUTDOWN_TIMEOUT: Final = 25.0
+
+#: Uploads one gateway process handles at once; past it, new uploads get 503 + Retry-After from
+#: their headers alone (before "100 Continue", so no body is sent). Each may hold 1 MiB of spool in
+#: memory and up to 25 MiB on disk: 64 x 25 MiB = 1.6 GiB fits the pod's 2 GiB spool volume, and
+#: 64 is far above what two cores keep busy (~12 uploads in flight at 5 MB, docs/gateway.md).
+MAX_CONCURRENT_UPLOADS: Final = 64
+
+#: On SIGTERM, the gateway first fails /readyz and keeps serving for this long, so load balancers
+#: stop routing to it before it stops listening: readiness is probed every 2 s
+#: (k8s/base/gateway.yaml) and endpoint changes take a few seconds more to reach every proxy.
+#: Then in-flight uploads drain for up to SHUTDOWN_TIMEOUT; the two together (35 s) stay inside
+#: the pod's 45 s termination grace period, leaving room for the Kafka flush.
+PRESTOP_DELAY: Final = 10.0
 
 #: After an early error (413/415 mid-body) the server keeps reading and discarding for at most this
 #: long, so a client still sending can read the error instead of a connection reset; it bounds
@@ -79,6 +94,9 @@ class GatewayConfig:
     rate_per_second: float = RATE_PER_SECOND
     rate_burst: float = RATE_BURST
     inspect_workers: int = 2
+    max_concurrent_uploads: int = MAX_CONCURRENT_UPLOADS
+    prestop_delay: float = PRESTOP_DELAY
+    decode_memory_bytes: int = DECODE_MEMORY_BYTES
     gateway_id: str = "gateway"
     ensure_topic: bool = True
     topic_partitions: int = 3
@@ -114,7 +132,10 @@ class GatewayConfig:
             linger_seconds=read.number("LINGER_SECONDS", cls.linger_seconds),
             rate_per_second=read.number("RATE", cls.rate_per_second),
             rate_burst=read.number("BURST", cls.rate_burst),
-            inspect_workers=read.integer("WORKERS", os.cpu_count() or 2),
+            inspect_workers=read.integer("WORKERS", usable_cpus()),
+            max_concurrent_uploads=read.integer("MAX_CONCURRENT_UPLOADS", cls.max_concurrent_uploads),
+            prestop_delay=read.number("PRESTOP_DELAY", cls.prestop_delay),
+            decode_memory_bytes=read.integer("DECODE_MEMORY_BYTES", cls.decode_memory_bytes),
             gateway_id=read.text("ID", f"{socket.gethostname()}:{port}"),
             ensure_topic=read.flag("ENSURE_TOPIC", cls.ensure_topic),
             topic_partitions=read.integer("TOPIC_PARTITIONS", cls.topic_partitions),

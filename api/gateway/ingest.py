@@ -30,6 +30,7 @@ from api.gateway.receipts import ReceiptStore, Record
 from imgstream.domain.receipts import build_receipt
 from imgstream.domain.storage_layout import image_key
 
+from api.gateway.decoding import DecodeBudget
 from api.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("imgstream.gateway")
@@ -144,7 +145,8 @@ class Ingestor:
 
     def __init__(self, *, store: ObjectStore, publisher: EventPublisher, executor: Executor, topic: str,
                  max_pixels: int, gateway_id: str, metrics: GatewayMetrics,
-                 clock: Callable[[], datetime], in_flight_wait: float = IN_FLIGHT_WAIT) -> None:
+                 clock: Callable[[], datetime], in_flight_wait: float = IN_FLIGHT_WAIT,
+                 decode_budget: DecodeBudget | None = None) -> None:
         self.store = store
         self.publisher = publisher
         self.receipts = ReceiptStore(store)
@@ -155,6 +157,7 @@ class Ingestor:
         self.metrics = metrics
         self.clock = clock
         self.in_flight_wait = in_flight_wait
+        self.decode_budget = decode_budget or DecodeBudget()
 
     async def ingest(self, spool: Spool, summary: StreamSummary, *, producer: str, image_id: str,
                      idempotency_key: str | None, retry_key: str | None = None) -> Outcome:
@@ -182,7 +185,8 @@ class Ingestor:
             try:
                 info = await loop.run_in_executor(
                     self.executor, lambda: imaging.inspect(spool.file, summary.format, summary.size,
-                                                           max_pixels=self.max_pixels))
+                                                           max_pixels=self.max_pixels,
+                                                           reserve=self.decode_budget.reserve))
             except ImgstreamError:
                 if owned:  # refused bytes: the key stays free for the client's corrected upload
                     await self._quietly(self.receipts.release(producer, image_id), image_id)

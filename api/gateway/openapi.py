@@ -128,7 +128,8 @@ def openapi_document(config: GatewayConfig) -> dict[str, Any]:
                 }
             },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-            "/readyz": {"get": {"summary": "Readiness: S3 and Kafka reachable, not draining",
+            "/readyz": {"get": {"summary": "Readiness of this process (not draining); S3 and Kafka are "
+                                           "checked only with ?deps=1 and never fail it",
                                 "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
