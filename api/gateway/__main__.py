@@ -15,7 +15,7 @@ from imgstream.adapters.s3 import S3ObjectStore
 from imgstream.domain.errors import Unavailable
 from api.common.httpkit import configure_logging
 from imgstream.domain.imaging import configure_pillow
-from api.common.runtime import retry_until, run_service, serve_until_signal
+from api.common.runtime import retry_until, run_service, serve_until_signal, uvloop_factory
 from imgstream.domain.tokens import ReloadingKeyRing, ensure_key_file
 
 from api.gateway.app import GATEWAY, create_app, server_options
@@ -76,7 +76,9 @@ def main() -> int:
     """Entry point: ``.venv/bin/python -m api.gateway``."""
     config = GatewayConfig.from_env()
     configure_logging(config.log_level, quiet=QUIET_LOGGERS)
-    return run_service(lambda: serve(config), log, unreachable="cannot start: a dependency is unreachable")
+    # uvloop: the event loop (server, S3 client, Kafka client) is a third of the CPU of a small upload.
+    return run_service(lambda: serve(config), log, unreachable="cannot start: a dependency is unreachable",
+                       loop_factory=uvloop_factory(log))
 
 
 if __name__ == "__main__":

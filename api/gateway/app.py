@@ -16,6 +16,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+import orjson
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BodyPartReader
@@ -272,7 +273,8 @@ class Gateway:
             spool.close()
         self.stored(outcome, principal)
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
-        return web.json_response(outcome.receipt, status=201, headers=headers)
+        return web.Response(body=orjson.dumps(outcome.receipt), status=201, headers=headers,
+                            content_type="application/json")
 
     async def post_multipart(self, request: web.Request, principal: Principal, key: str | None,
                              deadline: float) -> web.StreamResponse:
@@ -307,7 +309,7 @@ class Gateway:
             answered = [r if isinstance(r, dict) else await r for r in results]
         if not answered:
             raise BadRequest("multipart body has no parts: send one or more parts named 'file'")
-        return web.json_response({"results": answered}, status=200)
+        return web.Response(body=orjson.dumps({"results": answered}), status=200, content_type="application/json")
 
     async def take_part(self, part: Any, index: int, principal: Principal, key: str | None, budget: _Budget,
                         deadline: float) -> dict[str, Any] | asyncio.Task[dict[str, Any]]:

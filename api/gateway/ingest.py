@@ -36,9 +36,11 @@ from api.gateway.metrics import GatewayMetrics
 log = logging.getLogger("imgstream.gateway")
 
 #: Bodies at least this big are HEADed before the PUT: if the same bytes are already stored
-#: (content addressing), re-sending megabytes costs more than one small round trip. Below it, a
-#: blind PUT (idempotent for identical bytes) is cheaper than the extra request.
-HEAD_BEFORE_PUT_BYTES: Final = 2 * 1024 * 1024
+#: (content addressing), re-sending them costs more than one small round trip. Below it, a blind
+#: PUT (idempotent for identical bytes) is cheaper: for the unique uploads that are nearly all of
+#: them, a HEAD is a wasted round trip and store CPU. From the multipart threshold up, an upload
+#: takes several round trips and tens of MB anyway, and one HEAD is noise.
+HEAD_BEFORE_PUT_BYTES: Final = MULTIPART_THRESHOLD
 
 #: How long a request waits for the receipt of a concurrent upload of the same bytes under the
 #: same Idempotency-Key before taking the key over. Storing and publishing the largest body takes
@@ -201,8 +203,10 @@ class Ingestor:
                     # One read in a worker thread beats the HTTP client's 64 KiB reads through the
                     # executor (~5 ms less CPU per 5 MB); multipart bodies stay on disk, part by part.
                     body = await loop.run_in_executor(self.executor, body.read)
+                # No user metadata: the key is the SHA-256 already, and every x-amz-meta header is
+                # stored (extended attributes on s3proxy's file system) and signed per request.
                 await self.store.put(key, body, size=summary.size, content_type=info.format.content_type,
-                                     metadata={"sha256": summary.sha256}, sha256=summary.sha256)
+                                     sha256=summary.sha256)
             stored = True
             self.metrics.stage.labels("store").observe(time.perf_counter() - started)
 

@@ -29,6 +29,13 @@ async def store(request: pytest.FixtureRequest, it_bucket: StackConfig) -> Async
     await s3.close()
 
 
+async def test_keys_with_odd_characters_round_trip(store: S3ObjectStore) -> None:
+    for key in ("t/with space", "t/plus+and=equals", "t/ünïcode", "t/tilde~dash-dot."):
+        await store.put(key, b"odd", size=3, content_type="text/plain", metadata={"sha256": "ab"})
+        info = await store.head(key)
+        assert info is not None and info.metadata["sha256"] == "ab" and await store.get(key) == b"odd"
+
+
 async def test_put_head_get_list_delete(store: S3ObjectStore) -> None:
     data = os.urandom(100_000)
     sha = hashlib.sha256(data).hexdigest()
@@ -91,12 +98,15 @@ async def test_ensure_bucket_is_idempotent_and_ping_checks_the_bucket(store: S3O
         await missing.close()
 
 
-async def test_wrong_credentials_are_unavailable_not_a_crash(it_bucket: StackConfig) -> None:
-    bad = S3ObjectStore(dataclasses.replace(it_bucket.s3, secret_key=Secret("wrong")))
+@pytest.mark.parametrize("signing", [True, False], ids=["botocore", "direct-put"])
+async def test_wrong_credentials_are_unavailable_not_a_crash(it_bucket: StackConfig, signing: bool) -> None:
+    bad = S3ObjectStore(dataclasses.replace(it_bucket.s3, secret_key=Secret("wrong")), payload_signing=signing)
     await bad.start()
     try:
-        with pytest.raises(Unavailable):
+        with pytest.raises(Unavailable, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId|403"):
             await bad.put("t/x", b"x", size=1)
+        with pytest.raises(Unavailable):
+            await bad.create("t/y", b"y")
     finally:
         await bad.close()
 

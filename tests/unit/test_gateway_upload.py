@@ -221,7 +221,10 @@ async def test_receipt_store_failure_does_not_fail_a_stored_upload(gw: Harness) 
     assert len(gw.events()) == 1 and any(k.startswith("receipts/") for k in calls)
 
 
-async def test_large_body_spools_to_disk_and_known_bytes_are_not_resent(gateway_factory) -> None:
+async def test_large_body_spools_to_disk_and_known_bytes_are_not_resent(gateway_factory, monkeypatch) -> None:
+    from api.gateway import ingest
+
+    monkeypatch.setattr(ingest, "HEAD_BEFORE_PUT_BYTES", 2 * 1024 * 1024)  # as if the body were multipart-sized
     gw = await gateway_factory(spool_memory_bytes=64 * 1024)
     data = fx.sized_jpeg(2_500_000)
     assert len(data) > 2 * 1024 * 1024
@@ -233,6 +236,20 @@ async def test_large_body_spools_to_disk_and_known_bytes_are_not_resent(gateway_
     assert second.status == 201
     assert gw.store.put_calls == 1  # HEAD found the same bytes: not sent twice
     assert len(gw.events()) == 2
+
+
+async def test_unique_bodies_below_the_multipart_size_take_one_store_round_trip(gateway_factory) -> None:
+    gw = await gateway_factory(spool_memory_bytes=64 * 1024)
+    heads = []
+    real_head = gw.store.head
+
+    async def head(key):
+        heads.append(key)
+        return await real_head(key)
+
+    gw.store.head = head  # type: ignore[method-assign]
+    response = await gw.upload(fx.sized_jpeg(2_500_000))
+    assert response.status == 201 and heads == [] and gw.store.put_calls == 1
 
 
 async def test_receipt_is_json_with_only_documented_types(gw: Harness) -> None:
