@@ -7,13 +7,12 @@ fakes and the entry point (``api/gateway/__main__.py``) with the real S3 and Kaf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-import re
 import time
-import uuid
 from concurrent.futures import Executor, ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
@@ -23,6 +22,7 @@ from aiohttp.multipart import BodyPartReader
 
 from imgstream.domain import imaging
 from imgstream.adapters.kafka import EventPublisher
+from imgstream.adapters.multipart import PartStore, part_store_for
 from imgstream.adapters.s3 import ObjectStore
 from imgstream.domain.errors import (
     BadRequest,
@@ -43,25 +43,13 @@ from imgstream.domain.tokens import Principal, TokenVerifier, bearer_token
 
 from api.gateway.config import READ_CHUNK, GatewayConfig
 from api.gateway.decoding import DecodeBudget
+from api.gateway.keys import IDEMPOTENCY_KEY, checked_key, server_key
 from api.gateway.ingest import Ingestor, Outcome, Spool, receive
 from api.gateway.metrics import GatewayMetrics
 from api.gateway.openapi import openapi_document
+from api.gateway.tus import TusUploads
 
 log = logging.getLogger("imgstream.gateway")
-
-#: Idempotency keys: 1-200 visible ASCII characters (a UUID is the usual choice). 200, not the
-#: schema's 255, leaves room for the "#<part>" suffix of multipart parts.
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-#: The request header of a client's key, and the response header of a 503 that says which key to
-#: retry with.
-IDEMPOTENCY_KEY = "Idempotency-Key"
-
-
-def server_key() -> str:
-    """An idempotency key made by the gateway for an upload that came without one: the image_id
-    derives from it, and a 503 returns it, so the client's retry cannot count the image twice."""
-    return f"gw-{uuid.uuid4().hex}"
-
 
 #: How long /readyz waits for each dependency before calling it unreachable.
 _READY_TIMEOUT = 3.0
@@ -111,6 +99,7 @@ class Gateway:
                                  max_pixels=config.max_pixels, gateway_id=config.gateway_id, metrics=metrics,
                                  clock=clock, decode_budget=self.decode_budget)
         self.draining = False
+        self.uploads: TusUploads | None = None  # set by create_app
         self._uploads = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -123,7 +112,13 @@ class Gateway:
         await self.store.start()
         await self.publisher.start()
         log.info("gateway started", extra={"topic": self.config.topic, "gateway": self.config.gateway_id})
+        sweeper = (asyncio.create_task(self.uploads.sweep_forever(self.config.upload_sweep_interval))
+                   if self.uploads is not None and self.config.upload_sweep_interval > 0 else None)
         yield
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         log.info("gateway stopping: closing the event publisher and the object store")
         await self.publisher.close()
         await self.store.close()
@@ -153,20 +148,18 @@ class Gateway:
                               f"({self.limiter.rate:g} images/s, burst {self.limiter.burst:g}); "
                               f"retry in {math.ceil(wait)} s", retry_after=math.ceil(wait))
 
-    @staticmethod
-    def idempotency_key(request: web.Request) -> str | None:
-        value = request.headers.get(IDEMPOTENCY_KEY)
-        if value is None:
-            return None
-        if not _IDEMPOTENCY_KEY.match(value):
-            raise BadRequest("Idempotency-Key must be 1-200 visible ASCII characters", field="Idempotency-Key")
-        return value
-
     # -- POST /v1/images ----------------------------------------------------------------------------
 
     async def post_images(self, request: web.Request) -> web.StreamResponse:
-        """``POST /v1/images``; counted so a shutdown can wait for in-flight uploads (``drain``),
-        and refused with 503 from its headers alone while ``max_concurrent_uploads`` are in flight."""
+        """``POST /v1/images`` (see :meth:`admitted`)."""
+        async with self.admitted():
+            return await self._post_images(request)
+
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """One upload (a POST, or a tus creation or PATCH) in flight: counted so a shutdown can
+        wait for it (``drain``), and refused with 503 from its headers alone while
+        ``max_concurrent_uploads`` are in flight."""
         if self._uploads >= self.config.max_concurrent_uploads:
             self.metrics.images.labels("overloaded").inc()
             raise Unavailable(f"{self._uploads} uploads in flight, the limit of this process",
@@ -174,7 +167,7 @@ class Gateway:
         self._uploads += 1
         self._idle.clear()
         try:
-            return await self._post_images(request)
+            yield
         finally:
             self._uploads -= 1
             if self._uploads == 0:
@@ -197,7 +190,7 @@ class Gateway:
     async def _post_images(self, request: web.Request) -> web.StreamResponse:
         principal = self.authenticate(request)
         self.charge(principal.name)
-        key = self.idempotency_key(request)
+        key = checked_key(request.headers.get(IDEMPOTENCY_KEY))
         encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
         if encoding not in ("", "identity"):
             # Compressed bodies would make the byte limit meaningless (a zip bomb inflates past
@@ -442,13 +435,14 @@ class Gateway:
 
 def create_app(config: GatewayConfig, store: ObjectStore, publisher: EventPublisher, keyring: TokenVerifier, *,
                limiter: RateLimiter | None = None, metrics: GatewayMetrics | None = None,
-               executor: Executor | None = None,
+               executor: Executor | None = None, parts: PartStore | None = None,
                clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> web.Application:
     """Build the gateway application from explicit dependencies.
 
     ``store`` and ``publisher`` are started when the app starts and closed after it stopped
     serving; ``keyring`` verifies bearer tokens; ``limiter`` defaults to the config's
-    per-producer rate; ``clock`` gives ``received_at``.
+    per-producer rate; ``clock`` gives ``received_at`` and the resumable uploads' expiry;
+    ``parts`` (multipart uploads for ``/v1/uploads/``) defaults to the store's own.
     """
     metrics = metrics or GatewayMetrics()
     limiter = limiter or RateLimiter(config.rate_per_second, config.rate_burst)
@@ -472,6 +466,9 @@ def create_app(config: GatewayConfig, store: ObjectStore, publisher: EventPublis
     app = web.Application(middlewares=[observe, errors_middleware(log)], client_max_size=1024)
     app[GATEWAY] = gateway
     app.router.add_post("/v1/images", gateway.post_images, expect_handler=expect)
+    gateway.uploads = TusUploads(gateway, parts or part_store_for(store),
+                                 expiry=timedelta(seconds=config.upload_expiry), clock=clock)
+    gateway.uploads.add_routes(app, expect)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", gateway.readyz)
     app.router.add_get("/metrics", gateway.metrics_endpoint)

@@ -13,6 +13,7 @@ from imgstream.config import ConfigReader, KafkaConfig, S3Config
 from imgstream.cpus import usable_cpus
 from imgstream.domain.events import TOPIC_UPLOADED
 from imgstream.domain.imaging import MAX_PIXELS
+from imgstream.domain.tus import UPLOAD_EXPIRY
 from imgstream.domain.tokens import DEFAULT_KEYS_FILE, keys_file_from_env
 
 #: Largest single image body. A 48 MP phone JPEG at maximum quality is about 20 MB; nothing a camera
@@ -57,6 +58,13 @@ MAX_CONCURRENT_UPLOADS: Final = 64
 #: the pod's 45 s termination grace period, leaving room for the Kafka flush.
 PRESTOP_DELAY: Final = 10.0
 
+#: Resumable uploads: seconds without a PATCH before an upload expires (its parts are aborted), and
+#: how often each gateway looks for expired ones. Why a day: imgstream/domain/tus.py UPLOAD_EXPIRY.
+UPLOAD_EXPIRY_SECONDS: Final = int(UPLOAD_EXPIRY.total_seconds())
+#: Every 5 minutes: an expired upload then holds its parts at most that much longer; sweeping lists
+#: the uploads/ prefix, so it is not done per request.
+UPLOAD_SWEEP_INTERVAL: Final = 300.0
+
 #: After an early error (413/415 mid-body) the server keeps reading and discarding for at most this
 #: long, so a client still sending can read the error instead of a connection reset; it bounds
 #: what an over-limit body can make us read.
@@ -97,6 +105,8 @@ class GatewayConfig:
     max_concurrent_uploads: int = MAX_CONCURRENT_UPLOADS
     prestop_delay: float = PRESTOP_DELAY
     decode_memory_bytes: int = DECODE_MEMORY_BYTES
+    upload_expiry: float = UPLOAD_EXPIRY_SECONDS
+    upload_sweep_interval: float = UPLOAD_SWEEP_INTERVAL
     gateway_id: str = "gateway"
     ensure_topic: bool = True
     topic_partitions: int = 3
@@ -136,6 +146,8 @@ class GatewayConfig:
             max_concurrent_uploads=read.integer("MAX_CONCURRENT_UPLOADS", cls.max_concurrent_uploads),
             prestop_delay=read.number("PRESTOP_DELAY", cls.prestop_delay),
             decode_memory_bytes=read.integer("DECODE_MEMORY_BYTES", cls.decode_memory_bytes),
+            upload_expiry=read.number("UPLOAD_EXPIRY", cls.upload_expiry),
+            upload_sweep_interval=read.number("UPLOAD_SWEEP_INTERVAL", cls.upload_sweep_interval),
             gateway_id=read.text("ID", f"{socket.gethostname()}:{port}"),
             ensure_topic=read.flag("ENSURE_TOPIC", cls.ensure_topic),
             topic_partitions=read.integer("TOPIC_PARTITIONS", cls.topic_partitions),

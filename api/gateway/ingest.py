@@ -134,6 +134,26 @@ async def receive(spool: Spool, read: Callable[[], Awaitable[bytes]], *, idle_ti
 
 
 @dataclass(frozen=True, slots=True)
+class Stored:
+    """Facts about content in the store: what an event needs besides who uploaded it and when."""
+
+    sha256: str
+    size: int
+    content_type: str
+    width: int
+    height: int
+    phash: str
+    storage_key: str
+
+    @classmethod
+    def from_receipt(cls, receipt: dict[str, Any]) -> "Stored":
+        """The facts an earlier receipt of the same content recorded."""
+        return cls(sha256=receipt["sha256"], size=int(receipt["size"]), content_type=receipt["content_type"],
+                   width=int(receipt["width"]), height=int(receipt["height"]), phash=receipt["phash"],
+                   storage_key=receipt["storage_key"])
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """The result of one ingested image: its receipt, and whether it is a replay of an earlier
     idempotent upload (then nothing was stored or published this time)."""
@@ -161,7 +181,7 @@ class Ingestor:
         self.in_flight_wait = in_flight_wait
         self.decode_budget = decode_budget or DecodeBudget()
 
-    async def ingest(self, spool: Spool, summary: StreamSummary, *, producer: str, image_id: str,
+    async def ingest(self, spool: Spool | None, summary: StreamSummary | Stored, *, producer: str, image_id: str,
                      idempotency_key: str | None, retry_key: str | None = None) -> Outcome:
         """Take one fully received body to a receipt. Raises an :class:`ImgstreamError` when the
         image is refused (422), its key was used for other bytes (409) or a dependency is down
@@ -171,6 +191,10 @@ class Ingestor:
         ``retry_key`` (made by the server): a 503 carries that key as ``idempotency_key``, so a
         client whose upload may have been counted after all (a lost Kafka acknowledgement)
         retries under the same ``image_id`` and the stream counts it once.
+
+        ``summary`` may instead be :class:`Stored`: content already in the store, checked when it
+        was first uploaded (a resumable upload that declared its SHA-256); then nothing is
+        inspected or stored, and only a new event and receipt are made (``spool`` is ``None``).
         """
         received_at = format_time(self.clock())
         owned = False
@@ -180,41 +204,21 @@ class Ingestor:
                 self.metrics.images.labels("replayed").inc()
                 return Outcome(previous, replayed=True)
             owned = True
-        stored = False
+        stored = isinstance(summary, Stored)
         try:
-            started = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            try:
-                info = await loop.run_in_executor(
-                    self.executor, lambda: imaging.inspect(spool.file, summary.format, summary.size,
-                                                           max_pixels=self.max_pixels,
-                                                           reserve=self.decode_budget.reserve))
-            except ImgstreamError:
-                if owned:  # refused bytes: the key stays free for the client's corrected upload
-                    await self._quietly(self.receipts.release(producer, image_id), image_id)
-                raise
-            self.metrics.stage.labels("inspect").observe(time.perf_counter() - started)
-
-            key = image_key(summary.sha256)
-            started = time.perf_counter()
-            if not await self._already_stored(key, summary.size):
-                body = spool.body()
-                if not isinstance(body, bytes) and summary.size < MULTIPART_THRESHOLD:
-                    # One read in a worker thread beats the HTTP client's 64 KiB reads through the
-                    # executor (~5 ms less CPU per 5 MB); multipart bodies stay on disk, part by part.
-                    body = await loop.run_in_executor(self.executor, body.read)
-                # No user metadata: the key is the SHA-256 already, and every x-amz-meta header is
-                # stored (extended attributes on s3proxy's file system) and signed per request.
-                await self.store.put(key, body, size=summary.size, content_type=info.format.content_type,
-                                     sha256=summary.sha256)
-            stored = True
-            self.metrics.stage.labels("store").observe(time.perf_counter() - started)
+            if isinstance(summary, Stored):
+                facts = summary
+            else:
+                assert spool is not None
+                facts = await self._check_and_store(spool, summary, producer, image_id, owned)
+                stored = True
 
             # The object is durable: only now may the event exist.
             event = ImageUploaded(
-                image_id=image_id, producer=producer, sha256=summary.sha256, phash=info.phash, size=summary.size,
-                content_type=info.format.content_type, width=info.width, height=info.height, storage_key=key,
-                received_at=received_at, idempotency_key=idempotency_key, gateway=self.gateway_id,
+                image_id=image_id, producer=producer, sha256=facts.sha256, phash=facts.phash, size=facts.size,
+                content_type=facts.content_type, width=facts.width, height=facts.height,
+                storage_key=facts.storage_key, received_at=received_at, idempotency_key=idempotency_key,
+                gateway=self.gateway_id,
             )
             started = time.perf_counter()
             published = await self.publisher.publish(
@@ -252,6 +256,38 @@ class Ingestor:
         self.metrics.images.labels("stored").inc()
         self.metrics.stored_bytes.inc(summary.size)
         return Outcome(receipt)
+
+    async def _check_and_store(self, spool: Spool, summary: StreamSummary, producer: str, image_id: str,
+                               owned: bool) -> Stored:
+        """The image checks (in a worker, within the decode budget), then the durable write."""
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            info = await loop.run_in_executor(
+                self.executor, lambda: imaging.inspect(spool.file, summary.format, summary.size,
+                                                       max_pixels=self.max_pixels,
+                                                       reserve=self.decode_budget.reserve))
+        except ImgstreamError:
+            if owned:  # refused bytes: the key stays free for the client's corrected upload
+                await self._quietly(self.receipts.release(producer, image_id), image_id)
+            raise
+        self.metrics.stage.labels("inspect").observe(time.perf_counter() - started)
+
+        key = image_key(summary.sha256)
+        started = time.perf_counter()
+        if not await self._already_stored(key, summary.size):
+            body = spool.body()
+            if not isinstance(body, bytes) and summary.size < MULTIPART_THRESHOLD:
+                # One read in a worker thread beats the HTTP client's 64 KiB reads through the
+                # executor (~5 ms less CPU per 5 MB); multipart bodies stay on disk, part by part.
+                body = await loop.run_in_executor(self.executor, body.read)
+            # No user metadata: the key is the SHA-256 already, and every x-amz-meta header is
+            # stored (extended attributes on s3proxy's file system) and signed per request.
+            await self.store.put(key, body, size=summary.size, content_type=info.format.content_type,
+                                 sha256=summary.sha256)
+        self.metrics.stage.labels("store").observe(time.perf_counter() - started)
+        return Stored(sha256=summary.sha256, size=summary.size, content_type=info.format.content_type,
+                      width=info.width, height=info.height, phash=info.phash, storage_key=key)
 
     async def _claim(self, producer: str, image_id: str, sha256: str, claimed_at: str) -> dict[str, Any] | None:
         """Own the idempotency key (``None``) or return the receipt to replay; raise 409 when the

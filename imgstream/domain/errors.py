@@ -104,6 +104,13 @@ class Conflict(ImgstreamError):
     code = "conflict"
 
 
+class ChecksumMismatch(ImgstreamError):
+    """A resumable upload's chunk does not match its ``Upload-Checksum`` (tus status 460): the
+    chunk is discarded and the upload's offset stays where it was."""
+
+    code = "checksum_mismatch"
+
+
 class RateLimited(ImgstreamError):
     """The producer is over its request budget (429).
 
@@ -160,6 +167,7 @@ HTTP_STATUS: Mapping[str, int] = {
     ImageTooLarge.code: 422,
     InvalidEvent.code: 422,
     RateLimited.code: 429,
+    ChecksumMismatch.code: 460,
     Unavailable.code: 503,
     ImgstreamError.code: 500,
 }
