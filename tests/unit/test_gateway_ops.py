@@ -131,6 +131,18 @@ async def test_openapi_documents_the_upload_contract(gw: Harness) -> None:
     assert {"/healthz", "/readyz", "/metrics", "/openapi.json"} <= set(doc["paths"])
 
 
+async def test_openapi_paths_and_methods_match_the_routes(gw: Harness) -> None:
+    doc = await (await gw.client.get("/openapi.json")).json()
+    documented = {(path, method.upper()) for path, item in doc["paths"].items() for method in item
+                  if method != "parameters"}
+    routed = {(route.resource.canonical, route.method) for route in gw.client.server.app.router.routes()
+              if route.method != "HEAD" or route.resource.canonical.startswith("/v1/uploads/")}
+    assert documented == routed
+    assert {"204", "200", "409", "460"} <= set(doc["paths"]["/v1/uploads/{upload_id}"]["patch"]["responses"])
+    headers = doc["paths"]["/v1/images"]["post"]["responses"]["503"]["headers"]
+    assert {"Retry-After", "Idempotency-Key"} <= set(headers)
+
+
 async def test_request_id_is_echoed_or_made_up(gw: Harness) -> None:
     given = await gw.client.get("/healthz", headers={"X-Request-Id": "abc-123"})
     assert given.headers["X-Request-Id"] == "abc-123"
