@@ -127,3 +127,33 @@ async def test_abandoned_upload_expires_and_its_parts_are_aborted(
                 assert gone.status == 404
     finally:
         await store.close()
+
+
+async def test_a_patch_broken_off_keeps_what_arrived(two_gateways: tuple[RunningService, RunningService]) -> None:
+    """The link drops in the middle of a PATCH: the gateway keeps the bytes it received (whole
+    parts plus the tail), and the client resumes from the offset HEAD reports."""
+    a, b = two_gateways
+    data = fx.padded_jpeg(6_500_000, "tus-broken")
+    creator = _uploader(a, data)
+    url = await asyncio.to_thread(creator.create_url)
+    path = url.split(a.url, 1)[1]
+    host, port = a.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    lines = [f"PATCH {path} HTTP/1.1", f"Host: {host}:{port}", "Tus-Resumable: 1.0.0", "Upload-Offset: 0",
+             "Content-Type: application/offset+octet-stream", f"Content-Length: {len(data)}",
+             f"Authorization: Bearer {a.token(PRODUCER, 'producer')}"]
+    sent = 5_800_000  # one whole 5 MiB part and a tail
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data[:sent])
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    resumed = _uploader(b, data, url=url.replace(a.url, b.url), retries=3, retry_delay=0.2)
+    deadline = time.monotonic() + 30
+    while (offset := resumed.get_offset()) == 0:  # committed once the gateway saw the link drop
+        assert time.monotonic() < deadline, "nothing of the broken PATCH was kept"
+        await asyncio.sleep(0.1)
+    assert 5 * 1024 * 1024 < offset <= sent  # a whole part and a tail: what reached the gateway
+    resumed.offset = offset
+    await asyncio.to_thread(resumed.upload)
+    receipt = json.loads(resumed.request.response_content)
+    assert receipt["sha256"] == hashlib.sha256(data).hexdigest()

@@ -212,3 +212,4 @@ async def test_limits_auth_and_protocol_version(gw: Harness) -> None:
     over = await patch(gw, location, 0, b"x" * 101)
     assert over.status == 413
     assert (await gw.client.head("/v1/uploads/not-an-id", headers={**gw.auth(), **TUS})).status == 404
+
