@@ -330,7 +330,8 @@ class TusUploads:
         """Join the parts, check the whole body like a POST's, store, publish, receipt."""
         data_key = upload_key(state.upload_id, "data")
         assert state.multipart_id is not None
-        await self.parts.complete(data_key, state.multipart_id, [(p.number, p.etag) for p in state.parts])
+        if await self.store.head(data_key) is None:  # joined already by an attempt that failed later
+            await self.parts.complete(data_key, state.multipart_id, [(p.number, p.etag) for p in state.parts])
         config = self.gateway.config
         spool = Spool(config.max_upload_bytes, config.spool_memory_bytes, config.spool_dir)
         try:

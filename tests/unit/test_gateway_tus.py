@@ -8,18 +8,15 @@ import hashlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from api.gateway.app import GATEWAY, create_app, server_options
 from api.gateway.config import GatewayConfig
-from imgstream.adapters.multipart import MemoryPartStore
 from imgstream.adapters.s3 import MemoryObjectStore
 from imgstream.domain.storage_layout import image_key
 from imgstream.domain.tokens import KeyRing
 from tests.fixtures import images as fx
 from tests.fixtures.gateway import DurableFirstPublisher, Harness, gateway_factory, gw  # noqa: F401
-
-from aiohttp.test_utils import TestClient, TestServer
 
 TUS = {"Tus-Resumable": "1.0.0"}
 BIG = fx.padded_jpeg(6_000_000)  # over one 5 MiB part: two parts
@@ -213,3 +210,16 @@ async def test_limits_auth_and_protocol_version(gw: Harness) -> None:
     assert over.status == 413
     assert (await gw.client.head("/v1/uploads/not-an-id", headers={**gw.auth(), **TUS})).status == 404
 
+
+
+async def test_kafka_down_at_the_last_patch_then_the_retry_finishes_it_once(gw: Harness) -> None:
+    created = await create(gw, len(BIG))
+    location = created.headers["Location"]
+    assert (await patch(gw, location, 0, BIG[:3_000_000])).status == 204
+    gw.publisher.fail_publishes = 1
+    failed = await patch(gw, location, 3_000_000, BIG[3_000_000:])
+    assert failed.status == 503 and "idempotency_key" in (await failed.json())["error"]
+    assert (await head(gw, location)).headers["Upload-Offset"] == str(len(BIG))  # the bytes are kept
+    retried = await patch(gw, location, len(BIG), b"")
+    assert retried.status == 200, await retried.text()
+    assert [e["image_id"] for e in gw.events()] == [(await retried.json())["image_id"]]
