@@ -296,13 +296,10 @@ def test_hashing_a_50_megapixel_16_bit_png_stays_within_the_memory_budget(tmp_pa
             "a = (np.arange(10000, dtype=np.uint16)[None, :] * 6).repeat(5000, axis=0); "
             f"Image.fromarray(a).save({str(path)!r})")
     subprocess.run([sys.executable, "-c", make], check=True)
-    # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak (kept across fork and
-    # exec), so a big pytest process made this test fail in the full suite; VmHWM is the child's own.
-    measure = ("from PIL import Image; Image.MAX_IMAGE_PIXELS = None; "
+    measure = ("import resource; from PIL import Image; Image.MAX_IMAGE_PIXELS = None; "
                "from imgstream.domain.phash import phash; "
                f"h = phash(open({str(path)!r}, 'rb').read()); "
-               "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
-               "print(h, int(hwm) // 1024)")
+               "print(h, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
     out = subprocess.run([sys.executable, "-c", measure], check=True, capture_output=True, text=True).stdout.split()
     digest, peak_mb = out[0], int(out[1])
     assert len(digest) == 16 and digest != "0" * 16
