@@ -9,8 +9,9 @@ STATE       := .stack
 STACKCTL    := $(PY) local-stack/stackctl.py
 JVM_POMS    := $(wildcard local-stack/jvm/pom.xml local-stack/jvm/*/pom.xml)
 PYTEST_ARGS ?=
+KUBECONFORM := $(STATE)/bin/kubeconform
 
-.PHONY: up down status logs test unit clean deps venv jars bench flink-savepoint flink-redeploy flink-status help
+.PHONY: up down status logs test unit clean deps venv jars bench flink-savepoint flink-redeploy flink-status flink-reset chaos help k8s-validate
 
 help:
 	@echo "make up      install what is missing, start the whole local stack, run a small demo ingest"
@@ -21,10 +22,12 @@ help:
 	@echo "make clean   stop and wipe the state folder ($(STATE)/data, logs)"
 	@echo "make bench   run the benchmarks in bench/"
 	@echo "make flink-savepoint | flink-redeploy | flink-status   operate the pipeline job"
+	@echo "make flink-reset   start the pipeline with EMPTY state, rebuilt from Kafka (after a refused resume)"
+	@echo "make chaos   the crash matrix: SIGKILL each component mid-stream, check the numbers (long)"
 
 ## --- set-up -----------------------------------------------------------------------------------
 
-deps: $(STATE)/.system-deps venv jars
+deps: $(STATE)/.system-deps venv jars $(KUBECONFORM)
 
 # PostgreSQL 15 server binaries come from Debian's packages.
 $(STATE)/.system-deps:
@@ -53,6 +56,11 @@ $(STATE)/lib/.resolved: $(JVM_POMS)
 	@python3 local-stack/sync_jars.py
 	@touch $@
 
+# kubeconform validates k8s/ offline (k8s/validate.py; tests/unit/test_k8s_validate.py runs it).
+$(KUBECONFORM):
+	@echo "[deps] go install kubeconform v0.8.0 into $(STATE)/bin"
+	@mkdir -p $(STATE)/bin && GOBIN=$(abspath $(STATE)/bin) go install github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0
+
 ## --- the stack ----------------------------------------------------------------------------------
 
 up: deps
@@ -78,8 +86,12 @@ clean: down
 test: deps
 	@$(STACKCTL) with-stack -- $(PY) -m pytest -ra --timeout=900 tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 
-unit: venv
+unit: venv $(KUBECONFORM)
 	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# Render both overlays and validate every resource (Kubernetes 1.33 strict + CRD schemas).
+k8s-validate: venv $(KUBECONFORM)
+	@$(PY) k8s/validate.py
 
 # Stop the pipeline with a savepoint (path printed), or stop + resume from it (a code upgrade).
 flink-savepoint: venv
@@ -90,6 +102,15 @@ flink-redeploy: venv
 
 flink-status: venv
 	@$(PY) -m flink_jobs.submit status
+
+# The pipeline's state (dedup index, open windows) is thrown away: only when `make up` refused to
+# resume it and the operator decides so. Prints a loud warning; refuses while the job runs.
+flink-reset: venv
+	@$(PY) -m flink_jobs.submit reset
+
+# Kills components of the RUNNING stack one after another (it brings each back): not for a shared stack.
+chaos: deps
+	@$(STACKCTL) with-stack -- $(PY) -m pytest -ra --timeout=7200 tests/e2e/test_crash_matrix.py $(PYTEST_ARGS)
 
 bench: deps
 	@$(STACKCTL) with-stack -- bash -c 'for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done'

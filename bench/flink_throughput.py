@@ -34,8 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.cpu_budget import metered, report  # noqa: E402
 from flink_jobs import submit, testing  # noqa: E402
 from flink_jobs.generator import plan  # noqa: E402
-from imgstream.config import StackConfig  # noqa: E402
+from imgstream.adapters.cassandra import open_session  # noqa: E402
+from imgstream.adapters.kafka import TopicSpec, delete_topics, ensure_topics, open_consumer  # noqa: E402
+from imgstream.config import KafkaConfig, StackConfig  # noqa: E402
 from imgstream.domain.timefmt import parse_time  # noqa: E402
+from imgstream.polling import until  # noqa: E402
 
 
 #: The stack's pid files (``local-stack/procs.py``): whose CPU the report counts.
@@ -71,7 +74,7 @@ async def timed_job(rest: str, job: str, args: list[str], env: dict[str, str], p
         body = _get(rest, f"/jobs/{job_id}")
         return body if body["state"] in ("FINISHED", "FAILED", "CANCELED") else None
 
-    body = await testing.poll(ended, f"{job} to finish", deadline_s=1800)
+    body = await until(lambda: asyncio.to_thread(ended), f"{job} to finish", timeout=1800, interval=testing.CHECK_EVERY_S)
     if body["state"] != "FINISHED":
         raise SystemExit(f"{job} ended {body['state']}")
     failures = _get(rest, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
@@ -83,13 +86,11 @@ async def timed_job(rest: str, job: str, args: list[str], env: dict[str, str], p
     return (stamps["FINISHED"] - stamps["RUNNING"]) / 1000
 
 
-async def kafka_span(bootstrap: str, topic: str, partitions: int) -> float:
+async def kafka_span(kafka: KafkaConfig, topic: str, partitions: int) -> float:
     """Seconds from the first to the last record appended to ``topic`` (LogAppendTime)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
+    async with open_consumer(kafka) as consumer:
         parts = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(parts)
         starts, ends = await consumer.beginning_offsets(parts), await consumer.end_offsets(parts)
@@ -99,18 +100,14 @@ async def kafka_span(bootstrap: str, topic: str, partitions: int) -> float:
                 consumer.seek(tp, offset)
                 stamps.append((await consumer.getone(tp)).timestamp)
         return (max(stamps) - min(stamps)) / 1000
-    finally:
-        await consumer.stop()
 
 
 def cassandra_span(config: StackConfig, image_ids: list[str]) -> tuple[float, int]:
     """Seconds from the first to the last ``processed_at`` of these images rows, and how many."""
-    from cassandra.cluster import Cluster
     from cassandra.concurrent import execute_concurrent_with_args
 
-    cluster = Cluster(list(config.cassandra.hosts), port=config.cassandra.port)
+    cluster, session = open_session(config.cassandra)
     try:
-        session = cluster.connect(config.cassandra.keyspace)
         select = session.prepare("SELECT processed_at FROM images WHERE image_id = ?")
         results = execute_concurrent_with_args(session, select, [(i,) for i in image_ids], concurrency=64)
         rows = [r.result_or_exc.one() for r in results if r.success]
@@ -121,16 +118,12 @@ def cassandra_span(config: StackConfig, image_ids: list[str]) -> tuple[float, in
 
 
 async def throughput(config: StackConfig, env: dict[str, str], events: int, extra: list[str]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
     bootstrap, rest = config.kafka.bootstrap_servers, config.flink_rest
     run = uuid.uuid4().hex[:8]
     source, sink, dlq = f"bench-in-{run}", f"bench-out-{run}", f"bench-dlq-{run}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     appended = {"message.timestamp.type": "LogAppendTime"}  # output spans from broker clocks
-    await admin.create_topics([NewTopic(source, 2, 1), NewTopic(f"{sink}-jvm", 2, 1, topic_configs=appended),
-                               NewTopic(f"{sink}-python", 2, 1, topic_configs=appended), NewTopic(dlq, 1, 1)])  # fmt: skip
+    await ensure_topics(config.kafka, [TopicSpec(source, 2), TopicSpec(f"{sink}-jvm", 2, configs=appended),
+                                       TopicSpec(f"{sink}-python", 2, configs=appended), TopicSpec(dlq, 1)])
     try:
         n = max(events, 100)
         planned = testing.renamed(
@@ -155,7 +148,7 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
             async with metered(RUN_DIR) as meter:
                 timings[label] = await timed_job(rest, job, args, env, per_task=per_task)
             cpu[label] = (sent, meter.used())
-        spans = {label: await kafka_span(bootstrap, f"{sink}-{label}", 2) for label in ("jvm", "python")}
+        spans = {label: await kafka_span(config.kafka, f"{sink}-{label}", 2) for label in ("jvm", "python")}
         ids = sorted({p.image_id for p in planned if p.image_id})
         spans["pipeline"], rows = await asyncio.to_thread(cassandra_span, config, ids)
         print(f"pipeline wrote {rows} images rows for {len(ids)} distinct planned ids")
@@ -173,24 +166,23 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         print(f"(this machine has {os.cpu_count()} cores: total ms/event T bounds a run at {os.cpu_count()} * 1000 / T events/s;"
               " the CDC chain keeps working through its backlog after the pipeline finishes)")  # fmt: skip
     finally:
-        await admin.delete_topics([source, f"{sink}-jvm", f"{sink}-python", dlq])
-        await admin.close()
+        await delete_topics(config.kafka, [source, f"{sink}-jvm", f"{sink}-python", dlq])
 
 
 async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: int) -> None:
-    from cassandra.cluster import Cluster
-
     bootstrap = config.kafka.bootstrap_servers
     args = ["--checkpoint_interval_ms=10000"]
     async with testing.pipeline_run(env, bootstrap, args) as run, testing.heartbeats(bootstrap, run.topic):
-        await testing.poll(lambda: _get(config.flink_rest, f"/jobs/{run.job_id}/checkpoints")["counts"]["completed"] >= 1,
-                           "the latency job to run")  # fmt: skip
+        def checkpointed() -> bool:
+            return _get(config.flink_rest, f"/jobs/{run.job_id}/checkpoints")["counts"]["completed"] >= 1
+
+        await until(lambda: asyncio.to_thread(checkpointed), "the latency job to run", timeout=testing.DEADLINE_S,
+                    interval=testing.CHECK_EVERY_S)
         count = seconds * rate
         planned = plan(seed=2, originals=count, exact_copies=0, near_copies=0, replays=0, malformed=0,
                        start_ms=int(time.time() * 1000) + 200, step_ms=1000 // rate)  # fmt: skip
         await testing.produce(bootstrap, run.topic, [p.value for p in planned], per_second=rate)
-        cluster = Cluster(list(config.cassandra.hosts), port=config.cassandra.port)
-        session = cluster.connect(config.cassandra.keyspace)
+        cluster, session = open_session(config.cassandra)
         select = session.prepare("SELECT received_at, processed_at FROM images WHERE image_id = ?")
         ids = [p.image_id for p in planned]
         def written() -> list | None:
@@ -198,7 +190,8 @@ async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: 
             return rows if all(rows) else None
 
         try:
-            rows = await testing.poll(written, "all latency rows", deadline_s=300)
+            rows = await until(lambda: asyncio.to_thread(written), "all latency rows", timeout=300,
+                               interval=testing.CHECK_EVERY_S)
         finally:
             cluster.shutdown()
         delays = sorted((r.processed_at - r.received_at).total_seconds() for r in rows)

@@ -49,6 +49,7 @@ from api.stats.queries.top import TopQuery  # noqa: E402
 from api.stats.queries.uploads import UploadsQuery  # noqa: E402
 from api.stats.sql import Sql  # noqa: E402
 from api.stats.times import format_time  # noqa: E402
+from imgstream.adapters.postgres import connect  # noqa: E402
 from imgstream.config import StackConfig, load_env_file  # noqa: E402
 from api.common.process import ServiceNotReady, ServiceProcess, start_service  # noqa: E402
 from api.common.runtime import uvloop_factory  # noqa: E402
@@ -256,7 +257,7 @@ async def main(args: argparse.Namespace) -> int:
     env = load_env_file(Path(args.env))
     stack = StackConfig.from_env(env)
     config = StatsConfig.from_env({**env, "IMGSTREAM_STATS_POOL_MAX": str(args.pool)})
-    owner = await asyncpg.connect(str(stack.postgres.dsn))
+    owner = await connect(str(stack.postgres.dsn))
     api = baseline = None
     workdir = Path(tempfile.mkdtemp(prefix="bench-stats-"))
     try:

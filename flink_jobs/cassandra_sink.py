@@ -54,11 +54,18 @@ INSERT_UPLOAD_STATS = (
     + ")"
 )
 
+DELETE_DUPLICATE = "DELETE FROM duplicates WHERE duplicate_of = ? AND image_id = ?"
+DELETE_LATE_EVENT = "DELETE FROM late_events WHERE window_start = ? AND image_id = ?"
+#: What a replay needs of an image's earlier verdict to remove the rows it no longer implies.
+SELECT_PREVIOUS = "SELECT image_id, duplicate_of, lateness FROM images WHERE image_id = ?"
+
 STATEMENTS: Mapping[str, str] = {
     "image": INSERT_IMAGE,
     "duplicate": INSERT_DUPLICATE,
     "late_event": INSERT_LATE_EVENT,
     "upload_stats": INSERT_UPLOAD_STATS,
+    "delete_duplicate": DELETE_DUPLICATE,
+    "delete_late_event": DELETE_LATE_EVENT,
 }
 
 Write = tuple[str, tuple[Any, ...]]
@@ -120,6 +127,37 @@ def image_writes(row: Mapping[str, Any], window_ms: int, now: datetime | None = 
             )
         )  # fmt: skip
     return writes
+
+
+def superseded_writes(row: Mapping[str, Any], previous: Mapping[str, Any] | None, window_ms: int) -> list[Write]:
+    """Deletes of the rows an earlier verdict of the same image wrote that ``row`` (its verdict
+    now, on a replay) no longer implies, so the tables equal those of a single clean run.
+
+    A replay after a restore can decide an image differently: a late image decided on arrival
+    ("L duplicates O") may be decided in event-time order on replay ("O duplicates L"), a near
+    duplicate may find another original, an event too late on arrival may be on time. The
+    images row is overwritten whole, but ``duplicates`` is keyed by the pair and
+    ``late_events`` by the window and image, so the old rows would stay. ``previous`` is the
+    images row as stored (``duplicate_of``, ``lateness``), ``None`` when there was none.
+    """
+    if previous is None:
+        return []
+    out: list[Write] = []
+    old_original = previous.get("duplicate_of")
+    new_original = row.get("duplicate_of") if row.get("status") == STATUS_DUPLICATE else None
+    if old_original and old_original != new_original:
+        out.append(("delete_duplicate", (old_original, row["image_id"])))
+    too_late = Lateness.TOO_LATE.value
+    if previous.get("lateness") == too_late and row.get("lateness") != too_late:
+        out.append(("delete_late_event", (from_millis(window_start(int(row["event_time"]), window_ms)), row["image_id"])))
+    return out
+
+
+def maybe_written(row: Mapping[str, Any], topic: str, horizon: Mapping[int, int]) -> bool:
+    """Whether ``row``'s event may have been decided (and written) before this attempt
+    started: it sits below ``horizon``, the upload topic's end offsets when it started.
+    Events appended later were never decided before, so they need no look-up."""
+    return row.get("topic") == topic and int(row.get("offset", -1)) < horizon.get(int(row.get("partition", -1)), 0)
 
 
 def window_writes(row: Mapping[str, Any], window_ms: int, now: datetime | None = None) -> list[Write]:
@@ -201,6 +239,7 @@ class CassandraWriter:
         self.request_timeout_s = request_timeout_s
         self._cluster: Any = None
         self._session: Any = None
+        self._profile: Any = None
         self._prepared: dict[str, Any] = {}
         self._new_batch: Callable[[], Any] | None = None
 
@@ -208,16 +247,18 @@ class CassandraWriter:
         from functools import partial
 
         from cassandra import ConsistencyLevel
-        from cassandra.cluster import Cluster
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT
         from cassandra.query import BatchStatement, BatchType
 
+        from imgstream.adapters.cassandra import open_session
+
         # no frame compression: on a local network it costs more CPU than it saves
-        self._cluster = Cluster(
-            list(self.config.hosts), port=self.config.port, connect_timeout=20, compression=False,
-            default_retry_policy=retry_policy(),
-        )  # fmt: skip
-        self._session = self._cluster.connect(self.config.keyspace)
-        self._session.default_timeout = self.request_timeout_s
+        self._cluster, self._session = open_session(self.config, connect_timeout=20, compression=False)
+        # The adapter configures the driver with execution profiles, where a retry policy and a
+        # request timeout belong to the profile (the legacy Cluster/Session settings are refused):
+        # every write runs with this copy of the default profile.
+        self._profile = self._session.execution_profile_clone_update(
+            EXEC_PROFILE_DEFAULT, retry_policy=retry_policy(), request_timeout=self.request_timeout_s)
         for name, cql in STATEMENTS.items():
             statement = self._session.prepare(cql)
             statement.consistency_level = ConsistencyLevel.LOCAL_QUORUM
@@ -230,6 +271,28 @@ class CassandraWriter:
             self._cluster.shutdown()
             self._cluster = None
 
+    def previous(self, image_ids: Sequence[str]) -> dict[str, Any]:
+        """The stored images rows (``SELECT_PREVIOUS`` columns) of ``image_ids`` that exist."""
+        assert self._session is not None, "open() first"
+        select = self._prepared.get("select_previous")
+        if select is None:
+            select = self._prepared["select_previous"] = self._session.prepare(SELECT_PREVIOUS)
+        found: dict[str, Any] = {}
+        in_flight: deque[Any] = deque()
+        for image_id in image_ids:
+            if len(in_flight) >= self.capacity:
+                self._take(in_flight.popleft(), found)
+            in_flight.append(self._session.execute_async(select, (image_id,)))
+        for future in in_flight:
+            self._take(future, found)
+        return found
+
+    @staticmethod
+    def _take(future: Any, found: dict[str, Any]) -> None:
+        row = future.result().one()
+        if row is not None:
+            found[row.image_id] = {"duplicate_of": row.duplicate_of, "lateness": row.lateness}
+
     def write(self, writes: Sequence[Write]) -> None:
         """Run ``writes`` as :func:`requests` (issued in order, up to ``capacity`` at once);
         return when all are done."""
@@ -240,12 +303,13 @@ class CassandraWriter:
                 in_flight.popleft().result()
             if len(request) == 1:
                 name, params = request[0]
-                in_flight.append(self._session.execute_async(self._prepared[name], params))
+                in_flight.append(self._session.execute_async(self._prepared[name], params,
+                                                             execution_profile=self._profile))
                 continue
             batch = self._new_batch()
             batch.is_idempotent = True  # upserts, like each statement in it
             for name, params in request:
                 batch.add(self._prepared[name], params)
-            in_flight.append(self._session.execute_async(batch))
+            in_flight.append(self._session.execute_async(batch, execution_profile=self._profile))
         for future in in_flight:
             future.result()  # raises the write's error

@@ -22,6 +22,7 @@ from imgstream.domain.dedup import (
     MAX_BAND_CANDIDATES,
     DedupPolicy,
 )
+from imgstream.domain.clock import CLOCK_SKEW_TOLERANCE_MS
 from imgstream.domain.events import TOPIC_DEAD_LETTER, TOPIC_UPLOADED
 from imgstream.domain.windows import MINUTE_MS
 
@@ -60,6 +61,9 @@ class PipelineConfig:
     restart_max_backoff_ms: int = 30_000
     #: Bounded out-of-orderness of ``received_at`` (gateways' clocks and publish delay).
     out_of_orderness_ms: int = 5_000
+    #: ``received_at`` further ahead of the Kafka append time than this is clamped to it (one
+    #: wrong clock must not move everyone's watermark; see ``imgstream.domain.clock``).
+    clock_skew_tolerance_ms: int = CLOCK_SKEW_TOLERANCE_MS
     #: A Kafka partition silent this long stops holding the watermark back. Heartbeats keep
     #: every partition alive, so this only matters when the heartbeat process is down; it is
     #: long because a backpressured (slow, restarting) job must not mistake a backlog for silence.
@@ -115,6 +119,9 @@ class PipelineConfig:
     decide_slot_group: str = "decide"
     #: Stop at the offsets current at start (benchmarks, batch re-runs); ``--bounded=1`` or ``true``.
     bounded: bool = False
+    #: Events already in the topic at start may have rows from an earlier job although this one
+    #: starts empty (``make flink-reset``): check and clean them like a restore's replay.
+    recheck_written: bool = False
     #: Extra jars (``file://`` URLs); the Kafka connector is found by :func:`connector_jars`.
     jars: tuple[str, ...] = ()
 

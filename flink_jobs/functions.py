@@ -10,6 +10,7 @@ coordinates and, once decided, the verdict fields (``status``, ``duplicate_of``,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Iterable
 
@@ -18,12 +19,17 @@ from pyflink.common.time import Time
 from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
+from imgstream.adapters.kafka import end_offsets
+from imgstream.config import KafkaConfig
 from imgstream.domain.cleaning import Cleaned, DeadLetter, Heartbeat, Source, clean
+from imgstream.domain.clock import CLOCK_SKEW_TOLERANCE_MS, clamp_event_time
 from imgstream.domain.dedup import STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, Verdict
 from imgstream.domain.hashing import parse_hash
 from imgstream.domain.windows import Lateness, WindowBook, classify
 
-from flink_jobs.cassandra_sink import CassandraWriter, Write, image_writes, window_writes
+from flink_jobs.cassandra_sink import (
+    CassandraWriter, Write, image_writes, maybe_written, superseded_writes, window_writes,
+)  # fmt: skip
 from flink_jobs.mirror import MirroredMap
 
 log = logging.getLogger(__name__)
@@ -75,16 +81,44 @@ class CleanFunction(ProcessFunction):
 
     A dead letter also continues on the main output as a ``rejected`` verdict: it is counted
     in its window and gets an images row, but never meets the dedup index.
+
+    **Clock skew.** The record timestamp is the source's event time, which the SQL source
+    already bounded by the Kafka append time (:func:`~flink_jobs.pipeline.event_time_sql`);
+    the event time parsed here is bounded the same way (:func:`clamp_event_time`), so the
+    windows use the time the watermark was built from. Clamped events are counted in the
+    operator's metrics ``clockSkewClamped`` and ``clockSkewMaxMs`` (Flink REST / web UI).
     """
+
+    def __init__(self, clock_skew_tolerance_ms: int = CLOCK_SKEW_TOLERANCE_MS) -> None:
+        self.clock_skew_tolerance_ms = clock_skew_tolerance_ms
+        self.skew_clamped: Any = None
+        self.max_skew_ms = 0
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        metrics = runtime_context.get_metrics_group()
+        self.skew_clamped = metrics.counter("clockSkewClamped")
+        metrics.gauge("clockSkewMaxMs", lambda: self.max_skew_ms)
+
+    def _event_time(self, claimed: int, appended: int | None) -> int:
+        out = clamp_event_time(claimed, appended, self.clock_skew_tolerance_ms)
+        if out.clamped:
+            if self.skew_clamped is not None:
+                self.skew_clamped.inc()
+            if out.skew_ms > self.max_skew_ms:
+                self.max_skew_ms = out.skew_ms
+                log.warning("received_at %d ms ahead of the Kafka append time: event time clamped", out.skew_ms)
+        return out.event_time
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterable[Any]:
         raw, topic, partition, offset = value[0], value[1], value[2], value[3]
-        out = clean(raw, Source(topic, partition, offset, ctx.timestamp()))
+        appended = ctx.timestamp()
+        out = clean(raw, Source(topic, partition, offset, appended))
         if isinstance(out, Heartbeat):
             return  # it advanced its partition's watermark in the source; nothing to process
         if isinstance(out, Cleaned):
             image = out.event.to_dict()
-            image.update(event_time=out.event_time, topic=topic, partition=partition, offset=offset)
+            image.update(event_time=self._event_time(out.event_time, appended), topic=topic, partition=partition,
+                         offset=offset)  # fmt: skip
             yield image
             return
         assert isinstance(out, DeadLetter)
@@ -93,7 +127,7 @@ class CleanFunction(ProcessFunction):
             "image_id": out.image_id,
             "producer": out.producer,
             "content_type": out.content_type,
-            "event_time": out.event_time if out.event_time is not None else ctx.timestamp(),
+            "event_time": self._event_time(out.event_time, appended) if out.event_time is not None else appended,
             "reason": out.reason,
             "error": out.error[:1000],
             "topic": topic,
@@ -120,6 +154,10 @@ PRUNE_EVERY_MS = 3600 * 1000
 PRUNE_SLACK_MS = 24 * 3600 * 1000
 
 
+#: Verdict flag: the event may have been written before this attempt (see Decide.replay_horizon).
+RECHECK = "recheck"
+
+
 def _pending_key(image: dict[str, Any]) -> str:
     """Sorts as ``(event_time, image_id)``, the decision order; unique per Kafka record."""
     return f"{int(image['event_time']):015d}|{image['image_id']}|{image['partition']}|{image['offset']}"
@@ -133,7 +171,8 @@ class Decide(KeyedProcessFunction):
       image at or behind the watermark); images are decided in ``(event_time, image_id)`` order,
       which a replay after a failure reproduces; rejected events wait with them (they skip
       the index). An event already behind the watermark (late) is handled on arrival.
-      Lateness is classified on arrival.
+      Lateness is classified on arrival, against the watermark or, when higher, the point the
+      windows were finalised through (kept in state: a restore starts without a watermark).
     * **Decisions**: one :class:`~imgstream.domain.dedup.Deduplicator` (replay drop, exact, near).
     * **Windows**: one :class:`~imgstream.domain.windows.WindowBook`; the watermark passing a
       window's end fires it, passing its end plus the allowed lateness makes it final.
@@ -146,12 +185,16 @@ class Decide(KeyedProcessFunction):
     every hop between Python operators costs a JVM round trip per record (docs/flink-jobs.md).
     """
 
-    def __init__(self, policy: DedupPolicy, window_ms: int, allowed_lateness_ms: int) -> None:
+    def __init__(self, policy: DedupPolicy, window_ms: int, allowed_lateness_ms: int, kafka: KafkaConfig | None = None,
+                 topic: str = "", recheck_all: bool = False) -> None:  # fmt: skip
         if window_ms % ORDER_BUCKET_MS:
             raise ValueError(f"window_ms must be a multiple of {ORDER_BUCKET_MS}, got {window_ms}")
         self.policy = policy
         self.window_ms = window_ms
         self.allowed_lateness_ms = allowed_lateness_ms
+        self.kafka = kafka
+        self.topic = topic
+        self.recheck_all = recheck_all
 
     def open(self, runtime_context: RuntimeContext) -> None:
         def mirrored(name: str, ttl_ms: int = 0) -> MirroredMap:
@@ -168,13 +211,17 @@ class Decide(KeyedProcessFunction):
             mirrored("bands", policy.near_ttl_ms),
         )
         windows = mirrored("windows")
-        self.mirrors = (self.pending, replays, exact, bands, windows)
+        # the watermark the windows were finalised through: watermarks are not checkpointed,
+        # so after a restore lateness is judged against this (never reopening a final window)
+        progress = mirrored("progress")
+        self.mirrors = (self.pending, replays, exact, bands, windows, progress)
         self.dedup = Deduplicator(policy, replays=replays, exact=exact, bands=bands)
-        self.book = WindowBook(self.window_ms, self.allowed_lateness_ms, windows)
+        self.book = WindowBook(self.window_ms, self.allowed_lateness_ms, windows, progress)
         self.key: Any = None
         self.timers: set[int] = set()  # registered in this attempt (re-registering is harmless)
         self.pruned_at: int | None = None
         self.decided_to: int | None = None  # pending holds nothing at or before it
+        self.horizon: dict[int, int] | None = None  # see replay_horizon
 
     def _use_key(self, key: Any) -> None:
         if key != self.key:
@@ -186,6 +233,21 @@ class Decide(KeyedProcessFunction):
             moved = self.dedup.reband()  # an index stored under other bands (older version)
             if moved:
                 log.info("re-banded %d near-duplicate candidates of key %r to %s", moved, key, self.policy.band_plan)
+            if self.horizon is None:
+                self.horizon = self.replay_horizon()
+
+    def replay_horizon(self) -> dict[int, int]:
+        """Upload-topic offsets below which an event may already have been decided and written
+        by an earlier attempt: the end offsets now when this task starts on restored state (or
+        when ``recheck_all``, after ``make flink-reset``), else none. Its verdicts are tagged
+        ``recheck`` so the writer removes rows a different earlier verdict left (item 4 of
+        issue 16); a fresh job's verdicts need no look-up."""
+        restored = any(len(mirror) for mirror in self.mirrors)
+        if self.kafka is None or not self.topic or not (restored or self.recheck_all):
+            return {}
+        horizon = asyncio.run(end_offsets(self.kafka, self.topic))
+        log.info("events of %s below offsets %s may be replays: their earlier rows are checked", self.topic, horizon)
+        return horizon
 
     def _timer(self, ctx: Any, timestamp: int) -> None:
         if timestamp not in self.timers:
@@ -194,7 +256,9 @@ class Decide(KeyedProcessFunction):
 
     def process_element(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         self._use_key(ctx.get_current_key())
-        watermark = ctx.timer_service().current_watermark()
+        # after a restore the watermark restarts at Long.MIN_VALUE: judge against the book's
+        # finalised-through point, or a too-late event would count as on time
+        watermark = self.book.effective_watermark(ctx.timer_service().current_watermark())
         ts = int(image["event_time"])
         image = with_lateness(image, watermark, self.window_ms, self.allowed_lateness_ms)
         if ts <= watermark:
@@ -235,10 +299,13 @@ class Decide(KeyedProcessFunction):
         for image in images:
             if image.get("status") == STATUS_REJECTED:  # never meets the index
                 verdicts.append(image)
-                continue
-            verdict = self.dedup.process(_ref(image))
-            if verdict is not None:  # None: a replay, dropped
+            else:
+                verdict = self.dedup.process(_ref(image))
+                if verdict is None:  # a replay, dropped
+                    continue
                 verdicts.append({**image, **verdict.to_dict()})
+            if self.horizon and maybe_written(verdicts[-1], self.topic, self.horizon):
+                verdicts[-1][RECHECK] = True
         return verdicts
 
     def _finish(self, verdicts: list[dict[str, Any]], ctx: Any, watermark: int | None = None) -> Iterable[Any]:
@@ -275,6 +342,12 @@ class WriteSteps(FlatMapFunction):
     driver's work (about a quarter of deciding's time when ``decide`` wrote itself) then
     overlaps with deciding instead of following it. One record per step crosses, not one per
     image.
+
+    **Replays.** A replay may decide an image differently than the attempt that failed (a
+    late image decided on arrival, then in event-time order), so for every verdict ``decide``
+    tagged ``recheck`` (an event that may have been written before this attempt: see
+    :meth:`Decide.replay_horizon`) the stored images row is read first and the rows its old
+    verdict implied are deleted (:func:`superseded_writes`). Other verdicts cost no read.
     """
 
     def __init__(self, writer: CassandraWriter, window_ms: int) -> None:
@@ -288,7 +361,12 @@ class WriteSteps(FlatMapFunction):
         self.writer.close()
 
     def flat_map(self, step: dict[str, Any]) -> Iterable[Any]:
-        self.writer.write(step_writes(step, self.window_ms))
+        writes = step_writes(step, self.window_ms)
+        recheck = [v for v in step["verdicts"] if v.get(RECHECK)]
+        if recheck:
+            previous = self.writer.previous([v["image_id"] for v in recheck])
+            writes = [w for v in recheck for w in superseded_writes(v, previous.get(v["image_id"]), self.window_ms)] + writes
+        self.writer.write(writes)
         return ()
 
 

@@ -18,8 +18,9 @@ import logging
 import signal
 from datetime import datetime, timezone
 
-from imgstream.domain.cleaning import heartbeat_value
+from imgstream.adapters.kafka import open_producer
 from imgstream.config import KafkaConfig
+from imgstream.domain.cleaning import heartbeat_value
 from imgstream.domain.events import TOPIC_UPLOADED
 
 log = logging.getLogger("imgstream.heartbeat")
@@ -36,14 +37,10 @@ async def beat_once(producer: object, topic: str, partitions: list[int], origin:
     await asyncio.gather(*sends)
 
 
-async def run(bootstrap: str, topic: str, interval_ms: int, stop: asyncio.Event, origin: str = "heartbeat") -> int:
+async def run(config: KafkaConfig, topic: str, interval_ms: int, stop: asyncio.Event, origin: str = "heartbeat") -> int:
     """Beat until ``stop`` is set; returns the number of beats. Partitions are re-read each beat."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
-    await producer.start()
     beats = 0
-    try:
+    async with open_producer(config, linger_ms=0) as producer:  # acks=all
         while not stop.is_set():
             partitions = sorted(await producer.partitions_for(topic))
             await beat_once(producer, topic, partitions, origin)
@@ -52,8 +49,6 @@ async def run(bootstrap: str, topic: str, interval_ms: int, stop: asyncio.Event,
                 await asyncio.wait_for(stop.wait(), interval_ms / 1000)
             except asyncio.TimeoutError:
                 pass  # next beat
-    finally:
-        await producer.stop()
     return beats
 
 
@@ -71,7 +66,7 @@ def main() -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         log.info("beating into %s every %d ms via %s", args.topic, args.interval_ms, config.bootstrap_servers)
-        beats = await run(config.bootstrap_servers, args.topic, args.interval_ms, stop)
+        beats = await run(config, args.topic, args.interval_ms, stop)
         log.info("stopped after %d beats", beats)
 
     asyncio.run(serve())

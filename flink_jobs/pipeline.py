@@ -72,8 +72,9 @@ def build(
     """Wire the pipeline on ``raw`` (rows ``value, topic, partition, offset`` with event-time
     timestamps and watermarks) and return its output streams; ``write=False`` leaves
     Cassandra out (a test collects ``results`` instead)."""
-    cleaned = raw.process(CleanFunction()).name("clean").uid("clean")
-    decide = Decide(config.dedup(), config.window_ms, config.allowed_lateness_ms)
+    cleaned = raw.process(CleanFunction(config.clock_skew_tolerance_ms)).name("clean").uid("clean")
+    decide = Decide(config.dedup(), config.window_ms, config.allowed_lateness_ms, config.kafka, config.topic,
+                    config.recheck_written)  # fmt: skip
     results = (
         cleaned.key_by(lambda image: INDEX_KEY, key_type=Types.STRING())
         .process(decide)
@@ -129,9 +130,11 @@ def dlq_sink(config: PipelineConfig) -> KafkaSink:
 def kafka_source(t_env: StreamTableEnvironment, config: PipelineConfig) -> DataStream:
     """Raw records of the upload topic as a stream, watermarked per partition in the JVM.
 
-    Event time is ``received_at`` read from the JSON (the Kafka timestamp when unreadable);
-    the watermark of each partition trails its largest event time by the out-of-orderness
-    bound; a partition silent for ``idle_timeout_ms`` stops holding the others back.
+    Event time is ``received_at`` read from the JSON (the Kafka timestamp when unreadable),
+    never further ahead of the Kafka timestamp than the clock-skew tolerance
+    (:func:`event_time_sql`); the watermark of each partition trails its largest event time
+    by the out-of-orderness bound; a partition silent for ``idle_timeout_ms`` stops holding
+    the others back.
     """
     lag = f"INTERVAL '{config.out_of_orderness_ms / 1000:.3f}' SECOND"
     bounded = "\n  'scan.bounded.mode' = 'latest-offset'," if config.bounded else ""
@@ -143,10 +146,7 @@ CREATE TEMPORARY TABLE raw_uploads (
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
   `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-  `event_time` AS COALESCE(
-      TO_TIMESTAMP(REPLACE(REPLACE(JSON_VALUE(CAST(`value` AS STRING), '$.received_at'), 'T', ' '), 'Z', ''),
-                   'yyyy-MM-dd HH:mm:ss.SSS'),
-      CAST(`kafka_ts` AS TIMESTAMP(3))),
+  `event_time` AS {event_time_sql(config.clock_skew_tolerance_ms)},
   WATERMARK FOR `event_time` AS `event_time` - {lag}
 ) WITH (
   'connector' = 'kafka',
@@ -162,6 +162,23 @@ CREATE TEMPORARY TABLE raw_uploads (
     )
     query = "SELECT `value`, `topic`, `partition`, `offset`, `event_time` FROM raw_uploads"
     return t_env.to_data_stream(t_env.sql_query(query))
+
+
+#: ``received_at`` of a raw record as TIMESTAMP(3) (NULL when missing or unreadable).
+RECEIVED_AT_SQL = (
+    "TO_TIMESTAMP(REPLACE(REPLACE(JSON_VALUE(CAST(`value` AS STRING), '$.received_at'), 'T', ' '), 'Z', ''), "
+    "'yyyy-MM-dd HH:mm:ss.SSS')"
+)
+
+
+def event_time_sql(clock_skew_tolerance_ms: int, value_sql: str = RECEIVED_AT_SQL,
+                   kafka_ts_sql: str = "CAST(`kafka_ts` AS TIMESTAMP(3))") -> str:
+    """The source's event time as SQL: ``received_at``, or the Kafka timestamp when it is
+    unreadable or more than ``clock_skew_tolerance_ms`` ahead of it - the rule of
+    :func:`imgstream.domain.clock.clamp_event_time`, where the watermark is made."""
+    tolerance = f"INTERVAL '{clock_skew_tolerance_ms / 1000:.3f}' SECOND"
+    return (f"CASE WHEN {value_sql} IS NULL OR {value_sql} > {kafka_ts_sql} + {tolerance} "
+            f"THEN {kafka_ts_sql} ELSE {value_sql} END")
 
 
 def flink_configuration(config: PipelineConfig, jars: Sequence[str]) -> Configuration:

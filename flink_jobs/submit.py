@@ -5,9 +5,17 @@
     python -m flink_jobs.submit redeploy [JOB_NAME] [--key=value ...]   # savepoint + resume from it
     python -m flink_jobs.submit resume SAVEPOINT [--key=value ...]      # start from a savepoint (unless running)
     python -m flink_jobs.submit status                    # running jobs
+    python -m flink_jobs.submit up [--key=value ...]      # what `make up` runs: resume, never start empty
+    python -m flink_jobs.submit down                      # what `make down` runs: stop with a noted savepoint
+    python -m flink_jobs.submit reset [--key=value ...]   # `make flink-reset`: start EMPTY, rebuilt from Kafka
 
 Reads the stack's endpoints from the environment (``.stack/env`` is loaded when present).
-``run`` is idempotent: a job with the same name already running is left alone.
+``run`` is idempotent: a job with the same name already running is left alone; submissions
+are serialised by a lock and every submitted job is recorded (``flink_jobs.restore``).
+
+``up`` resumes the pipeline from its newest completed checkpoint or savepoint (issue 16,
+item 1); when there is none although the pipeline ran before, or the resume fails, it refuses
+and says what to do instead of starting with empty state (item 3).
 """
 
 from __future__ import annotations
@@ -16,13 +24,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from imgstream.config import load_env_file
+from imgstream.filelock import exclusive
+from imgstream.polling import PollTimeout, until_sync
 
+from flink_jobs import restore
 from flink_jobs.config import KAFKA_CONNECTOR_JAR, PipelineConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,6 +47,26 @@ def stack_env() -> dict[str, str]:
     values = load_env_file(env_file) if env_file.exists() else {}
     values.update(os.environ)
     return values
+
+
+def stack_state(env: Mapping[str, str]) -> restore.StackState:
+    """The stack's state folder (``IMGSTREAM_STACK_DIR``, else the repo's ``.stack``)."""
+    return restore.StackState(Path(env.get("IMGSTREAM_STACK_DIR") or REPO / ".stack"))
+
+
+#: Job states in which a job holds (or will hold) the cluster's slots and the job's name.
+LIVE_STATES = ("RUNNING", "CREATED", "RESTARTING", "INITIALIZING", "RECONCILING")
+#: How long a resumed job may take to leave INITIALIZING (its state is mapped then: an
+#: incompatible checkpoint fails it there).
+RESUME_CHECK_S = 120
+#: Restore points tried, newest first, before refusing: a JobManager killed while writing a
+#: checkpoint's metadata may leave the newest one unreadable; the one before it still holds
+#: the whole state (a few seconds older, replayed from Kafka).
+RESUME_ATTEMPTS = 3
+#: Flink's words for state that does not map onto the program (every older point fails alike).
+INCOMPATIBLE = "Cannot map"
+#: What an operator runs to start the pipeline with empty state, named in every refusal.
+RESET_COMMAND = "make flink-reset"
 
 
 def _rest(env: Mapping[str, str]) -> str:
@@ -54,8 +84,7 @@ def _call(url: str, method: str = "GET", body: Any = None) -> Any:
 def running_jobs(env: Mapping[str, str]) -> dict[str, str]:
     """``{name: job_id}`` of jobs that are running (or restarting/created)."""
     jobs = _call(f"{_rest(env)}/jobs/overview")["jobs"]
-    live = ("RUNNING", "CREATED", "RESTARTING", "INITIALIZING", "RECONCILING")
-    return {job["name"]: job["jid"] for job in jobs if job["state"] in live}
+    return {job["name"]: job["jid"] for job in jobs if job["state"] in LIVE_STATES}
 
 
 def flink_cli() -> Path:
@@ -79,13 +108,29 @@ def run(
     env: Mapping[str, str],
     savepoint: str | None = None,
 ) -> str:
-    """Submit ``job`` detached; returns the job id."""
+    """Submit ``job`` detached; returns the job id.
+
+    Under the stack's submit lock the running jobs are checked again right before submitting,
+    so two submitters at once (two ``make up``) never start two jobs of one name; the job id
+    is recorded in the stack's job registry (where its checkpoints are found after a crash).
+    """
     config = PipelineConfig.from_env(env, args)
     name = config.job_name if job == "pipeline" else f"{config.job_name}-passthrough"
-    existing = running_jobs(env).get(name)
-    if existing and savepoint is None:
-        print(f"{name} already running as {existing}")
-        return existing
+    state = stack_state(env)
+    with exclusive(state.run / "flink-submit.lock", "job submission"):
+        existing = running_jobs(env).get(name)
+        if existing:
+            state.registry.record(existing, name)
+            if savepoint is None:
+                print(f"{name} already running as {existing}")
+                return existing
+            raise SystemExit(f"{name} is already running as {existing}: not starting a second one from {savepoint}")
+        job_id = _flink_run(job, name, args, env, savepoint)
+        state.registry.record(job_id, name)
+        return job_id
+
+
+def _flink_run(job: str, name: str, args: Sequence[str], env: Mapping[str, str], savepoint: str | None) -> str:
     jar = env.get("IMGSTREAM_FLINK_KAFKA_JAR") or str(REPO / ".stack" / "lib" / "flink" / KAFKA_CONNECTOR_JAR)
     if not Path(jar).is_file():
         raise SystemExit(f"Kafka connector jar missing: {jar} (run `make jars`)")
@@ -117,17 +162,122 @@ def stop_with_savepoint(name: str, env: Mapping[str, str]) -> str:
     if job_id is None:
         raise SystemExit(f"no running job named {name}")
     trigger = _call(f"{_rest(env)}/jobs/{job_id}/stop", "POST", {"drain": False})["request-id"]
-    deadline = time.monotonic() + SAVEPOINT_TIMEOUT_S
-    while time.monotonic() < deadline:
+
+    def completed() -> dict[str, Any] | None:
         status = _call(f"{_rest(env)}/jobs/{job_id}/savepoints/{trigger}")
-        if status["status"]["id"] == "COMPLETED":
-            operation = status["operation"]
-            if "failure-cause" in operation:
-                raise SystemExit(f"savepoint failed: {operation['failure-cause'].get('stack-trace', '')[:2000]}")
-            print(f"{name} stopped; savepoint {operation['location']}")
-            return str(operation["location"])
-        time.sleep(1)
-    raise SystemExit(f"savepoint of {name} did not complete within {SAVEPOINT_TIMEOUT_S}s")
+        return status["operation"] if status["status"]["id"] == "COMPLETED" else None
+
+    try:
+        operation = until_sync(completed, f"savepoint of {name}", timeout=SAVEPOINT_TIMEOUT_S, interval=1.0)
+    except PollTimeout:
+        raise SystemExit(f"savepoint of {name} did not complete within {SAVEPOINT_TIMEOUT_S}s") from None
+    if "failure-cause" in operation:
+        raise SystemExit(f"savepoint failed: {operation['failure-cause'].get('stack-trace', '')[:2000]}")
+    print(f"{name} stopped; savepoint {operation['location']}")
+    return str(operation["location"])
+
+
+class Refused(SystemExit):
+    """The pipeline was not started, on purpose: the message says why and what to do."""
+
+
+def wait_initialised(job_id: str, env: Mapping[str, str], timeout_s: float = RESUME_CHECK_S) -> None:
+    """Return once the job left INITIALIZING (its restored state mapped onto the program);
+    raise with Flink's root cause when it failed instead."""
+    def left_initialising() -> str | None:
+        state = str(_call(f"{_rest(env)}/jobs/{job_id}")["state"])
+        return None if state == "INITIALIZING" else state
+
+    try:
+        state = until_sync(left_initialising, f"job {job_id} to leave INITIALIZING", timeout=timeout_s, interval=1.0)
+    except PollTimeout:
+        raise RuntimeError(f"job {job_id} still INITIALIZING after {timeout_s:.0f}s") from None
+    if state in ("FAILED", "CANCELED", "FINISHED"):
+        root = (_call(f"{_rest(env)}/jobs/{job_id}/exceptions") or {}).get("root-exception") or ""
+        raise RuntimeError(f"job {job_id} {state} while restoring: {root.strip()[:1500]}")
+
+
+def up(args: Sequence[str], env: Mapping[str, str]) -> str:
+    """Start the pipeline as ``make up`` does: leave a running one alone; else resume it from
+    its newest completed checkpoint or savepoint; start it empty only on its first start.
+
+    Refuses (:class:`Refused`, naming ``make flink-reset``) when the pipeline ran before but
+    nothing can be resumed, or when resuming fails: empty state is the operator's decision."""
+    config = PipelineConfig.from_env(env, args)
+    name, state = config.job_name, stack_state(env)
+    with exclusive(state.run / "flink-up.lock", "pipeline start"):
+        existing = running_jobs(env).get(name)
+        if existing:
+            state.registry.record(existing, name)
+            print(f"{name} already running as {existing}")
+            return existing
+        noted = restore.noted_savepoint(state)
+        points = restore.restore_points(state, name, [noted] if noted else [])
+        if not points:
+            known = state.registry.job_ids(name)
+            if known or noted:
+                raise Refused(
+                    f"REFUSED: {name} ran before (jobs {', '.join(known) or '?'}) but no completed checkpoint or "
+                    f"savepoint of it is left under {state.flink}; starting it now would lose its dedup index "
+                    f"and open windows. Restore one by hand (python -m flink_jobs.submit resume PATH) or run "
+                    f"`{RESET_COMMAND}` to start it EMPTY, rebuilt from the upload topic."
+                )
+            return run("pipeline", args, env)
+        failures = []
+        for point in points[:RESUME_ATTEMPTS]:
+            print(f"resuming {name} from {point}", flush=True)
+            try:
+                job_id = run("pipeline", args, env, savepoint=str(point.path))
+                wait_initialised(job_id, env)
+            except (SystemExit, RuntimeError) as exc:
+                failures.append(f"{point}: {str(exc).strip()[-1500:]}")
+                if INCOMPATIBLE in str(exc):
+                    break  # the program changed: an older point of the same program fails alike
+                _cancel_quietly(name, env)
+                continue
+            if noted is not None:
+                state.note.unlink(missing_ok=True)  # consumed (newer checkpoints supersede it)
+            return job_id
+        raise Refused(
+            f"REFUSED: {name} could not resume:\n  " + "\n  ".join(failures) + "\n"
+            f"It was NOT started with empty state. Fix the cause (a state-incompatible change must keep its "
+            f"operator uids and state), resume another point (python -m flink_jobs.submit resume PATH), "
+            f"or run `{RESET_COMMAND}` to start it EMPTY, rebuilt from the upload topic."
+        )
+
+
+def _cancel_quietly(name: str, env: Mapping[str, str]) -> None:
+    """Cancel a job of ``name`` left by a failed resume attempt (before trying an older point)."""
+    job_id = running_jobs(env).get(name)
+    if job_id:
+        cancel(job_id, env)
+
+
+def down(env: Mapping[str, str]) -> str | None:
+    """Stop the pipeline with a savepoint and note it for the next ``up`` (``make down``)."""
+    name, state = PipelineConfig().job_name, stack_state(env)
+    if name not in running_jobs(env):
+        return None
+    location = stop_with_savepoint(name, env)
+    state.run.mkdir(parents=True, exist_ok=True)
+    state.note.write_text(location + "\n")
+    return location
+
+
+def reset(args: Sequence[str], env: Mapping[str, str]) -> str:
+    """``make flink-reset``: forget every checkpoint and savepoint of the pipeline and start it
+    with EMPTY state, reading the upload topic from its earliest offset (so the dedup index and
+    the windows are rebuilt from what Kafka still holds). Refuses while the pipeline runs."""
+    name, state = PipelineConfig.from_env(env, args).job_name, stack_state(env)
+    running = running_jobs(env).get(name)
+    if running:
+        raise Refused(f"REFUSED: {name} is running as {running}; stop it first (make flink-savepoint).")
+    print("=" * 78 + f"\nWARNING: starting {name} with EMPTY state. Its checkpoints and savepoints are no longer\n"
+          "resumed; the upload topic is read again from its earliest offset, and rows are rewritten as a\n"
+          "clean run decides them. Records Kafka no longer retains are not counted again.\n" + "=" * 78, flush=True)
+    state.registry.reset()
+    state.note.unlink(missing_ok=True)
+    return run("pipeline", ["--startup_mode=earliest-offset", "--recheck_written=1", *args], env)
 
 
 def cancel(job_id: str, env: Mapping[str, str]) -> None:
@@ -160,6 +310,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{name} already running as {running_jobs(env)[name]}")
         else:
             run("pipeline", options, env, savepoint=positional[0])
+    elif command == "up":
+        up(options, env)
+    elif command == "down":
+        location = down(env)
+        print(f"pipeline stopped; savepoint {location}" if location else "pipeline not running")
+    elif command == "reset":
+        reset(options, env)
     elif command == "status":
         for name, job_id in sorted(running_jobs(env).items()):
             print(f"{job_id}  {name}")

@@ -1,7 +1,7 @@
 """Helpers for tests and benchmarks that run the pipeline on the real stack.
 
 An own job instance per run (own topics, consumer group, job name), bounded polls instead of
-sleeps, and Kafka helpers. Imports aiokafka lazily: the job itself never needs it.
+sleeps (:func:`imgstream.polling.until`), and Kafka helpers on :mod:`imgstream.adapters.kafka`.
 """
 
 from __future__ import annotations
@@ -13,26 +13,21 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 
+from imgstream.adapters.kafka import TopicSpec, delete_topics, ensure_topics, open_consumer, open_producer
+from imgstream.config import KafkaConfig
 from imgstream.domain.timefmt import parse_time
+from imgstream.polling import until
 
 from flink_jobs import submit
 from flink_jobs.generator import Planned
 
-T = TypeVar("T")
-
-
-async def poll(check: Callable[[], T | None], what: str, deadline_s: float = 240, every_s: float = 2.0) -> T:
-    """Run blocking ``check()`` in a thread until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + deadline_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await asyncio.to_thread(check)
-        if last:
-            return last
-        await asyncio.sleep(every_s)
-    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}; last: {last!r}")
+#: How long a test waits for the pipeline's results: a cold job start plus a few windows on a
+#: loaded 2-core machine.
+DEADLINE_S = 240.0
+#: How often the results are read meanwhile (each check is a round of Cassandra queries).
+CHECK_EVERY_S = 2.0
 
 
 async def produce(
@@ -45,13 +40,9 @@ async def produce(
 ) -> int:
     """Send values (keyed by index) and flush; ``per_second`` paces the stream; ``timestamps``
     (epoch ms, ``None`` = now) set the record timestamps. Returns the count."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
     sent = 0
     start = time.monotonic()
-    try:
+    async with open_producer(KafkaConfig(bootstrap_servers=bootstrap), enable_idempotence=True) as producer:
         for value in values:
             timestamp = timestamps[sent] if timestamps is not None else None
             await producer.send(topic, value, key=str(sent).encode(), timestamp_ms=timestamp)
@@ -61,28 +52,19 @@ async def produce(
                 if ahead > 0:
                     await asyncio.sleep(ahead)  # pacing a generator, not waiting for a result
         await producer.flush()
-    finally:
-        await producer.stop()
     return sent
 
 
 async def read_committed(bootstrap: str, topic: str, expected: int, deadline_s: float = 240) -> list[dict[str, Any]]:
-    """Read a topic from the start (committed transactions only) until ``expected`` records or deadline."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-        group_id=None, isolation_level="read_committed",
-    )  # fmt: skip
-    await consumer.start()
+    """Read a topic from the start (committed transactions only) until ``expected`` records or
+    ``deadline_s`` passed; returns what was read (a caller may wait out the deadline on purpose, to
+    show that no more than ``expected - 1`` records come)."""
     got: list[dict[str, Any]] = []
-    try:
+    async with open_consumer(KafkaConfig(bootstrap_servers=bootstrap), topic) as consumer:
         deadline = time.monotonic() + deadline_s
         while len(got) < expected and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=2000)
             got.extend(json.loads(r.value) for records in batch.values() for r in records)
-    finally:
-        await consumer.stop()
     return got
 
 
@@ -93,7 +75,8 @@ async def heartbeats(bootstrap: str, topic: str, interval_ms: int = 1_000) -> As
     from flink_jobs import heartbeat
 
     stop = asyncio.Event()
-    task = asyncio.create_task(heartbeat.run(bootstrap, topic, interval_ms, stop, origin="test"))
+    task = asyncio.create_task(heartbeat.run(KafkaConfig(bootstrap_servers=bootstrap), topic, interval_ms, stop,
+                                             origin="test"))
     try:
         yield
     finally:
@@ -115,13 +98,10 @@ async def pipeline_run(
     env: Mapping[str, str], bootstrap: str, args: Sequence[str] = (), partitions: int = 2
 ) -> AsyncIterator[PipelineRun]:
     """Create topics, submit a pipeline instance reading them, cancel and clean up after."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
+    kafka = KafkaConfig(bootstrap_servers=bootstrap)
     run_id = uuid.uuid4().hex[:8]
     topic, dlq, name = f"it-uploads-{run_id}", f"it-dlq-{run_id}", f"it-pipeline-{run_id}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(topic, partitions, 1), NewTopic(dlq, 1, 1)])
+    await ensure_topics(kafka, [TopicSpec(topic, partitions), TopicSpec(dlq, 1)])
     job_id = ""
     try:
         job_args = [
@@ -133,8 +113,7 @@ async def pipeline_run(
     finally:
         if job_id:
             await asyncio.to_thread(submit.cancel, job_id, env)
-        await admin.delete_topics([topic, dlq])
-        await admin.close()
+        await delete_topics(kafka, [topic, dlq])
 
 
 def window_start_of(received_at: str, window_ms: int) -> datetime:
@@ -163,7 +142,7 @@ def renamed(planned: Sequence[Planned], prefix: str) -> list[Planned]:
 VERDICT_COLUMNS = "SELECT image_id, status, duplicate_of, duplicate_kind, distance FROM images WHERE image_id = ?"
 
 
-async def expect_verdicts(session: Any, expected: Any, what: str, deadline_s: float = 240) -> list[Any]:
+async def expect_verdicts(session: Any, expected: Any, what: str, deadline_s: float = DEADLINE_S) -> list[Any]:
     """Poll until every image of ``expected`` (a generator ``Truth``) has an ``images`` row, then
     assert each row's verdict equals the truth; returns the rows."""
     select = session.prepare(VERDICT_COLUMNS)
@@ -173,7 +152,7 @@ async def expect_verdicts(session: Any, expected: Any, what: str, deadline_s: fl
         rows = [session.execute(select, (i,)).one() for i in ids]
         return rows if all(rows) else None
 
-    rows = await poll(all_rows, what, deadline_s=deadline_s)
+    rows = await until(lambda: asyncio.to_thread(all_rows), what, timeout=deadline_s, interval=CHECK_EVERY_S)
     for row in rows:
         want = expected.verdicts[row.image_id]
         assert (row.status, row.duplicate_of, row.duplicate_kind, row.distance) == (
@@ -182,10 +161,12 @@ async def expect_verdicts(session: Any, expected: Any, what: str, deadline_s: fl
     return rows
 
 
-async def expect_final_windows(session: Any, expected: Any, window_ms: int, what: str, deadline_s: float = 240) -> None:
+async def expect_final_windows(session: Any, expected: Any, window_ms: int, what: str,
+                               deadline_s: float = DEADLINE_S) -> None:
     """Poll until every window of ``expected`` is final, then assert its counts equal the truth."""
     truth_windows = expected.windows(window_ms)
-    final = await poll(lambda: final_windows(session, truth_windows), what, deadline_s=deadline_s)
+    final = await until(lambda: asyncio.to_thread(final_windows, session, truth_windows), what, timeout=deadline_s,
+                        interval=CHECK_EVERY_S)
     for key, stats in truth_windows.items():
         assert {k: getattr(final[key], k) for k in stats} == stats, key
 

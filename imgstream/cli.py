@@ -166,48 +166,30 @@ def _token_init(args: argparse.Namespace) -> int:
 def _configure_token(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     keys_file = keys_file_from_env(env)
 
-    def keys_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--keys-file", type=Path, default=keys_file,
-                       help=f"signing key file (default ${KEYS_FILE_ENV} or {keys_file})")
-
     sub = parser.add_subparsers(dest="token_command", metavar="ACTION", required=True)
 
-    create = sub.add_parser("create", help="print a new token (the last line of stdout)")
+    def action(name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
+        """One ``token`` action: its parser, the shared ``--keys-file`` option and its handler."""
+        action_parser = sub.add_parser(name, help=help_text)
+        action_parser.add_argument("--keys-file", type=Path, default=keys_file,
+                                   help=f"signing key file (default ${KEYS_FILE_ENV} or {keys_file})")
+        action_parser.set_defaults(handler=handler)
+        return action_parser
+
+    create = action("create", "print a new token (the last line of stdout)", _token_create)
     who = create.add_mutually_exclusive_group(required=True)
     who.add_argument("--producer", metavar="NAME", help="a token that may upload as NAME and read NAME's stats")
     who.add_argument("--analyst", metavar="NAME", help="a token that may read every producer's statistics")
     create.add_argument("--ttl", help=f"lifetime, e.g. 3600, 12h, 30d (default {DEFAULT_TTL.days}d)")
-    keys_option(create)
-    create.set_defaults(handler=_token_create)
-
-    rotate = sub.add_parser("rotate", help="make a new signing key active; old keys keep verifying")
-    rotate.add_argument("--retire-previous", action="store_true",
-                        help="also drop every previous key: all existing tokens stop working")
-    keys_option(rotate)
-    rotate.set_defaults(handler=_token_rotate)
-
-    retire = sub.add_parser("retire", help="drop a (non-active) key: the tokens it signed stop working")
-    retire.add_argument("kid")
-    keys_option(retire)
-    retire.set_defaults(handler=_token_retire)
-
-    revoke = sub.add_parser("revoke", help="refuse one token from now on, by its id (see `token verify`)")
-    revoke.add_argument("token_id", help="the token's id (16 hex digits)")
-    keys_option(revoke)
-    revoke.set_defaults(handler=_token_revoke)
-
-    keys = sub.add_parser("keys", help="list key ids (never secrets)")
-    keys_option(keys)
-    keys.set_defaults(handler=_token_keys)
-
-    verify = sub.add_parser("verify", help="check a token and print whom it speaks for")
-    verify.add_argument("token", help="the token, or - to read it from stdin")
-    keys_option(verify)
-    verify.set_defaults(handler=_token_verify)
-
-    init = sub.add_parser("init", help="create the key file with a random key if it does not exist")
-    keys_option(init)
-    init.set_defaults(handler=_token_init)
+    action("rotate", "make a new signing key active; old keys keep verifying", _token_rotate).add_argument(
+        "--retire-previous", action="store_true", help="also drop every previous key: all existing tokens stop working")
+    action("retire", "drop a (non-active) key: the tokens it signed stop working", _token_retire).add_argument("kid")
+    action("revoke", "refuse one token from now on, by its id (see `token verify`)", _token_revoke).add_argument(
+        "token_id", help="the token's id (16 hex digits)")
+    action("keys", "list key ids (never secrets)", _token_keys)
+    action("verify", "check a token and print whom it speaks for", _token_verify).add_argument(
+        "token", help="the token, or - to read it from stdin")
+    action("init", "create the key file with a random key if it does not exist", _token_init)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def _timeout(what: Description, timeout: float, last: object) -> PollTimeout:
     return PollTimeout(f"{text}: not reached within {timeout:g}s (last: {last!r})")
 
 
-async def until(check: Callable[[], Awaitable[T]], what: Description, *, timeout: float,
+async def until(check: Callable[[], Awaitable[T | None]], what: Description, *, timeout: float,
                 interval: float = DEFAULT_INTERVAL_S) -> T:
     """Await ``check()`` until it returns something truthy and return that value.
 
@@ -54,7 +54,7 @@ async def until(check: Callable[[], Awaitable[T]], what: Description, *, timeout
         await asyncio.sleep(min(interval, left))
 
 
-def until_sync(check: Callable[[], T], what: Description, *, timeout: float,
+def until_sync(check: Callable[[], T | None], what: Description, *, timeout: float,
                interval: float = DEFAULT_INTERVAL_S) -> T:
     """Synchronous twin of :func:`until`: call ``check()`` until it returns something truthy."""
     end = time.monotonic() + timeout

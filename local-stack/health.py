@@ -91,7 +91,7 @@ async def s3(cfg: StackConfig) -> str | None:
     """``ListBuckets`` with the stack's credentials (the bucket itself is created after this passes)."""
     from imgstream.adapters.s3 import S3ObjectStore
 
-    store = S3ObjectStore(cfg.s3, max_pool_connections=1, connect_timeout=5, read_timeout=10)
+    store = S3ObjectStore(cfg.s3, max_pool_connections=1, connect_timeout=5, read_timeout=10, max_attempts=1)
     try:
         await store.start()
         await store.client.list_buckets()

@@ -27,6 +27,8 @@ from component import Component, Context, Paths  # noqa: E402
 from stack import BOOTSTRAP_HOOKS, BY_NAME, COMPONENTS, STOP_HOOKS  # noqa: E402
 
 POLL_INTERVAL = 1.0
+#: Lock file (under .stack/run) that serialises `up` runs.
+UP_LOCK = "stack-up.lock"
 
 # Client libraries log every refused connection while a server is still starting; the poll
 # loop reports the reason itself.
@@ -98,6 +100,15 @@ class Stack:
             ready[comp.name].set()
 
     def up(self, names: list[str] | None = None) -> int:
+        """Start what is not running. Two ``up`` at once (two terminals, a test's recovery and
+        an operator) would each start a process per missing component and each submit the
+        pipeline: they take turns on a lock instead, and the second finds everything running."""
+        from imgstream.filelock import exclusive
+
+        with exclusive(self.paths.run / UP_LOCK, "`make up`"):
+            return self._up(names)
+
+    def _up(self, names: list[str] | None = None) -> int:
         components = [c for c in COMPONENTS if not names or c.name in names]
         conflicts = self.port_conflicts(components)
         if conflicts:
@@ -172,6 +183,10 @@ class Stack:
     def status(self) -> int:
         health = self.health_all()
         self.print_table(health)
+        import status_notes  # dead letters, and what else must not stay silent
+
+        for line in status_notes.lines(self.ctx):
+            _out(line)
         return 0 if all(v is None for v in health.values()) else 3
 
     def running_names(self) -> list[str]:

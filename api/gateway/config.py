@@ -52,10 +52,10 @@ SHUTDOWN_TIMEOUT: Final = 25.0
 MAX_CONCURRENT_UPLOADS: Final = 64
 
 #: On SIGTERM, the gateway first fails /readyz and keeps serving for this long, so load balancers
-#: stop routing to it before it stops listening: readiness is probed every 2 s
-#: (k8s/base/gateway.yaml) and endpoint changes take a few seconds more to reach every proxy.
-#: Then in-flight uploads drain for up to SHUTDOWN_TIMEOUT; the two together (35 s) stay inside
-#: the pod's 45 s termination grace period, leaving room for the Kafka flush.
+#: stop routing to it before it stops listening (readiness probes and endpoint updates take a few
+#: seconds to reach every proxy); then in-flight uploads drain for up to SHUTDOWN_TIMEOUT. For
+#: platforms without a pre-stop hook: Kubernetes uses its preStop sleep instead and sets 0
+#: (k8s/base/gateway/deployment.yaml), as does the local stack, which has no load balancer.
 PRESTOP_DELAY: Final = 10.0
 
 #: Resumable uploads: seconds without a PATCH before an upload expires (its parts are aborted), and

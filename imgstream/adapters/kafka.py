@@ -270,15 +270,14 @@ async def open_consumer(config: KafkaConfig, *topics: str, group_id: str | None 
     """A started ``AIOKafkaConsumer`` (``read_committed``, no auto-commit), stopped on exit."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=config.bootstrap_servers,
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-        isolation_level="read_committed",
-        **options,
-    )
+    settings: dict[str, Any] = {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest" if from_beginning else "latest",
+        "isolation_level": "read_committed",
+    }
+    settings.update(options)  # callers may override any default (e.g. read_uncommitted)
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=config.bootstrap_servers, **settings)
     await consumer.start()
     try:
         yield consumer
@@ -336,3 +335,59 @@ async def read_between(config: KafkaConfig, topic: str, start: dict[int, int], *
             for items in batch.values():
                 records.extend(items)
     return sorted(records, key=lambda r: (r.partition, r.offset))
+
+
+#: ``config_source`` of a topic's own (dynamic) setting in DescribeConfigs v1+.
+_DYNAMIC_TOPIC_CONFIG = 1
+
+
+async def ensure_topic_configs(config: KafkaConfig, topic: str, wanted: dict[str, str], *,
+                               timeout_ms: int = 30_000) -> bool:
+    """Set ``wanted`` on an existing ``topic`` unless it already has them (idempotent); the
+    topic's other own settings are kept. Returns whether anything changed."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+    from aiokafka.errors import KafkaError
+
+    try:
+        async with admin_client(config, timeout_ms=timeout_ms) as admin:
+            (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            error_code, error_message, _, _, entries = response.resources[0]
+            if error_code:
+                raise Unavailable(f"cannot describe topic {topic}: {error_code} {error_message}", dependency="kafka")
+            current, own = {}, {}
+            for entry in entries:
+                name, value = entry[0], entry[1]
+                current[name] = value
+                # v0: (name, value, read_only, is_default, sensitive); v1+: (..., config_source, ...)
+                is_own = (not entry[3]) if len(entry) == 5 else entry[3] == _DYNAMIC_TOPIC_CONFIG
+                if is_own and value is not None:
+                    own[name] = value
+            if all(current.get(k) == v for k, v in wanted.items()):
+                return False
+            # AlterConfigs replaces the topic's whole set of own settings: send the kept ones too
+            altered = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                                configs={**own, **wanted})])
+    except (KafkaError, OSError) as exc:
+        raise Unavailable(f"Kafka admin request failed: {exc!r}", dependency="kafka") from exc
+    for item in (resource for reply in altered for resource in reply.resources):
+        if item[0]:
+            raise Unavailable(f"cannot alter topic {topic}: {item[0]} {item[1]}", dependency="kafka")
+    return True
+
+
+async def retained_records(config: KafkaConfig, topic: str) -> int | None:
+    """How many records ``topic`` holds now (log end minus log start, summed over partitions;
+    transaction markers count too), ``None`` when the topic does not exist."""
+    from aiokafka import TopicPartition
+
+    async with open_consumer(config) as consumer:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return None
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+    return sum(ends[tp] - starts[tp] for tp in tps)

@@ -202,6 +202,9 @@ class S3ObjectStore:
     send_sha256_checksum: bool = False
     multipart_threshold: int = MULTIPART_THRESHOLD
     part_size: int = MULTIPART_PART_SIZE
+    #: Attempts per request (botocore's standard retry mode); 1 for a health check that must
+    #: answer at once.
+    max_attempts: int = 3
     _stack: contextlib.AsyncExitStack | None = field(default=None, init=False)
     _client: Any = field(default=None, init=False)
     _http: Any = field(default=None, init=False)
@@ -235,7 +238,7 @@ class S3ObjectStore:
             max_pool_connections=self.max_pool_connections,
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
-            retries={"max_attempts": 3, "mode": "standard"},
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
         )
         stack = contextlib.AsyncExitStack()
         self._client = await stack.enter_async_context(

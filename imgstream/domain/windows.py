@@ -317,6 +317,9 @@ class WindowState:
 
 # --- the windows of a verdict stream ------------------------------------------------------
 
+#: Key of the finalised-through watermark in a :class:`WindowBook`'s ``progress`` mapping.
+FINALISED_THROUGH = "finalised_through"
+
 
 class WindowBook:
     """Every open upload-statistics window of a verdict stream, driven by one watermark.
@@ -331,15 +334,32 @@ class WindowBook:
       too late it changes nothing (the caller records it as a late event).
     * :meth:`advance` fires and finalises the windows a watermark has passed; a final window
       leaves the book.
+
+    **Restores.** Watermarks are not part of a Flink checkpoint: after a restore the operator
+    sees ``Long.MIN_VALUE`` until the first new watermark, while the final windows are already
+    gone from ``store``. The book therefore keeps the watermark it has advanced to (the
+    *finalised-through* point) in ``progress``, a second mapping the operator checkpoints too:
+    :meth:`classify` judges lateness against ``max(watermark, finalised_through)`` and
+    :meth:`add` never opens a window that is final by that point, so a restore can neither
+    count a too-late event as on time nor overwrite a final row with a reopened one.
     """
 
-    def __init__(self, window_ms: int, allowed_lateness_ms: int, store: MutableMapping[str, Any]) -> None:
+    def __init__(
+        self,
+        window_ms: int,
+        allowed_lateness_ms: int,
+        store: MutableMapping[str, Any],
+        progress: MutableMapping[str, Any] | None = None,
+    ) -> None:
         self.window_ms = window_ms
         self.allowed_lateness_ms = allowed_lateness_ms
         self._store = store
+        self._progress: MutableMapping[str, Any] = {} if progress is None else progress
         self._live: dict[str, tuple[str, str, WindowState]] | None = None
         self._dirty: set[str] = set()
         self._next_due: int | None = None
+        self._finalised_through: int | None = None
+        self._progress_dirty = False
 
     @property
     def live(self) -> dict[str, tuple[str, str, WindowState]]:
@@ -354,6 +374,31 @@ class WindowBook:
     def reset(self) -> None:
         """Forget the decoded windows (the store changed underneath); unflushed changes are lost."""
         self._live, self._dirty, self._next_due = None, set(), None
+        self._finalised_through, self._progress_dirty = None, False
+
+    @property
+    def finalised_through(self) -> int | None:
+        """The highest watermark the book has advanced to (every window final by it is final
+        and gone), ``None`` before the first :meth:`advance`; survives a restore."""
+        if self._finalised_through is None:
+            stored = self._progress.get(FINALISED_THROUGH)
+            self._finalised_through = None if stored is None else int(stored)
+        return self._finalised_through
+
+    def effective_watermark(self, watermark: int) -> int:
+        """``watermark``, never below the finalised-through point (after a restore the
+        operator's watermark restarts at ``Long.MIN_VALUE``)."""
+        floor = self.finalised_through
+        return watermark if floor is None or watermark >= floor else floor
+
+    def classify(self, event_time: int, watermark: int) -> Lateness:
+        """Lateness of an event arriving at ``watermark``, judged against the effective watermark."""
+        return classify(event_time, self.effective_watermark(watermark), self.window_ms, self.allowed_lateness_ms)
+
+    def is_closed(self, window_end_ms: int) -> bool:
+        """Whether the window ending at ``window_end_ms`` is final by the finalised-through point."""
+        floor = self.finalised_through
+        return floor is not None and is_final(window_end_ms, floor, self.allowed_lateness_ms)
 
     def deadlines(self, event_time: int) -> tuple[int, int]:
         """Watermarks at which the window of ``event_time`` fires and becomes final (timers)."""
@@ -366,9 +411,12 @@ class WindowBook:
 
         Like a Flink window, one the watermark has passed fires on its first event: a late
         event opening a window of its group yields revision 2 (1 being the empty on-time one).
+        A window final by :attr:`finalised_through` is never opened again, whatever
+        ``lateness`` says (its final row is written; see :meth:`classify`).
         """
         if lateness is Lateness.TOO_LATE:
             return None
+        watermark = self.effective_watermark(watermark)
         event_time = int(record["event_time"])
         producer, content_type = str(record["producer"]), str(record["content_type"])
         start = window_start(event_time, self.window_ms)
@@ -377,6 +425,8 @@ class WindowBook:
         if key in live:
             state = live[key][2]
         else:
+            if self.is_closed(start + self.window_ms):
+                return None
             state = WindowState.open(start, start + self.window_ms)
             due = self._due(state)
             self._next_due = due if self._next_due is None else min(self._next_due, due)
@@ -396,6 +446,9 @@ class WindowBook:
     def advance(self, watermark: int) -> list[dict[str, Any]]:
         """Versions of the windows ``watermark`` fires or finalises, oldest window first."""
         live = self.live
+        floor = self.finalised_through
+        if floor is None or watermark > floor:
+            self._finalised_through, self._progress_dirty = watermark, True
         if self._next_due is None or watermark < self._next_due:
             return []
         rows = []
@@ -425,6 +478,9 @@ class WindowBook:
             elif key in self._store:
                 del self._store[key]
         self._dirty.clear()
+        if self._progress_dirty:
+            self._progress[FINALISED_THROUGH] = self._finalised_through
+            self._progress_dirty = False
 
     def _due(self, state: WindowState) -> int:
         return final_at(state.end, self.allowed_lateness_ms) if state.fired else fires_at(state.end)

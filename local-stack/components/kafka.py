@@ -9,7 +9,7 @@ import subprocess
 import uuid
 from typing import Callable
 
-from imgstream.adapters.kafka import TopicSpec, ensure_topics
+from imgstream.adapters.kafka import TopicSpec, ensure_topic_configs, ensure_topics
 
 import health
 from component import PORTS, TEMPLATES, Component, Context, classpath, render
@@ -64,9 +64,20 @@ def argv(ctx: Context) -> list[str]:
             "-cp", classpath(ctx.paths.lib / "kafka"), "kafka.Kafka", str(conf / "server.properties")]
 
 
+#: The upload topic's records carry the broker's append time: the pipeline bounds a gateway's
+#: ``received_at`` by it (imgstream/domain/clock.py), so it must not be the gateway's own clock.
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    "images.uploaded": {"message.timestamp.type": "LogAppendTime"},
+}
+
+
 async def bootstrap(ctx: Context) -> None:
-    """Create the design's topics (the broker does not auto-create them)."""
+    """Create the design's topics (the broker does not auto-create them), with their settings
+    (also on a topic that exists already)."""
     await ensure_topics(ctx.config.kafka, [TopicSpec(name, partitions) for name, partitions in TOPICS.items()])
+    for name, configs in TOPIC_CONFIGS.items():
+        if await ensure_topic_configs(ctx.config.kafka, name, configs):
+            print(f"  kafka    {name}: set {configs}", flush=True)
 
 
 async def check(ctx: Context) -> str | None:

@@ -20,6 +20,8 @@ import pytest
 
 from flink_jobs import testing
 from flink_jobs.generator import plan, truth
+from imgstream.adapters.cassandra import open_session
+from imgstream.polling import until
 
 pytestmark = pytest.mark.slow
 
@@ -69,19 +71,16 @@ def job_state(rest: str, job_id: str) -> str:
 
 
 async def test_taskmanager_kill_loses_and_double_counts_nothing(stack_config, stack_env, repo_root):
-    from cassandra.cluster import Cluster
-
     bootstrap, rest = stack_config.kafka.bootstrap_servers, stack_config.flink_rest
     args = [
         "--checkpoint_interval_ms=2000", "--out_of_orderness_ms=2000",
         "--allowed_lateness_ms=20000", f"--window_ms={WINDOW_MS}",
     ]  # fmt: skip
-    cfg = stack_config.cassandra
-    cluster = Cluster(list(cfg.hosts), port=cfg.port)
-    session = cluster.connect(cfg.keyspace)
+    cluster, session = open_session(stack_config.cassandra)
     try:
         async with testing.pipeline_run(stack_env, bootstrap, args) as run, testing.heartbeats(bootstrap, run.topic):
-            await testing.poll(lambda: completed_checkpoints(rest, run.job_id) >= 1, "the job to run and checkpoint")
+            await until(lambda: asyncio.to_thread(lambda: completed_checkpoints(rest, run.job_id) >= 1),
+                        "the job to run and checkpoint", timeout=testing.DEADLINE_S, interval=testing.CHECK_EVERY_S)
             # event time tracks the send time (8/s), a little ahead, as the gateway's would; the
             # heartbeats flowing alongside then never make a stream event late
             now_ms = int(time.time() * 1000)
@@ -99,12 +98,15 @@ async def test_taskmanager_kill_loses_and_double_counts_nothing(stack_config, st
 
             # ~50 s of stream; the kill comes once part of it is written
             sending = asyncio.create_task(testing.produce(bootstrap, run.topic, [p.value for p in planned], per_second=8))
-            await testing.poll(lambda: written() >= 40, "some written rows", every_s=0.5)
+            await until(lambda: asyncio.to_thread(lambda: written() >= 40), "some written rows",
+                        timeout=testing.DEADLINE_S, interval=0.5)
             assert not sending.done(), "the stream must still be flowing when the TaskManager dies"
             killed = kill_taskmanager(repo_root)
-            await testing.poll(lambda: not group_members(killed), "the TaskManager and its Python workers to be gone", deadline_s=30, every_s=0.5)
-            await testing.poll(lambda: job_state(rest, run.job_id) in ("RESTARTING", "CREATED", "INITIALIZING") or None,
-                               "the job to notice the lost TaskManager", deadline_s=120, every_s=0.5)
+            await until(lambda: asyncio.to_thread(lambda: not group_members(killed)),
+                        "the TaskManager and its Python workers to be gone", timeout=30, interval=0.5)
+            await until(lambda: asyncio.to_thread(
+                lambda: job_state(rest, run.job_id) in ("RESTARTING", "CREATED", "INITIALIZING")),
+                "the job to notice the lost TaskManager", timeout=120, interval=0.5)
             restart = await asyncio.to_thread(
                 subprocess.run, [sys.executable, str(repo_root / "local-stack" / "stackctl.py"), "up", "flink-taskmanager"],
                 capture_output=True, text=True, timeout=300,

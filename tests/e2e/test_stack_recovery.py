@@ -9,8 +9,7 @@ import sys
 import time
 import uuid
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from imgstream.adapters.kafka import TopicSpec, delete_topics, ensure_topics, open_consumer, open_producer
 
 
 def _stackctl(repo_root, *args: str) -> subprocess.CompletedProcess[str]:
@@ -23,16 +22,10 @@ def _pid(repo_root, name: str) -> int:
 
 
 async def test_kill_9_kafka_then_up_keeps_the_data(repo_root, stack_config):
-    bootstrap = stack_config.kafka.bootstrap_servers
     topic = f"recovery-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(topic, 1, 1)])
-    await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    await producer.send_and_wait(topic, b"written-before-the-crash")
-    await producer.stop()
+    await ensure_topics(stack_config.kafka, [TopicSpec(topic, 1)])
+    async with open_producer(stack_config.kafka) as producer:
+        await producer.send_and_wait(topic, b"written-before-the-crash")
 
     old = _pid(repo_root, "kafka")
     os.kill(old, signal.SIGKILL)
@@ -51,14 +44,9 @@ async def test_kill_9_kafka_then_up_keeps_the_data(repo_root, stack_config):
     assert "started  kafka" in up.stdout
     assert "started  cassandra" not in up.stdout  # nothing running is started twice
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
-    await consumer.start()
     try:
-        record = await consumer.getone()
-        assert record.value == b"written-before-the-crash"
+        async with open_consumer(stack_config.kafka, topic) as consumer:
+            record = await consumer.getone()
+            assert record.value == b"written-before-the-crash"
     finally:
-        await consumer.stop()
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        await admin.delete_topics([topic])
-        await admin.close()
+        await delete_topics(stack_config.kafka, [topic])

@@ -10,18 +10,19 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
-import asyncpg
 import numpy as np
 from PIL import Image
 
 from api.stats.ranges import ceil_to, floor_to
 from api.stats.times import format_time
+from imgstream.adapters.postgres import connect
 from imgstream.config import StackConfig
 from imgstream.domain.tokens import KeyRing, keys_file_from_env
 from imgstream.domain.windows import Interval
+from imgstream.polling import until
 
 #: Window (1 min) + the pipeline's event-time ticks + CDC delay, with room for a loaded 2-core box.
 DEADLINE_S = 240.0
@@ -40,16 +41,9 @@ def jpeg(picture: Image.Image, quality: int) -> bytes:
     return out.getvalue()
 
 
-async def poll(check: Callable[[], Awaitable[Any]], what: str, deadline: float, **context: Any) -> Any:
-    """``check()`` until it returns something truthy, or fail naming ``what`` (formatted with
-    ``context`` as it is at the deadline)."""
-    last = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(1.0)
-    raise AssertionError(f"{what.format(**context)}: not within {DEADLINE_S:g} s (last: {last!r})")
+def left(deadline: float) -> float:
+    """Seconds until ``deadline`` (a ``time.monotonic()`` value): the polls share one budget."""
+    return deadline - time.monotonic()
 
 
 async def test_uploads_show_up_in_the_stats_api(stack_env: dict[str, str], stack_config: StackConfig) -> None:
@@ -88,9 +82,9 @@ async def test_uploads_show_up_in_the_stats_api(stack_env: dict[str, str], stack
             seen[:] = [f["status"] for f in found]
             return found if all(f["status"] != "pending" for f in found) else None
 
-        first, exact, near = await poll(
-            decided, "a verdict for every upload (statuses seen: {seen}; is the pipeline job running in the Flink "
-                     "UI at :8081, and the CDC sink at :8083?)", deadline, seen=seen)
+        first, exact, near = await until(
+            decided, lambda: f"a verdict for every upload (statuses seen: {seen}; is the pipeline job running in the "
+                             "Flink UI at :8081, and the CDC sink at :8083?)", timeout=left(deadline), interval=1.0)
         assert first["status"] == "accepted" and first["sha256"] == receipts[0]["sha256"]
         assert (exact["status"], exact["duplicate_kind"], exact["duplicate_of"], exact["distance"]) == (
             "duplicate", "exact", ids[0], 0)
@@ -105,7 +99,7 @@ async def test_uploads_show_up_in_the_stats_api(stack_env: dict[str, str], stack
                 body = await response.json()
             return body if body.get("uploads") == 3 else None
 
-        totals = await poll(summary, "3 uploads in the summary", deadline)
+        totals = await until(summary, "3 uploads in the summary", timeout=left(deadline), interval=1.0)
         assert (totals["accepted"], totals["duplicates"], totals["duplicates_exact"], totals["duplicates_near"],
                 totals["rejected"]) == (1, 2, 1, 1, 0)
         assert totals["bytes"] == sum(len(d) for d in uploads) and totals["producer"] == producer
@@ -119,7 +113,7 @@ async def test_uploads_show_up_in_the_stats_api(stack_env: dict[str, str], stack
         assert sum(w["uploads"] for w in series["windows"]) == 3
 
     # the analysts' views say the same
-    conn = await asyncpg.connect(str(stack_config.postgres.dsn))
+    conn = await connect(str(stack_config.postgres.dsn))
     try:
         row = await conn.fetchrow(
             "SELECT coalesce(sum(uploads), 0) AS uploads, coalesce(sum(bytes), 0) AS bytes, "

@@ -11,6 +11,7 @@ import pytest
 
 from api.stats.queries.freshness import freshness_entry, freshness_sql
 from api.stats.times import as_utc
+from imgstream.adapters.postgres import connect
 from imgstream.ops.cdc import TABLES
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "analytics.md"
@@ -24,7 +25,7 @@ def _examples() -> list[str]:
 
 @pytest.fixture
 async def analyst(stack_config):
-    conn = await asyncpg.connect(str(stack_config.postgres.dsn).replace("imgstream@", "analyst@", 1))
+    conn = await connect(str(stack_config.postgres.dsn).replace("imgstream@", "analyst@", 1))
     yield conn
     await conn.close()
 

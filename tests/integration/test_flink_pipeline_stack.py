@@ -8,25 +8,20 @@ dead letters, late events (updating their window) and too-late events (in late_e
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from flink_jobs import testing
 from flink_jobs.generator import plan, truth
+from imgstream.adapters.cassandra import open_session
 from imgstream.domain.events import ImageUploaded
 from imgstream.domain.timefmt import format_time
+from imgstream.polling import until
 
 WINDOW_MS = 60_000
 LATENESS_MS = 30_000
-
-
-def cassandra_session(stack_config):
-    from cassandra.cluster import Cluster
-
-    cfg = stack_config.cassandra
-    cluster = Cluster(list(cfg.hosts), port=cfg.port)
-    return cluster, cluster.connect(cfg.keyspace)
 
 
 def window_start_of(received_at: str) -> datetime:
@@ -51,7 +46,7 @@ async def test_pipeline_on_the_stack(stack_config, pipeline_job):
     expected = truth(planned)
     await testing.produce(bootstrap, topic, [p.value for p in planned])
 
-    cluster, session = cassandra_session(stack_config)
+    cluster, session = open_session(stack_config.cassandra)
     beating = testing.heartbeats(bootstrap, topic)
     await beating.__aenter__()
     try:
@@ -77,8 +72,10 @@ async def test_pipeline_on_the_stack(stack_config, pipeline_job):
         #    A: behind the watermark, window not fired yet -> counted in its on-time version;
         #    B: in the previous, fired window -> late updates (new revisions);
         #    C: two hours old, window final -> late_events only.
-        await testing.poll(lambda: 5 <= datetime.now(timezone.utc).second <= 12, "an early second of a minute",
-                           deadline_s=70, every_s=0.5)
+        async def early_in_a_minute() -> bool:
+            return 5 <= datetime.now(timezone.utc).second <= 12
+
+        await until(early_in_a_minute, "an early second of a minute", timeout=70, interval=0.5)
         now = datetime.now(timezone.utc)
         minute = now.replace(second=0, microsecond=0)
 
@@ -104,10 +101,12 @@ async def test_pipeline_on_the_stack(stack_config, pipeline_job):
 
             return check
 
-        row_b = await testing.poll(final_row(group_b), "the late updates' window to be final")
+        row_b = await until(lambda: asyncio.to_thread(final_row(group_b)), "the late updates' window to be final",
+                            timeout=testing.DEADLINE_S, interval=testing.CHECK_EVERY_S)
         # three late updates (revisions 2-4; the window's on-time version was empty), then final
         assert (row_b.uploads, row_b.late_events, row_b.revision) == (3, 3, 5)
-        row_a = await testing.poll(final_row(group_a), "the current window to be final", deadline_s=150)
+        row_a = await until(lambda: asyncio.to_thread(final_row(group_a)), "the current window to be final",
+                            timeout=150, interval=testing.CHECK_EVERY_S)
         assert (row_a.uploads, row_a.late_events, row_a.revision) == (2, 0, 2)
         select = session.prepare("SELECT lateness FROM images WHERE image_id = ?")
         lateness = {e.image_id: session.execute(select, (e.image_id,)).one().lateness for e in group_a + group_b + group_c}

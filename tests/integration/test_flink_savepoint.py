@@ -14,6 +14,8 @@ import asyncio
 
 from flink_jobs import submit, testing
 from flink_jobs.generator import plan, truth
+from imgstream.adapters.cassandra import open_session
+from imgstream.polling import until
 
 WINDOW_MS = 60_000
 #: Band count of the first job's index: d + 1 bands, as before multi-index hashing.
@@ -21,14 +23,10 @@ OLD_BANDS = 7
 
 
 async def test_stop_with_savepoint_and_resume(stack_config, stack_env):
-    from cassandra.cluster import Cluster
-
     bootstrap = stack_config.kafka.bootstrap_servers
     args = ["--checkpoint_interval_ms=2000", "--out_of_orderness_ms=1000", f"--window_ms={WINDOW_MS}",
             "--allowed_lateness_ms=10000"]  # fmt: skip
-    cfg = stack_config.cassandra
-    cluster = Cluster(list(cfg.hosts), port=cfg.port)
-    session = cluster.connect(cfg.keyspace)
+    cluster, session = open_session(stack_config.cassandra)
     resumed = ""
     try:
         async with testing.pipeline_run(stack_env, bootstrap, [*args, f"--near_bands={OLD_BANDS}"]) as run:
@@ -41,10 +39,11 @@ async def test_stop_with_savepoint_and_resume(stack_config, stack_env):
             select = session.prepare(testing.VERDICT_COLUMNS)
             await testing.produce(bootstrap, run.topic, [p.value for p in planned[:half]])
             # the first half is decided once the watermark passes it: wait for most of its rows
-            await testing.poll(
-                lambda: sum(session.execute(select, (i,)).one() is not None for i in first_ids) >= len(first_ids) - 3,
-                "the first half's rows",
-            )
+            def most_rows() -> bool:
+                return sum(session.execute(select, (i,)).one() is not None for i in first_ids) >= len(first_ids) - 3
+
+            await until(lambda: asyncio.to_thread(most_rows), "the first half's rows", timeout=testing.DEADLINE_S,
+                        interval=testing.CHECK_EVERY_S)
             location = await asyncio.to_thread(submit.stop_with_savepoint, run.job_name, stack_env)
             assert location.startswith("file:")
             job_args = [

@@ -11,10 +11,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import pyflink
+from imgstream.adapters.kafka import TopicSpec, delete_topics, ensure_topics, open_consumer, open_producer
 
 JOB = Path(__file__).parent / "jobs" / "kafka_probe.py"
 N = 200
@@ -34,18 +33,12 @@ def test_cluster_has_a_taskmanager_with_free_slots(stack_config):
 async def test_pyflink_job_reads_kafka_on_the_session_cluster(stack_config, stack_env, repo_root):
     bootstrap = stack_config.kafka.bootstrap_servers
     src, dst = f"probe-in-{uuid.uuid4().hex[:8]}", f"probe-out-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    await ensure_topics(stack_config.kafka, [TopicSpec(src, 2), TopicSpec(dst, 1)])
     try:
-        await admin.create_topics([NewTopic(src, 2, 1), NewTopic(dst, 1, 1)])
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
-        try:
+        async with open_producer(stack_config.kafka) as producer:
             for i in range(N):
                 await producer.send(src, f"m{i}".encode())
             await producer.flush()
-        finally:
-            await producer.stop()
 
         jar = stack_env["IMGSTREAM_FLINK_KAFKA_JAR"]
         assert jar and Path(jar).exists(), "Kafka connector jar not resolved: run `make jars`"
@@ -57,18 +50,12 @@ async def test_pyflink_job_reads_kafka_on_the_session_cluster(stack_config, stac
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         assert "Job has been submitted with JobID" in run.stdout
 
-        consumer = AIOKafkaConsumer(dst, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                    enable_auto_commit=False, group_id=None)
-        await consumer.start()
-        try:
+        async with open_consumer(stack_config.kafka, dst) as consumer:
             got: list[str] = []
             batch = await consumer.getmany(timeout_ms=10000)
             while batch:
                 got.extend(r.value.decode() for records in batch.values() for r in records)
                 batch = await consumer.getmany(timeout_ms=2000)
-        finally:
-            await consumer.stop()
         assert sorted(got) == sorted(f"M{i}!" for i in range(N))
     finally:
-        await admin.delete_topics([src, dst])
-        await admin.close()
+        await delete_topics(stack_config.kafka, [src, dst])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -15,11 +14,20 @@ import pytest_asyncio
 
 from imgstream.config import StackConfig
 from imgstream.domain.tokens import KeyRing
+from imgstream.polling import until
 from tests.fixtures import images as fx
 from tests.fixtures.services import RunningService, running_service
 from tests.fixtures.stack import it_bucket, it_topic  # noqa: F401  (fixtures)
 
 PRODUCER = "proc-producer"
+
+
+async def received_bytes(session: aiohttp.ClientSession, url: str) -> float:
+    """The gateway's count of image bytes read from request bodies (its /metrics)."""
+    async with session.get(f"{url}/metrics") as response:
+        text = await response.text()
+    return next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("imgstream_gateway_received_bytes_total "))
 
 
 @pytest_asyncio.fixture
@@ -48,14 +56,14 @@ async def test_upload_rotation_and_graceful_stop(gateway_process: RunningService
         ring = KeyRing.load(gw.keys).rotated()
         ring.save(gw.keys)
         new_token = ring.issue(PRODUCER, "producer")
-        deadline = time.monotonic() + 10
-        while True:
+
+        async def new_key_accepted() -> bool:
             async with session.post(f"{gw.url}/v1/images", data=fx.unique_jpeg("rotated"),
                                     headers={"Authorization": f"Bearer {new_token}"}) as response:
-                if response.status == 201:
-                    break
-                assert response.status == 401 and time.monotonic() < deadline
-            await asyncio.sleep(0.3)
+                assert response.status in (201, 401), await response.text()
+                return response.status == 201
+
+        await until(new_key_accepted, "the gateway to accept a token of the rotated key", timeout=10, interval=0.3)
         async with session.post(f"{gw.url}/v1/images", data=fx.unique_jpeg("old-still-ok"),
                                 headers={"Authorization": f"Bearer {old_token}"}) as response:
             assert response.status == 201
@@ -68,9 +76,16 @@ async def test_upload_rotation_and_graceful_stop(gateway_process: RunningService
                 yield big[i : i + 256 * 1024]
                 await asyncio.sleep(0.05)
 
+        before = await received_bytes(session, gw.url)
         upload = asyncio.create_task(session.post(f"{gw.url}/v1/images", data=slow_body(),
                                                   headers={"Authorization": f"Bearer {new_token}"}))
-        await asyncio.sleep(0.3)
+
+        async def upload_arriving() -> bool:
+            return await received_bytes(session, gw.url) > before
+
+        await until(upload_arriving, "the gateway to read the first bytes of the slow upload", timeout=10,
+                    interval=0.02)
+        assert not upload.done(), "the upload must still be in flight when SIGTERM arrives"
         gw.proc.send_signal(signal.SIGTERM)
         # Pre-stop: readiness fails at once, yet new uploads are still served for the delay.
         deadline = time.monotonic() + 2

@@ -9,7 +9,7 @@ import uuid
 import asyncpg
 import pytest
 
-from imgstream.adapters.postgres import PoolLimits, create_pool, ping
+from imgstream.adapters.postgres import PoolLimits, connect, create_pool, ping
 from imgstream.config import PostgresConfig
 
 
@@ -42,7 +42,7 @@ async def test_ping_ok_and_unreachable(pool):
 
 async def test_analyst_role_is_read_only(stack_config):
     dsn = str(stack_config.postgres.dsn).replace("imgstream@", "analyst@", 1)
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn)
     try:
         assert await conn.fetchval("SELECT 1") == 1
         with pytest.raises(asyncpg.PostgresError, match="read-only"):

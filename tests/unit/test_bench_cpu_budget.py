@@ -5,9 +5,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from bench.cpu_budget import GROUPS, CpuMeter, grouped, metered, procs, report
+from imgstream.polling import until_sync
 
 # a component like postgres: the leader burns CPU, and so does a child in a session of its own
 BURNER = """
@@ -29,13 +29,6 @@ def _burner(run_dir):
     return proc
 
 
-def _until(condition, what, deadline_s=30.0):
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def test_leader_and_descendants_are_charged_and_a_gone_child_keeps_its_share(tmp_path):
     proc = _burner(tmp_path)
     child = None
@@ -49,10 +42,11 @@ def test_leader_and_descendants_are_charged_and_a_gone_child_keeps_its_share(tmp
             used = meter.used()
             return used.get("postgres", 0) >= 0.25 and used.get("postgres children", 0) >= 0.35
 
-        _until(burnt, f"the leader and its child were charged: {meter.used()}")
+        until_sync(burnt, lambda: f"the leader and its child were charged: {meter.used()}", timeout=30, interval=0.05)
         before = meter.used()["postgres children"]
         os.kill(child, signal.SIGKILL)
-        _until(lambda: not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(") ")[1][0] == "Z", "the child to die")
+        until_sync(lambda: not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(") ")[1][0] == "Z",
+                   "the child to die", timeout=30, interval=0.05)
         meter.sample()
         assert meter.used()["postgres children"] >= before  # what the gone child used still counts
         assert set(meter.used()) == {"postgres", "postgres children"}  # the stale pid file charged nothing

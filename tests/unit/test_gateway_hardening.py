@@ -10,6 +10,7 @@ from typing import AsyncIterator
 import pytest
 
 from imgstream.domain.tokens import KeyRing
+from imgstream.polling import until
 from tests.fixtures import images as fx
 from tests.fixtures.gateway import Harness, gateway_factory, gw  # noqa: F401  (fixtures)
 
@@ -205,7 +206,15 @@ async def test_client_hanging_up_mid_body_stores_nothing(gw: Harness) -> None:
     writer.write(head + data[: len(data) // 2])
     await writer.drain()
     writer.close()
-    await asyncio.sleep(0.2)
+
+    async def upload_handled() -> bool:
+        """The gateway is done with the broken-off upload: counted, and nothing in flight."""
+        counted = sum(sample.value for family in gw.metrics.registry.collect()
+                      if family.name == "imgstream_gateway_requests" for sample in family.samples
+                      if sample.name.endswith("_total") and sample.labels["route"] == "/v1/images")
+        return counted == 1 and gw.metric("imgstream_gateway_requests_in_flight") == 0
+
+    await until(upload_handled, "the gateway to finish the upload whose client hung up", timeout=10, interval=0.02)
     assert (await gw.client.get("/healthz")).status == 200
     assert gw.store.objects == {} and gw.publisher.records == []
 

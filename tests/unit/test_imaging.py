@@ -296,10 +296,13 @@ def test_hashing_a_50_megapixel_16_bit_png_stays_within_the_memory_budget(tmp_pa
             "a = (np.arange(10000, dtype=np.uint16)[None, :] * 6).repeat(5000, axis=0); "
             f"Image.fromarray(a).save({str(path)!r})")
     subprocess.run([sys.executable, "-c", make], check=True)
-    measure = ("import resource; from PIL import Image; Image.MAX_IMAGE_PIXELS = None; "
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec, so
+    # a child of a large pytest process would report the parent's size.
+    measure = ("import re; from PIL import Image; Image.MAX_IMAGE_PIXELS = None; "
                "from imgstream.domain.phash import phash; "
                f"h = phash(open({str(path)!r}, 'rb').read()); "
-               "print(h, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+               "kb = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1); "
+               "print(h, int(kb) // 1024)")
     out = subprocess.run([sys.executable, "-c", measure], check=True, capture_output=True, text=True).stdout.split()
     digest, peak_mb = out[0], int(out[1])
     assert len(digest) == 16 and digest != "0" * 16

@@ -25,6 +25,8 @@ DOMAIN_ALLOWED = {"numpy", "PIL"}
 #: Calls that build a service client; only ``imgstream/adapters`` may make them.
 CLIENT_CONSTRUCTORS = {"AIOKafkaAdminClient", "AIOKafkaProducer", "AIOKafkaConsumer", "Cluster", "create_client",
                        "create_pool"}
+#: Client libraries whose clients only the adapters may construct.
+CLIENT_LIBRARIES = {"aiokafka", "cassandra", "asyncpg", "aiobotocore"}
 #: Deployables the library must not import.
 DEPLOYABLES = {"api", "flink_jobs", "batch", "bench", "tests"}
 
@@ -45,18 +47,34 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-def called_names(path: Path) -> set[str]:
-    """Names of everything called in ``path`` (``f(...)`` and ``x.f(...)`` both give ``f``)."""
+def constructed_clients(path: Path) -> set[str]:
+    """Service clients ``path`` builds itself: a constructor imported from a client library and
+    called (``Cluster(...)``), called on a client library module (``asyncpg.create_pool(...)``),
+    or an aiobotocore session's ``create_client``. Calls into ``imgstream.adapters`` are fine."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    names: set[str] = set()
+    direct: set[str] = set()
+    modules: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            func = node.func
-            if isinstance(func, ast.Name):
-                names.add(func.id)
-            elif isinstance(func, ast.Attribute):
-                names.add(func.attr)
-    return names
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in CLIENT_LIBRARIES:
+            direct.update(alias.asname or alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            modules.update(alias.asname or alias.name for alias in node.names
+                           if alias.name.split(".")[0] in CLIENT_LIBRARIES)
+    uses_botocore_sessions = "get_session" in direct
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in direct and func.id in CLIENT_CONSTRUCTORS:
+            found.add(func.id)
+        elif isinstance(func, ast.Attribute) and func.attr in CLIENT_CONSTRUCTORS:
+            base = func.value
+            if isinstance(base, ast.Name) and base.id in modules:
+                found.add(func.attr)
+            elif func.attr == "create_client" and uses_botocore_sessions:
+                found.add(func.attr)
+    return found
 
 
 def test_the_domain_imports_only_the_standard_library_itself_numpy_and_pillow() -> None:
@@ -78,13 +96,23 @@ def test_the_domain_rule_catches_a_framework_import(tmp_path: Path) -> None:
     assert found == {"aiohttp", "imgstream.adapters.s3"}
 
 
+def test_the_client_rule_sees_direct_module_and_session_constructions(tmp_path: Path) -> None:
+    module = tmp_path / "bad.py"
+    module.write_text("import asyncpg\nfrom cassandra.cluster import Cluster\nfrom aiobotocore.session import get_session\n"
+                      "from imgstream.adapters.postgres import create_pool\n"
+                      "Cluster(['h'])\nasyncpg.create_pool('dsn')\nget_session().create_client('s3')\ncreate_pool(cfg)\n")
+    assert constructed_clients(module) == {"Cluster", "create_pool", "create_client"}
+    module.write_text("from imgstream.adapters.postgres import create_pool\ncreate_pool(cfg)\n")
+    assert constructed_clients(module) == set()
+
+
 def test_only_the_adapters_construct_service_clients() -> None:
     adapters = REPO / "imgstream" / "adapters"
     offenders = {}
     for path in python_files(*(REPO / room for room in ROOMS), REPO / "bench"):
         if adapters in path.parents:
             continue
-        calls = called_names(path) & CLIENT_CONSTRUCTORS
+        calls = constructed_clients(path)
         if calls:
             offenders[str(path.relative_to(REPO))] = sorted(calls)
     assert not offenders, f"build clients through imgstream.adapters: {offenders}"

@@ -8,10 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from imgstream.polling import until_sync
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "local-stack"))
 
@@ -92,10 +93,8 @@ def test_what_a_crashed_component_left_in_its_group_is_killed(tmp_path):
     child_file = tmp_path / "child"
     tracked = procs.spawn(pids, "tm", ["bash", "-c", f"sleep 60 & echo $! > {child_file}; wait"],
                           log_path=tmp_path / "s.log", env=os.environ, cwd=tmp_path)  # fmt: skip
-    deadline = time.monotonic() + 10
-    while not (child_file.exists() and child_file.read_text().strip()):
-        assert time.monotonic() < deadline, "the child never started"
-        time.sleep(0.02)
+    until_sync(lambda: child_file.exists() and child_file.read_text().strip(), "the child to start", timeout=10,
+               interval=0.02)
     child = int(child_file.read_text())
     os.kill(tracked.pid, signal.SIGKILL)  # the JVM crashes; its worker (the child) lives on, orphaned
     with contextlib.suppress(ChildProcessError):
@@ -103,10 +102,7 @@ def test_what_a_crashed_component_left_in_its_group_is_killed(tmp_path):
     assert not _gone(child)
     try:
         assert pids.running("tm") is None and not pids.path("tm").exists()
-        deadline = time.monotonic() + 10
-        while not _gone(child):
-            assert time.monotonic() < deadline, "the leftover worker was not killed"
-            time.sleep(0.02)
+        until_sync(lambda: _gone(child), "the leftover worker to be killed", timeout=10, interval=0.02)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
@@ -117,9 +113,7 @@ def test_stop_escalates_to_sigkill_when_term_is_ignored(tmp_path):
     ready = tmp_path / "ready"
     tracked = procs.spawn(pids, "stubborn", ["bash", "-c", f"trap '' TERM; touch {ready}; sleep 60 & wait"],
                           log_path=tmp_path / "s.log", env=os.environ, cwd=tmp_path)
-    deadline = time.monotonic() + 10
-    while not ready.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    until_sync(ready.exists, "the stubborn process to be ready", timeout=10, interval=0.02)
     assert procs.stop(pids, "stubborn", grace=1) == "killed after 1s"
     assert not tracked.alive()
 

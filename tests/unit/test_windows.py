@@ -284,3 +284,60 @@ def test_window_book_final_rows_count_every_event_not_too_late_and_survive_a_res
     for key, final in finals.items():
         revisions = [r["revision"] for r in out if (r["window_start"], r["producer"]) == key]
         assert revisions[0] in (1, 2) and revisions == list(range(revisions[0], final["revision"] + 1))
+
+
+# --- restores: the finalised-through point (issue 16, item 2) ----------------------------
+
+LONG_MIN = -(2**63)
+
+
+def test_a_restored_book_never_reopens_a_final_window():
+    """Watermarks are not checkpointed: after a restore the operator sees Long.MIN_VALUE.
+    The book keeps the point it finalised through, classifies against it and refuses to open
+    a window that is final by it (which would overwrite the final row with a near-empty one)."""
+    store, progress = {}, {}
+    book = WindowBook(W, L, store, progress)
+    for ts in (1_000, 2_000, 3_000):
+        book.add(_verdict(ts), Lateness.ON_TIME, 0)
+    rows = book.advance(fires_at(W) + L)  # final now
+    assert [(r["uploads"], r["final"]) for r in rows] == [(3, True)]
+    book.flush()
+    assert store == {} and book.finalised_through == fires_at(W) + L
+
+    restored = WindowBook(W, L, dict(store), dict(progress))  # a restore from that checkpoint
+    assert restored.effective_watermark(LONG_MIN) == fires_at(W) + L
+    assert restored.classify(4_000, LONG_MIN) is Lateness.TOO_LATE
+    # even when a caller still says "on time", the final window is not opened again
+    assert restored.add(_verdict(4_000), Lateness.ON_TIME, LONG_MIN) is None
+    assert restored.advance(fires_at(W) + L + 1) == []
+    assert restored.live == {}
+    # a window that is not final yet still counts
+    assert restored.classify(W + 1_000, LONG_MIN) is Lateness.LATE
+    assert restored.add(_verdict(W + 1_000), Lateness.LATE, LONG_MIN) is not None
+
+
+@given(arrivals, st.integers(0, 40))
+def test_window_book_restored_without_a_watermark_continues_like_one_that_never_stopped(events, cut):
+    """A book rebuilt from its flushed store and progress whose operator sees no watermark
+    (Long.MIN_VALUE) until the next step classifies and counts exactly as before the restore."""
+
+    def run(restore_at):
+        store, progress, out = {}, {}, []
+        book = WindowBook(W, L, store, progress)
+        watermark = -1
+        for i, (ts, producer, step) in enumerate(events):
+            seen = watermark
+            if i == restore_at:
+                book.flush()
+                book = WindowBook(W, L, dict(store), dict(progress))
+                store, progress, seen = book._store, book._progress, LONG_MIN
+            lateness = book.classify(ts, seen)
+            version = book.add(_verdict(ts, producer), lateness, book.effective_watermark(seen))
+            out.extend([(lateness, version)] if version else [(lateness, None)])
+            watermark += step
+            out.extend((None, row) for row in book.advance(watermark))
+            book.flush()
+        out.extend((None, row) for row in book.advance(10**12))
+        return out
+
+    assert run(cut) == run(None)

@@ -1,0 +1,104 @@
+"""Clock skew in the pipeline (issue 16, item 5): the source's SQL event time (the watermark's)
+and the cleaning step's event time (the windows') are both bounded by the Kafka append time."""
+
+import json
+
+import pytest
+
+from flink_jobs.functions import CleanFunction
+from imgstream.domain.events import format_time
+from imgstream.domain.windows import from_millis
+
+HOUR = 3_600_000
+APPENDED = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+class FakeCounter:
+    def __init__(self):
+        self.count = 0
+
+    def inc(self, n=1):
+        self.count += n
+
+
+class FakeMetrics:
+    def __init__(self):
+        self.counters, self.gauges = {}, {}
+
+    def counter(self, name):
+        return self.counters.setdefault(name, FakeCounter())
+
+    def gauge(self, name, fn):
+        self.gauges[name] = fn
+
+
+class FakeRuntime:
+    def __init__(self):
+        self.metrics = FakeMetrics()
+
+    def get_metrics_group(self):
+        return self.metrics
+
+
+class FakeContext:
+    def __init__(self, timestamp):
+        self._timestamp = timestamp
+
+    def timestamp(self):
+        return self._timestamp
+
+
+def _event(received_ms, n=1):
+    return json.dumps({
+        "schema_version": 1, "event_type": "image.uploaded", "image_id": f"00000000-0000-4000-8000-{n:012d}",
+        "producer": "alice", "sha256": f"{n:064x}", "phash": f"{n:016x}", "size": 10, "content_type": "image/png",
+        "width": 1, "height": 1, "storage_key": f"sha256/00/{n:064x}", "received_at": format_time(from_millis(received_ms)),
+        "gateway": "gw-fast",
+    }).encode()  # fmt: skip
+
+
+def _clean(fn, value, appended):
+    return list(fn.process_element((value, "images.uploaded", 0, 7), FakeContext(appended)))
+
+
+def test_an_event_from_a_clock_hours_ahead_takes_the_append_time_and_is_counted():
+    fn, runtime = CleanFunction(5_000), FakeRuntime()
+    fn.open(runtime)
+    out = _clean(fn, _event(APPENDED + 3 * HOUR), APPENDED)
+    if len(out) != 1 or not isinstance(out[0], dict) or "event_time" not in out[0]:
+        pytest.fail(f"not cleaned: {out}")
+    assert out[0]["event_time"] == APPENDED
+    assert runtime.metrics.counters["clockSkewClamped"].count == 1
+    assert runtime.metrics.gauges["clockSkewMaxMs"]() == 3 * HOUR
+    # an honest clock (stamped before the append) keeps its time and is not counted
+    (honest,) = _clean(fn, _event(APPENDED - 1_200, 2), APPENDED)
+    assert honest["event_time"] == APPENDED - 1_200
+    assert runtime.metrics.counters["clockSkewClamped"].count == 1
+
+
+@pytest.mark.slow
+def test_the_source_sql_bounds_received_at_by_the_kafka_timestamp():
+    """The SQL expression the Kafka source builds its watermark from, run by Flink."""
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    from flink_jobs.pipeline import event_time_sql
+
+    t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
+    t_env.get_config().set("table.local-time-zone", "UTC")
+    t_env.get_config().set("parallelism.default", "1")
+    cases = {  # received_at -> expected event time, all appended at 2026-01-01 00:00:00.000
+        "2026-01-01T03:00:00.000Z": "2026-01-01 00:00:00",  # 3 h ahead: the append time
+        "2026-01-01T00:00:05.000Z": "2026-01-01 00:00:05",  # within the tolerance: kept
+        "2025-12-31T23:59:58.800Z": "2025-12-31 23:59:58.800",  # behind: kept
+    }
+    values = ", ".join(
+        f"('{json.dumps({'received_at': r})}', TIMESTAMP '2026-01-01 00:00:00.000')" for r in cases
+    ) + ", ('{}', TIMESTAMP '2026-01-01 00:00:00.000')"  # no received_at: the Kafka timestamp
+    query = (f"SELECT CAST({event_time_sql(5_000, kafka_ts_sql='`kafka_ts`')} AS STRING) "
+             f"FROM (VALUES {values}) AS t(`value`, `kafka_ts`)")
+    with t_env.execute_sql(query).collect() as rows:
+        got = [row[0] for row in rows]
+    expected = list(cases.values()) + ["2026-01-01 00:00:00"]
+    assert [g.rstrip("0").rstrip(".") if "." in g else g for g in got] == [
+        e.rstrip("0").rstrip(".") if "." in e else e for e in expected
+    ]
