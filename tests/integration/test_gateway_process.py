@@ -88,14 +88,11 @@ async def test_upload_rotation_and_graceful_stop(gateway_process: RunningService
         assert not upload.done(), "the upload must still be in flight when SIGTERM arrives"
         gw.proc.send_signal(signal.SIGTERM)
         # Pre-stop: readiness fails at once, yet new uploads are still served for the delay.
-        deadline = time.monotonic() + 2
-        while True:
+        async def draining() -> bool:
             async with session.get(f"{gw.url}/readyz") as ready:
-                if ready.status == 503:
-                    assert (await ready.json())["status"] == "draining"
-                    break
-            assert time.monotonic() < deadline, "readiness still passing after SIGTERM"
-            await asyncio.sleep(0.05)
+                return ready.status == 503 and (await ready.json())["status"] == "draining"
+
+        await until(draining, "readiness to fail after SIGTERM", timeout=2, interval=0.05)
         async with session.post(f"{gw.url}/v1/images", data=fx.unique_jpeg("during-prestop"),
                                 headers={"Authorization": f"Bearer {new_token}"}) as during:
             assert during.status == 201
