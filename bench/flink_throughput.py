@@ -37,6 +37,7 @@ from flink_jobs.generator import plan  # noqa: E402
 from imgstream.adapters.cassandra import open_session  # noqa: E402
 from imgstream.adapters.kafka import TopicSpec, delete_topics, ensure_topics, open_consumer  # noqa: E402
 from imgstream.config import KafkaConfig, StackConfig  # noqa: E402
+from imgstream.domain.producers import synthetic  # noqa: E402
 from imgstream.domain.timefmt import parse_time  # noqa: E402
 from imgstream.polling import until  # noqa: E402
 
@@ -120,7 +121,8 @@ def cassandra_span(config: StackConfig, image_ids: list[str]) -> tuple[float, in
 async def throughput(config: StackConfig, env: dict[str, str], events: int, extra: list[str]) -> None:
     bootstrap, rest = config.kafka.bootstrap_servers, config.flink_rest
     run = uuid.uuid4().hex[:8]
-    source, sink, dlq = f"bench-in-{run}", f"bench-out-{run}", f"bench-dlq-{run}"
+    # synthetic topic names: an unreadable event there is attributed to `synthetic-unknown`
+    source, sink, dlq = synthetic(f"bench-in-{run}"), synthetic(f"bench-out-{run}"), synthetic(f"bench-dlq-{run}")
     appended = {"message.timestamp.type": "LogAppendTime"}  # output spans from broker clocks
     await ensure_topics(config.kafka, [TopicSpec(source, 2), TopicSpec(f"{sink}-jvm", 2, configs=appended),
                                        TopicSpec(f"{sink}-python", 2, configs=appended), TopicSpec(dlq, 1)])
@@ -179,8 +181,11 @@ async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: 
         await until(lambda: asyncio.to_thread(checkpointed), "the latency job to run", timeout=testing.DEADLINE_S,
                     interval=testing.CHECK_EVERY_S)
         count = seconds * rate
-        planned = plan(seed=2, originals=count, exact_copies=0, near_copies=0, replays=0, malformed=0,
-                       start_ms=int(time.time() * 1000) + 200, step_ms=1000 // rate)  # fmt: skip
+        planned = testing.renamed(
+            plan(seed=2, originals=count, exact_copies=0, near_copies=0, replays=0, malformed=0,
+                 start_ms=int(time.time() * 1000) + 200, step_ms=1000 // rate),
+            f"bench{run.run_id}",
+        )  # fmt: skip: own producers and ids per run (a seeded plan repeats its ids)
         await testing.produce(bootstrap, run.topic, [p.value for p in planned], per_second=rate)
         cluster, session = open_session(config.cassandra)
         select = session.prepare("SELECT received_at, processed_at FROM images WHERE image_id = ?")
@@ -203,16 +208,19 @@ async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=20_000, help="0 skips the throughput phase")
     parser.add_argument("--live-seconds", type=int, default=30)
     parser.add_argument("--live-rate", type=int, default=50)
     parser.add_argument("--job-arg", action="append", default=[], help="extra --key=value for the pipeline job")
     args = parser.parse_args()
     env = submit.stack_env()
     config = StackConfig.from_env(env)
-    asyncio.run(throughput(config, env, args.events, args.job_arg))
-    if args.live_seconds > 0:
-        asyncio.run(latency(config, env, args.live_seconds, args.live_rate))
+    # every producer is synthetic; their rows are purged when the run ends (or at the next start)
+    with testing.synthetic_run(env, "flink_throughput"):
+        if args.events > 0:
+            asyncio.run(throughput(config, env, args.events, args.job_arg))
+        if args.live_seconds > 0:
+            asyncio.run(latency(config, env, args.live_seconds, args.live_rate))
 
 
 if __name__ == "__main__":

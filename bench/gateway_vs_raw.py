@@ -46,10 +46,13 @@ from imgstream.adapters.kafka import KafkaEventPublisher, TopicSpec, ensure_topi
 from imgstream.adapters.s3 import S3ObjectStore  # noqa: E402
 from imgstream.config import StackConfig, load_env_file  # noqa: E402
 from api.common.process import ServiceNotReady, ServiceProcess, start_service  # noqa: E402
+from imgstream.domain.producers import synthetic  # noqa: E402
 from imgstream.domain.tokens import KeyRing, ensure_key_file  # noqa: E402
 from tests.fixtures.images import sized_jpeg, with_comment  # noqa: E402
 
 BENCH_BUCKET = "imgstream-bench"
+#: Its own topics and bucket keep the pipeline away; the name is synthetic all the same.
+BENCH_PRODUCER = synthetic("bench")
 GATEWAY_TOPIC = "bench.gateway.uploaded"
 RAW_TOPIC = "bench.raw.uploaded"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -199,7 +202,7 @@ async def gateway_round(url: str, token: str, base: bytes, count: int, concurren
 async def raw_round(store: S3ObjectStore, publisher: KafkaEventPublisher, base: bytes, count: int,
                     concurrency: int, tag: str, backends: list[int]) -> Result:
     bodies = [uniquify(base, tag, i) for i in range(count)]
-    event = json.dumps({"image_id": str(uuid.uuid4()), "producer": "bench", "sha256": "0" * 64, "phash": "0" * 16,
+    event = json.dumps({"image_id": str(uuid.uuid4()), "producer": BENCH_PRODUCER, "sha256": "0" * 64, "phash": "0" * 16,
                         "size": len(base), "content_type": "image/jpeg", "width": 1, "height": 1,
                         "storage_key": "x" * 80, "received_at": "2026-01-01T00:00:00.000Z",
                         "schema_version": 1, "event_type": "image.uploaded"}).encode()
@@ -236,14 +239,15 @@ async def main(args: argparse.Namespace) -> int:
         url, token, pid = args.gateway_url, args.token, None
     else:
         service, keys = await start_gateway(env, workdir)
-        url, token, pid = service.url, KeyRing.load(keys).issue("bench", "producer"), service.pid
+        url, token, pid = service.url, KeyRing.load(keys).issue(BENCH_PRODUCER, "producer"), service.pid
     gateways = {"gateway": (url, token, pid)}
     if args.baseline:
         # The same bench against a gateway running other code (e.g. `git archive <rev> | tar -x`),
         # in the same rounds: before/after measured side by side on the same noisy machine.
         (workdir / "baseline").mkdir()
         baseline, base_keys = await start_gateway(env, workdir / "baseline", Path(args.baseline).resolve())
-        gateways["baseline"] = (baseline.url, KeyRing.load(base_keys).issue("bench", "producer"), baseline.pid)
+        gateways["baseline"] = (baseline.url, KeyRing.load(base_keys).issue(BENCH_PRODUCER, "producer"),
+                                baseline.pid)
     modes = [*gateways, "raw"]
 
     from urllib.parse import urlsplit

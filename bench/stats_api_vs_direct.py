@@ -52,12 +52,16 @@ from api.stats.times import format_time  # noqa: E402
 from imgstream.adapters.postgres import connect  # noqa: E402
 from imgstream.config import StackConfig, load_env_file  # noqa: E402
 from api.common.process import ServiceNotReady, ServiceProcess, start_service  # noqa: E402
+from flink_jobs import testing  # noqa: E402
+from imgstream.domain.producers import synthetic  # noqa: E402
 from api.common.runtime import uvloop_factory  # noqa: E402
 from imgstream.domain.tokens import KeyRing, ensure_key_file  # noqa: E402
 
 BENCH_DAY = datetime(2004, 2, 1, tzinfo=timezone.utc)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PRODUCERS = [f"bench-stats-{i}" for i in range(6)]
+#: Synthetic producers (hidden from analysts): the API and the direct pool both read them with
+#: the views' test-only switch on (IMGSTREAM_STATS_INCLUDE_SYNTHETIC).
+PRODUCERS = [synthetic(f"bench-stats-{i}") for i in range(6)]
 CONTENT_TYPES = ["image/jpeg", "image/png"]
 
 
@@ -245,6 +249,7 @@ async def direct_round(pool: asyncpg.Pool, endpoint: Endpoint, seconds: float, c
 async def start_api(env: dict[str, str], keys: Path, pool_max: int, log: Path, tree: Path = REPO) -> ServiceProcess:
     """A stats API process running the code of ``tree`` (this checkout, or a baseline one)."""
     api_env = {**env, "IMGSTREAM_TOKEN_KEYS_FILE": str(keys), "IMGSTREAM_STATS_POOL_MAX": str(pool_max),
+               "IMGSTREAM_STATS_INCLUDE_SYNTHETIC": "1",
                "IMGSTREAM_STATS_POOL_MIN": str(pool_max)}  # default log level: every request logged, as in production
     try:
         return await start_service("api.stats", cwd=tree, env=api_env, port_variable="IMGSTREAM_STATS_PORT", log=log,
@@ -256,7 +261,8 @@ async def start_api(env: dict[str, str], keys: Path, pool_max: int, log: Path, t
 async def main(args: argparse.Namespace) -> int:
     env = load_env_file(Path(args.env))
     stack = StackConfig.from_env(env)
-    config = StatsConfig.from_env({**env, "IMGSTREAM_STATS_POOL_MAX": str(args.pool)})
+    config = StatsConfig.from_env({**env, "IMGSTREAM_STATS_POOL_MAX": str(args.pool),
+                                   "IMGSTREAM_STATS_INCLUDE_SYNTHETIC": "1"})
     owner = await connect(str(stack.postgres.dsn))
     api = baseline = None
     workdir = Path(tempfile.mkdtemp(prefix="bench-stats-"))
@@ -373,14 +379,16 @@ def cli() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating api/direct rounds per endpoint")
     parser.add_argument("--env", default=str(REPO / ".stack" / "env"), help="stack env file")
     parser.add_argument("--api-url", help="use a running stats API instead of starting one")
-    parser.add_argument("--token", help="analyst token for --api-url")
+    parser.add_argument("--token", help="analyst token for --api-url (whose process must run with "
+                        "IMGSTREAM_STATS_INCLUDE_SYNTHETIC=1: the bench producers are synthetic)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the bench data set")
     parser.add_argument("--baseline", help="also bench a stats API running the code in this directory "
                                            "(e.g. an extracted older revision), in the same rounds")
     args = parser.parse_args()
     # the same event loop for both sides (and the one the API process runs on)
-    with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
+    with testing.synthetic_run(load_env_file(Path(args.env)), "stats_api_vs_direct"), \
+            asyncio.Runner(loop_factory=uvloop_factory()) as runner:
         return runner.run(main(args))
 
 

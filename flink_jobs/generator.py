@@ -2,7 +2,10 @@
 malformed and late events, so loss or double counting shows up as a wrong number.
 
 Used by the job's tests, the end-to-end and fault tests, and ``bench/``. Content is synthetic
-(hashes only): the jobs never read image bytes.
+(hashes only): the jobs never read image bytes. So are the producers: every name is in the
+reserved synthetic namespace (:data:`imgstream.domain.producers.SYNTHETIC_PREFIX`), and
+malformed events name one too wherever their kind of damage leaves a field to read, so what a
+plan writes to a shared stack never shows up as a user's data (docs/local-stack.md).
 """
 
 from __future__ import annotations
@@ -17,9 +20,17 @@ from imgstream.domain.dedup import DedupPolicy, Deduplicator, ImageRef, Verdict
 from imgstream.domain.events import ImageUploaded
 from imgstream.domain.timefmt import format_time, from_millis, parse_time, to_millis
 from imgstream.domain.hashing import HASH_BITS, format_hash
+from imgstream.domain.producers import synthetic
 from imgstream.domain.windows import aggregate, window_start
 
 CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
+#: The generator's default producers: synthetic names (``synthetic-alice``), never a user's.
+PRODUCERS = (synthetic("alice"), synthetic("bob"))
+#: Malformed values, ``{producer}`` filled with a plan's producer. The first two cannot name
+#: a producer at all (not JSON, not an object): read from a synthetic topic they are attributed
+#: to ``synthetic-unknown`` (:mod:`imgstream.domain.cleaning`), anywhere else to ``unknown``.
+MALFORMED = ('{not json', '[]', '{"schema_version": 9, "producer": "{producer}"}',
+             '{"schema_version": 1, "producer": "{producer}"}')
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ def plan(
     near_copies: int = 10,
     replays: int = 5,
     malformed: int = 4,
-    producers: tuple[str, ...] = ("alice", "bob"),
+    producers: tuple[str, ...] = PRODUCERS,
     start_ms: int = 1_767_225_600_000,  # 2026-01-01T00:00:00Z
     step_ms: int = 1_000,
     near_bits: int = 3,
@@ -129,7 +140,7 @@ def plan(
             continue
         else:
             clock += step_ms
-            bad = rnd.choice([b"{not json", b"[]", b'{"schema_version": 9}', b'{"schema_version": 1, "producer": "alice"}'])
+            bad = rnd.choice(MALFORMED).replace("{producer}", producers[0]).encode()
             out.append(Planned(bad, "malformed", None, None, clock))
             continue
         sent.append(e)

@@ -2,21 +2,28 @@
 
 An own job instance per run (own topics, consumer group, job name), bounded polls instead of
 sleeps (:func:`imgstream.polling.until`), and Kafka helpers on :mod:`imgstream.adapters.kafka`.
+A run's topics and producers are synthetic (:data:`imgstream.domain.producers.SYNTHETIC_PREFIX`):
+its rows share the stack's tables but never the user's views, and are deleted after the run
+(:mod:`imgstream.ops.synthetic`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
 
 from imgstream.adapters.kafka import TopicSpec, delete_topics, ensure_topics, open_consumer, open_producer
-from imgstream.config import KafkaConfig
+from imgstream.config import KafkaConfig, StackConfig
+from imgstream.ops.synthetic import lock_path, purge_stack, synthetic_session
+from imgstream.domain.producers import SYNTHETIC_PREFIX, is_synthetic, synthetic
 from imgstream.domain.timefmt import parse_time
 from imgstream.polling import until
 
@@ -68,6 +75,24 @@ async def read_committed(bootstrap: str, topic: str, expected: int, deadline_s: 
     return got
 
 
+@contextmanager
+def synthetic_run(env: Mapping[str, str], what: str) -> Iterator[None]:
+    """Bracket a test session or a benchmark that writes synthetic data to the stack: leftovers
+    of an interrupted earlier run are purged at the start, this run's rows at the end, each
+    only when no other run is in progress (:func:`imgstream.ops.synthetic.synthetic_session`).
+    Not for use inside a running event loop (the purge runs its own)."""
+    config = StackConfig.from_env(env)
+    stack_dir = Path(env.get("IMGSTREAM_STACK_DIR") or env.get("IMGSTREAM_STATE_DIR")
+                     or Path(__file__).resolve().parents[1] / ".stack")
+
+    def clean(when: str) -> None:
+        report = asyncio.run(purge_stack(config))
+        print(f"[{what}] synthetic data purged at the {when}: {report}", file=sys.stderr, flush=True)
+
+    with synthetic_session(lock_path(stack_dir), clean):
+        yield
+
+
 @asynccontextmanager
 async def heartbeats(bootstrap: str, topic: str, interval_ms: int = 1_000) -> AsyncIterator[None]:
     """Run heartbeats into ``topic`` for the duration of the block (what the stack's heartbeat
@@ -100,7 +125,8 @@ async def pipeline_run(
     """Create topics, submit a pipeline instance reading them, cancel and clean up after."""
     kafka = KafkaConfig(bootstrap_servers=bootstrap)
     run_id = uuid.uuid4().hex[:8]
-    topic, dlq, name = f"it-uploads-{run_id}", f"it-dlq-{run_id}", f"it-pipeline-{run_id}"
+    # synthetic topic names: an unreadable event there is attributed to `synthetic-unknown`
+    topic, dlq, name = synthetic(f"uploads-{run_id}"), synthetic(f"dlq-{run_id}"), f"it-pipeline-{run_id}"
     await ensure_topics(kafka, [TopicSpec(topic, partitions), TopicSpec(dlq, 1)])
     job_id = ""
     try:
@@ -122,18 +148,35 @@ def window_start_of(received_at: str, window_ms: int) -> datetime:
     return datetime.fromtimestamp((ms - ms % window_ms) / 1000, tz=timezone.utc)
 
 
+def run_producer(prefix: str, name: str) -> str:
+    """The synthetic producer ``name`` of the run ``prefix``: ``synthetic-<prefix>-<name>``
+    (either may already carry the synthetic prefix)."""
+    def bare(text: str) -> str:
+        return text[len(SYNTHETIC_PREFIX):] if is_synthetic(text) else text
+
+    return synthetic(f"{bare(prefix)}-{bare(name)}")
+
+
 def renamed(planned: Sequence[Planned], prefix: str) -> list[Planned]:
-    """The plan with every producer prefixed and every image id replaced by one derived from
-    ``prefix``, so one run's rows are its own (seeded plans repeat their ids, and a check for
-    "rows written" must not be met by an earlier run's rows)."""
+    """The plan with every producer renamed to :func:`run_producer` and every image id replaced
+    by one derived from ``prefix``, so one run's rows are its own (seeded plans repeat their
+    ids, and a check for "rows written" must not be met by an earlier run's rows). Malformed
+    events that name a producer are renamed too; their bytes are otherwise kept."""
     out = []
     for p in planned:
         if p.kind == "malformed" or p.image_id is None:
+            try:
+                bad = json.loads(p.value)
+            except ValueError:
+                bad = None
+            if isinstance(bad, dict) and isinstance(bad.get("producer"), str):
+                bad["producer"] = run_producer(prefix, bad["producer"])
+                p = replace(p, value=json.dumps(bad).encode())
             out.append(p)
             continue
         image_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{prefix}/{p.image_id}"))
         event = json.loads(p.value)
-        event["producer"] = f"{prefix}-{event['producer']}"
+        event["producer"] = run_producer(prefix, event["producer"])
         event["image_id"] = image_id
         out.append(replace(p, value=json.dumps(event).encode(), image_id=image_id))
     return out

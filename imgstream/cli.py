@@ -10,7 +10,8 @@ receives the ``argparse`` sub-parsers object and adds its commands, e.g. in ``se
 
 A command's parser sets ``handler`` (``args -> exit status``) with ``set_defaults``.
 
-Built in: ``imgstream token create|rotate|retire|revoke|keys|verify|init``.
+Built in: ``imgstream token create|rotate|retire|revoke|keys|verify|init`` and
+``imgstream synthetic purge`` (delete what tests and benchmarks wrote, :mod:`imgstream.ops.synthetic`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from imgstream.domain.errors import Unauthorized
+from imgstream.domain.producers import SYNTHETIC_PREFIX, is_synthetic
 from imgstream.domain.timefmt import format_seconds
 from imgstream.domain.tokens import (
     DEFAULT_TTL,
@@ -90,8 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _token_create(args: argparse.Namespace) -> int:
-    ring = ensure_key_file(args.keys_file)
     role, name = (ROLE_PRODUCER, args.producer) if args.producer else (ROLE_ANALYST, args.analyst)
+    if role == ROLE_PRODUCER and is_synthetic(name) and not args.synthetic:
+        raise ValueError(f"producer names starting with {SYNTHETIC_PREFIX!r} are reserved for tests and "
+                         f"benchmarks (their data is hidden from analytics and the stats API, and deleted "
+                         f"after each run): choose another name")
+    ring = ensure_key_file(args.keys_file)
     ttl = parse_ttl(args.ttl) if args.ttl else DEFAULT_TTL
     token = ring.issue(name, role, ttl=ttl)
     principal = ring.verify(token)
@@ -181,6 +187,9 @@ def _configure_token(parser: argparse.ArgumentParser, env: Mapping[str, str]) ->
     who.add_argument("--producer", metavar="NAME", help="a token that may upload as NAME and read NAME's stats")
     who.add_argument("--analyst", metavar="NAME", help="a token that may read every producer's statistics")
     create.add_argument("--ttl", help=f"lifetime, e.g. 3600, 12h, 30d (default {DEFAULT_TTL.days}d)")
+    # Test-only (hidden): allow a reserved synthetic producer name. Tests normally sign their
+    # tokens with KeyRing directly; this is for a shell script that exercises the CLI itself.
+    create.add_argument("--synthetic", action="store_true", help=argparse.SUPPRESS)
     action("rotate", "make a new signing key active; old keys keep verifying", _token_rotate).add_argument(
         "--retire-previous", action="store_true", help="also drop every previous key: all existing tokens stop working")
     action("retire", "drop a (non-active) key: the tokens it signed stop working", _token_retire).add_argument("kid")
@@ -190,6 +199,36 @@ def _configure_token(parser: argparse.ArgumentParser, env: Mapping[str, str]) ->
     action("verify", "check a token and print whom it speaks for", _token_verify).add_argument(
         "token", help="the token, or - to read it from stdin")
     action("init", "create the key file with a random key if it does not exist", _token_init)
+
+
+# --- imgstream synthetic ... -------------------------------------------------------------------
+
+
+def _synthetic_purge(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from imgstream.config import StackConfig, load_env_file
+    from imgstream.ops.synthetic import purge_stack
+
+    env_file = Path(os.environ.get("IMGSTREAM_STACK_DIR") or ".stack") / "env"
+    env = {**(load_env_file(env_file) if env_file.exists() else {}), **os.environ}
+    report = asyncio.run(purge_stack(StackConfig.from_env(env), dry_run=args.dry_run, legacy=args.legacy))
+    print(f"{'would delete' if args.dry_run else 'deleted'}: {report}", file=sys.stderr)
+    for producer in sorted(report.producers):
+        print(producer)
+    return 0
+
+
+@command("synthetic", help=f"the data of reserved {SYNTHETIC_PREFIX}* producers (tests, benchmarks)")
+def _configure_synthetic(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    sub = parser.add_subparsers(dest="synthetic_command", metavar="ACTION", required=True)
+    purge = sub.add_parser("purge", help="delete every row of synthetic producers from Cassandra (CDC deletes "
+                                         "them in PostgreSQL); prints the producers found")
+    purge.add_argument("--dry-run", action="store_true", help="only count and list")
+    purge.add_argument("--legacy", action="store_true",
+                       help="also the names tests used before the prefix (it1a2b3c4d-alice, chaos-..., e2e-stats-...): "
+                            "once, on a stack that ran an older make test/bench; never while such tests run")
+    purge.set_defaults(handler=_synthetic_purge)
 
 
 if __name__ == "__main__":

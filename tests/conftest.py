@@ -2,12 +2,17 @@
 
 Integration and e2e tests need the real services; they FAIL (never skip) when the stack is not
 up, naming the command that brings it up. Unit tests need nothing.
+
+A session that runs integration or e2e tests writes only synthetic producers
+(``imgstream.domain.producers.SYNTHETIC_PREFIX``); :func:`synthetic_data` deletes their rows
+when it ends (and leftovers of an interrupted session when it starts), see docs/local-stack.md.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -42,3 +47,16 @@ def stack_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def stack_config(stack_env: dict[str, str]) -> StackConfig:
     return StackConfig.from_env(stack_env)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def synthetic_data(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Purge synthetic producers' rows around a session that uses the stack (unit-only: nothing)."""
+    if not any(item.get_closest_marker("integration") or item.get_closest_marker("e2e")
+               for item in request.session.items):
+        yield
+        return
+    from flink_jobs.testing import synthetic_run
+
+    with synthetic_run(request.getfixturevalue("stack_env"), "pytest"):
+        yield

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 from urllib.parse import urlencode
@@ -28,9 +29,10 @@ from aiohttp import hdrs, web
 
 from api.common.httpkit import check, errors_middleware, healthz, metrics_response, observe_middleware, readiness
 from imgstream.domain.errors import Unavailable
-from imgstream.domain.tokens import Principal, TokenVerifier, bearer_token
+from imgstream.domain.producers import is_synthetic
+from imgstream.domain.tokens import ROLE_PRODUCER, Principal, TokenVerifier, bearer_token
 
-from api.stats.config import MAX_BODY_BYTES, StatsConfig
+from api.stats.config import INCLUDE_SYNTHETIC_SETTING, MAX_BODY_BYTES, StatsConfig
 from api.stats.metrics import StatsMetrics
 from api.stats.openapi import openapi_document
 from api.stats.params import Scope, query_params
@@ -48,6 +50,11 @@ log = logging.getLogger("imgstream.stats")
 
 #: Who made the request (set once the token is verified), for the request log.
 PRINCIPAL = web.RequestKey("principal", Principal)
+#: Whether the request's principal is a synthetic producer (a test's or benchmark's): its own rows
+#: are hidden by the analytics views from everyone else, so its statements run with the views'
+#: switch on. Its producer scope still limits it to its own rows. A context variable: each
+#: request runs in a task of its own.
+_SYNTHETIC_PRINCIPAL: ContextVar[bool] = ContextVar("synthetic_principal", default=False)
 #: Verified tokens remembered at most (~200 bytes each): far more than the clients of one process.
 _VERIFIED_TOKENS = 10_000
 #: How long /readyz waits for PostgreSQL before calling it unreachable.
@@ -155,6 +162,7 @@ class StatsApi:
     def authenticate(self, request: web.Request) -> Scope:
         principal = self.verify(bearer_token(request.headers.get(hdrs.AUTHORIZATION)))
         request[PRINCIPAL] = principal
+        _SYNTHETIC_PRINCIPAL.set(principal.role == ROLE_PRODUCER and is_synthetic(principal.name))
         return Scope.of(principal)
 
     def verify(self, token: str) -> Principal:
@@ -197,11 +205,16 @@ class StatsApi:
                 self.metrics.query_errors.labels(name, "saturated").inc()
                 raise Unavailable(f"no PostgreSQL connection free within {self.config.acquire_timeout:g} s "
                                   f"({self.config.pool_max} in use); retry", reason="saturated") from None
+            synthetic = _SYNTHETIC_PRINCIPAL.get() and not self.config.include_synthetic
             try:
+                if synthetic:
+                    await conn.fetch("SELECT set_config($1, 'on', false)", INCLUDE_SYNTHETIC_SETTING)
                 results = []
                 for sql in statements:
                     name = sql.name
                     results.append(await conn.fetch(sql.text, *sql.args))
+                if synthetic:  # back to the pool as it came (asyncpg's RESET ALL on release also would)
+                    await conn.fetch("SELECT set_config($1, 'off', false)", INCLUDE_SYNTHETIC_SETTING)
                 return results
             finally:
                 await self.pool.release(conn)

@@ -28,6 +28,9 @@ FRESHNESS_TTL: Final = 1.0
 #: How long a client may reuse an answer whose windows are all final (closed): they never change
 #: again. Not longer, because a final row can still arrive late through CDC.
 CLOSED_MAX_AGE: Final = 300
+#: The PostgreSQL session setting that makes the ``analytics`` views show synthetic producers
+#: (``connectors/postgres/20-analytics.sql``, ``analytics.shows_producer``).
+INCLUDE_SYNTHETIC_SETTING: Final = "imgstream.include_synthetic"
 #: Request bodies are never read (every endpoint is a GET); anything larger than this is refused.
 MAX_BODY_BYTES: Final = 1024
 
@@ -50,18 +53,24 @@ class StatsConfig:
     startup_timeout: float = 60.0
     shutdown_timeout: float = 10.0
     log_level: str = "INFO"
+    #: Test-only: also serve synthetic producers (tests', benchmarks'; hidden by the ``analytics``
+    #: views unless a session sets ``imgstream.include_synthetic``). Never set on a user-facing API.
+    include_synthetic: bool = False
 
     @property
     def session_postgres(self) -> PostgresConfig:
         """The DSN with the session settings of every API connection: read-only transactions (the
         API never writes; a hostile parameter that somehow reached SQL could still change nothing),
-        a server-side statement timeout backing the client-side one, and an application name that
-        shows in ``pg_stat_activity``."""
-        return PostgresConfig(dsn=Secret(with_session_settings(str(self.postgres.dsn), {
+        a server-side statement timeout backing the client-side one, an application name that
+        shows in ``pg_stat_activity``, and (tests only) the views' switch for synthetic producers."""
+        settings = {
             "application_name": "imgstream-stats",
             "default_transaction_read_only": "on",
             "statement_timeout": str(int(self.statement_timeout * 1000)),
-        })))
+        }
+        if self.include_synthetic:
+            settings[INCLUDE_SYNTHETIC_SETTING] = "on"
+        return PostgresConfig(dsn=Secret(with_session_settings(str(self.postgres.dsn), settings)))
 
     @property
     def pool_limits(self) -> PoolLimits:
@@ -91,6 +100,7 @@ class StatsConfig:
             startup_timeout=read.number("STARTUP_TIMEOUT", cls.startup_timeout),
             shutdown_timeout=read.number("SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
             log_level=read.text("LOG_LEVEL", cls.log_level).upper(),
+            include_synthetic=read.flag("INCLUDE_SYNTHETIC", cls.include_synthetic),
         )
         if not 1 <= config.pool_min <= config.pool_max:
             raise ValueError(f"{prefix}POOL_MIN/POOL_MAX: need 1 <= min ({config.pool_min}) <= max ({config.pool_max})")

@@ -4,13 +4,26 @@
 
 CREATE SCHEMA IF NOT EXISTS analytics;
 
+-- Synthetic producers are left out of every view below (and so of the stats API): what tests,
+-- benchmarks and the event generator write as producers named 'synthetic-...' (the reserved
+-- prefix, imgstream/domain/producers.py SYNTHETIC_PREFIX; a unit test holds the two equal).
+-- A session sees them only after `SET imgstream.include_synthetic = on` (tests reading their
+-- own rows; a stats API started with IMGSTREAM_STATS_INCLUDE_SYNTHETIC=1). Rows whose producer
+-- is NULL are shown. A plain SQL function: the planner inlines it into each view.
+CREATE OR REPLACE FUNCTION analytics.shows_producer(producer text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT producer IS NULL OR NOT starts_with(producer, 'synthetic-')
+        OR coalesce(current_setting('imgstream.include_synthetic', true), '') = 'on'
+$$;
+
 -- One row per upload (and per rejected event) with its processing result.
 CREATE OR REPLACE VIEW analytics.images AS
 SELECT image_id, producer, status, duplicate_of, duplicate_kind, distance,
        sha256, phash, size, content_type, width, height, storage_key,
        received_at, lateness, reject_reason, reject_error, processed_at,
        cdc_applied_at AS replicated_at
-FROM public.images;
+FROM public.images
+WHERE analytics.shows_producer(producer);
 
 -- Minute windows per producer and content type, as the Flink job last wrote them.
 -- is_final: the window will not change any more (the watermark passed it plus allowed lateness).
@@ -18,7 +31,8 @@ CREATE OR REPLACE VIEW analytics.upload_stats AS
 SELECT window_start, window_end, producer, content_type,
        uploads, bytes, accepted, duplicates_exact, duplicates_near, duplicates, rejected,
        late_events, revision, final AS is_final, updated_at
-FROM public.upload_stats;
+FROM public.upload_stats
+WHERE analytics.shows_producer(producer);
 
 -- How far event time has been finalised: the end of the newest final minute window.
 CREATE INDEX IF NOT EXISTS upload_stats_final_window_end_idx ON public.upload_stats (window_end) WHERE final;
@@ -32,7 +46,8 @@ RETURNS TABLE (window_start timestamptz, window_end timestamptz, producer text, 
                duplicates_near bigint, duplicates bigint, rejected bigint, late_events bigint,
                is_final boolean, minute_windows bigint, updated_at timestamptz)
 LANGUAGE sql STABLE AS $$
-WITH watermark AS (SELECT max(window_end) AS final_until FROM public.upload_stats WHERE final)
+WITH watermark AS (SELECT max(window_end) AS final_until FROM public.upload_stats
+                   WHERE final AND analytics.shows_producer(producer))
 SELECT date_trunc(unit, s.window_start, 'UTC') AS window_start,
        date_trunc(unit, s.window_start, 'UTC') + ('1 ' || unit)::interval AS window_end,
        s.producer, s.content_type,
@@ -45,28 +60,33 @@ SELECT date_trunc(unit, s.window_start, 'UTC') AS window_start,
             >= date_trunc(unit, s.window_start, 'UTC') + ('1 ' || unit)::interval),
        count(*), max(s.updated_at)
 FROM public.upload_stats s CROSS JOIN watermark w
+WHERE analytics.shows_producer(s.producer)
 GROUP BY 1, 2, s.producer, s.content_type
 $$;
 
 CREATE OR REPLACE VIEW analytics.upload_stats_hourly AS SELECT * FROM analytics.upload_stats_rollup('hour');
 CREATE OR REPLACE VIEW analytics.upload_stats_daily AS SELECT * FROM analytics.upload_stats_rollup('day');
 
--- Every duplicate with what it duplicates (the original's producer and arrival time).
+-- Every duplicate with what it duplicates (the original's producer and arrival time; NULL when
+-- the original is not shown, e.g. a synthetic producer's).
 CREATE OR REPLACE VIEW analytics.duplicates AS
 SELECT d.image_id, d.duplicate_of, d.duplicate_kind, d.distance, d.producer, d.sha256,
        d.received_at, d.processed_at,
        o.producer AS original_producer, o.received_at AS original_received_at
 FROM public.duplicates d
-LEFT JOIN public.images o ON o.image_id = d.duplicate_of;
+LEFT JOIN public.images o ON o.image_id = d.duplicate_of AND analytics.shows_producer(o.producer)
+WHERE analytics.shows_producer(d.producer);
 
 -- Events that arrived after their window was final (counted in no minute window).
 CREATE OR REPLACE VIEW analytics.late_events AS
 SELECT window_start, image_id, producer, content_type, status, duplicate_kind, size,
        received_at, watermark, behind_ms, processed_at
-FROM public.late_events;
+FROM public.late_events
+WHERE analytics.shows_producer(producer);
 
 -- Freshness: per replicated table, the newest change applied (its Cassandra write time) and
--- how far that is behind now. Under steady traffic behind_seconds is the replication delay;
+-- how far that is behind now (of any producer, synthetic ones included: it measures replication,
+-- and names no producer). Under steady traffic behind_seconds is the replication delay;
 -- an idle table shows the time since its last change.
 CREATE OR REPLACE FUNCTION analytics.freshness()
 RETURNS TABLE (table_name text, newest_change_at timestamptz, newest_applied_at timestamptz,
@@ -101,3 +121,4 @@ CREATE OR REPLACE VIEW analytics.freshness AS SELECT * FROM analytics.freshness(
 GRANT USAGE ON SCHEMA analytics TO analyst;
 GRANT SELECT ON ALL TABLES IN SCHEMA analytics TO analyst;
 GRANT EXECUTE ON FUNCTION analytics.freshness() TO analyst;
+GRANT EXECUTE ON FUNCTION analytics.shows_producer(text) TO analyst;

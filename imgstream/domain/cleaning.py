@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from imgstream.domain.errors import InvalidEvent
-from imgstream.domain.producers import is_valid_name
+from imgstream.domain.producers import SYNTHETIC_UNKNOWN, is_synthetic, is_valid_name
 from imgstream.domain.events import TOPIC_UPLOADED, ImageUploaded, schema, validate
 from imgstream.domain.timefmt import format_time, parse_time
 
@@ -51,7 +51,11 @@ REASON_UNEXPECTED = "unexpected"
 #: uploads; being in-band, a replay after a failure meets them in the same order.
 HEARTBEAT_TYPE = "stream.heartbeat"
 
-#: Producer/content type recorded for rejected events that do not name a valid one.
+#: Producer/content type recorded for rejected events that do not name a valid one. A dead
+#: letter read from a synthetic topic (a test's or benchmark's, see
+#: :data:`imgstream.domain.producers.SYNTHETIC_PREFIX`) is attributed to
+#: :data:`~imgstream.domain.producers.SYNTHETIC_UNKNOWN` instead, unless it names a synthetic
+#: producer: what tests write never counts as a real producer's, even when unreadable.
 UNKNOWN = "unknown"
 #: Namespace for ids of rejected events that carry no valid image_id: derived from the Kafka
 #: coordinates, so reprocessing the same record yields the same id (idempotent writes).
@@ -227,7 +231,10 @@ def _dead_letter(
     if not (isinstance(image_id, str) and _UUID_RE.match(image_id)):
         image_id = str(uuid.uuid5(REJECTED_ID_NAMESPACE, f"{source.topic}/{source.partition}/{source.offset}"))
     producer = fields.get("producer")
-    if not is_valid_name(producer):
+    if is_synthetic(source.topic):
+        if not (is_valid_name(producer) and is_synthetic(producer)):
+            producer = SYNTHETIC_UNKNOWN
+    elif not is_valid_name(producer):
         producer = UNKNOWN
     content_type = fields.get("content_type")
     if content_type not in schema()["properties"]["content_type"]["enum"]:

@@ -28,6 +28,7 @@ from imgstream.adapters.postgres import connect
 from imgstream.ops.cdc_probe import CdcProbe
 from imgstream.ops.cdc_reconcile import Diff, cassandra_rows, compare, postgres_rows
 from imgstream.polling import until
+from imgstream.domain.producers import synthetic
 
 ROWS = 6000
 BATCH = 200
@@ -130,7 +131,7 @@ async def test_kill_9_mid_stream_then_up_ends_equal(victim, probe, repo_root):
 
 async def test_pipeline_tables_reach_the_analytics_views_and_deletes_follow(stack_config):
     """Direct writes to images/duplicates/upload_stats (the Flink job's tables) for a producer of our own."""
-    producer = f"cdc-e2e-{uuid.uuid4().hex[:8]}"
+    producer = synthetic(f"cdc-e2e-{uuid.uuid4().hex[:8]}")
     # a minute far in the past: no real window, and no effect on the newest final window
     window = datetime(2001, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=int(uuid.uuid4().int % 500_000))
     ids = [str(uuid.uuid4()) for _ in range(3)]
@@ -172,9 +173,12 @@ async def test_pipeline_tables_reach_the_analytics_views_and_deletes_follow(stac
         fresh = {r["table_name"]: r for r in await pg.fetch(freshness_sql().text)}
         assert fresh["images"]["newest_change_at"] is not None and fresh["images"]["newest_change_at"] >= written
 
-        # the analytics views expose them, for the analyst role too
+        # the analytics views expose them, for the analyst role too (with the test-only switch
+        # that shows synthetic producers; without it they are hidden)
         analyst = await connect(str(stack_config.postgres.dsn).replace("imgstream@", "analyst@", 1))
         try:
+            assert await analyst.fetchval("SELECT count(*) FROM analytics.images WHERE producer = $1", producer) == 0
+            await analyst.execute("SET imgstream.include_synthetic = on")
             statuses = await analyst.fetch(
                 "SELECT image_id, status, duplicate_of FROM analytics.images WHERE producer = $1 ORDER BY received_at",
                 producer)

@@ -31,6 +31,7 @@ from imgstream.adapters.postgres import connect
 from imgstream.domain.tokens import KeyRing, keys_file_from_env
 from imgstream.polling import until
 from tests.fixtures import chaos
+from imgstream.domain.producers import synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +126,7 @@ async def test_crash_matrix(stack_env, stack_config, repo_root):
     cluster, session = open_session(stack_config.cassandra)
     try:
         for n, victim in enumerate(victims):
-            producer = f"chaos-{run_id}-{victim}"
+            producer = synthetic(f"chaos-{run_id}-{victim}")
             stream = chaos.Stream(gateway, ring.issue(producer, "producer"),
                                   chaos.stream_bodies(int(run_id, 16) + n, ORIGINALS, EXACT, NEAR))
             row = Row(victim, producer, await chaos.topic_offsets(stack_config), stream)

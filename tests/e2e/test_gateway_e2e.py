@@ -14,6 +14,7 @@ from imgstream.adapters.kafka import end_offsets, read_between
 from imgstream.adapters.s3 import S3ObjectStore
 from imgstream.config import StackConfig
 from imgstream.domain.events import TOPIC_UPLOADED
+from imgstream.domain.producers import synthetic
 from imgstream.domain.tokens import KeyRing, keys_file_from_env
 from tests.fixtures import images as fx
 
@@ -21,7 +22,7 @@ from tests.fixtures import images as fx
 async def test_stack_gateway_stores_and_announces_uploads(stack_env: dict[str, str],
                                                           stack_config: StackConfig) -> None:
     url = stack_env.get("IMGSTREAM_GATEWAY_URL", "http://127.0.0.1:8080")
-    producer = f"e2e-gw-{uuid.uuid4().hex[:8]}"
+    producer = synthetic(f"e2e-gw-{uuid.uuid4().hex[:8]}")
     token = KeyRing.load(Path(keys_file_from_env(stack_env))).issue(producer, "producer")
     headers = {"Authorization": f"Bearer {token}"}
     start = await end_offsets(stack_config.kafka, TOPIC_UPLOADED)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from imgstream.domain.producers import synthetic
 
 GUARD = Path(__file__).resolve().parents[2] / "connectors" / "postgres" / "30-cdc-order.sql"
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -35,7 +36,7 @@ ON CONFLICT (image_id) DO UPDATE SET producer = EXCLUDED.producer, status = EXCL
 async def pg(stack_config):
     conn = await asyncpg.connect(str(stack_config.postgres.dsn))
     await conn.execute(GUARD.read_text())
-    producer = f"it-cdc-order-{uuid.uuid4().hex[:8]}"
+    producer = synthetic(f"it-cdc-order-{uuid.uuid4().hex[:8]}")
     try:
         yield conn, producer
     finally:

@@ -19,6 +19,7 @@ from imgstream.adapters.cassandra import open_session
 from imgstream.domain.events import ImageUploaded
 from imgstream.domain.timefmt import format_time
 from imgstream.polling import until
+from imgstream.domain.producers import synthetic
 
 WINDOW_MS = 60_000
 LATENESS_MS = 30_000
@@ -41,7 +42,7 @@ async def pipeline_job(stack_config, stack_env):
 async def test_pipeline_on_the_stack(stack_config, pipeline_job):
     topic, dlq, run_id = pipeline_job
     bootstrap = stack_config.kafka.bootstrap_servers
-    prefix = f"it{run_id}"
+    prefix = synthetic(f"it{run_id}")
     planned = testing.renamed(plan(seed=5, originals=40, exact_copies=12, near_copies=12, replays=6, malformed=5), prefix)
     expected = truth(planned)
     await testing.produce(bootstrap, topic, [p.value for p in planned])

@@ -18,8 +18,9 @@ from imgstream.polling import until
 from tests.fixtures import images as fx
 from tests.fixtures.services import RunningService, running_service
 from tests.fixtures.stack import it_bucket, it_topic  # noqa: F401  (fixtures)
+from imgstream.domain.producers import synthetic
 
-PRODUCER = "proc-producer"
+PRODUCER = synthetic("proc-producer")
 
 
 async def received_bytes(session: aiohttp.ClientSession, url: str) -> float:

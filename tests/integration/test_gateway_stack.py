@@ -27,6 +27,7 @@ from imgstream.domain.storage_layout import receipt_key
 from imgstream.domain.tokens import KeyRing
 from tests.fixtures import images as fx
 from tests.fixtures.stack import it_bucket, it_topic  # noqa: F401  (fixtures)
+from imgstream.domain.producers import synthetic
 
 
 @dataclasses.dataclass
@@ -38,7 +39,7 @@ class Live:
     start: dict[int, int]
     ring: KeyRing
 
-    def auth(self, producer: str = "it-producer", **headers: str) -> dict[str, str]:
+    def auth(self, producer: str = synthetic("it-producer"), **headers: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.ring.issue(producer, 'producer')}", **headers}
 
     async def events(self, expected: int | None = None) -> list[dict[str, Any]]:
@@ -126,9 +127,9 @@ async def test_idempotent_retries_publish_once(live: Live) -> None:
         assert response.status == 201
         answers.append(await response.json())
     assert answers[0] == answers[1] == answers[2]
-    image_id = image_id_for("it-producer", "it-key")
+    image_id = image_id_for(synthetic("it-producer"), "it-key")
     assert answers[0]["image_id"] == image_id
-    assert await live.store.head(receipt_key("it-producer", image_id)) is not None
+    assert await live.store.head(receipt_key(synthetic("it-producer"), image_id)) is not None
     assert [e["image_id"] for e in await live.events()] == [image_id]
 
 

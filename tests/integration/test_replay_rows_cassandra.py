@@ -9,6 +9,7 @@ from flink_jobs.cassandra_sink import CassandraWriter, superseded_writes
 from flink_jobs.functions import step_writes
 from imgstream.config import StackConfig
 from imgstream.domain.windows import from_millis, window_start
+from imgstream.domain.producers import synthetic
 
 W = 60_000
 T = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window no live producer writes
@@ -25,7 +26,7 @@ def _verdict(image_id, producer, ts, status="accepted", duplicate_of=None, laten
 
 
 def test_a_replayed_verdict_removes_the_rows_of_the_old_one(stack_config: StackConfig) -> None:
-    producer = f"it-replay-{uuid.uuid4().hex[:8]}"
+    producer = synthetic(f"it-replay-{uuid.uuid4().hex[:8]}")
     o, late, e = (str(uuid.uuid4()) for _ in range(3))
     writer = CassandraWriter(stack_config.cassandra)
     writer.open()

@@ -4,7 +4,8 @@ the documented ``analytics`` views give in SQL. Producer scope is enforced, host
 400s that change nothing, and the API's sessions cannot write at all.
 
 Each test owns a random past day (2001-2019: nothing real lives there, and no final window is
-moved past real ones) and producer names of its own, and deletes its rows afterwards.
+moved past real ones) and synthetic producer names of its own, and deletes its rows afterwards.
+The API and the test's own sessions set the test-only switch that shows synthetic producers.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.stats.app import create_app, server_options
-from api.stats.config import StatsConfig
+from api.stats.config import INCLUDE_SYNTHETIC_SETTING, StatsConfig, with_session_settings
 from api.stats.pool import open_pool
 from api.stats.sql import MEASURES, ROLLUP_VIEWS
 from api.stats.times import format_time, parse_time
 from imgstream.adapters.postgres import create_pool
-from imgstream.config import StackConfig
+from imgstream.config import PostgresConfig, Secret, StackConfig
+from imgstream.domain.producers import synthetic
 from imgstream.domain.tokens import KeyRing
 from imgstream.domain.windows import Interval
 
@@ -123,7 +125,7 @@ class Dataset:
 
 
 def build(day: datetime, tag: str) -> Dataset:
-    a, b = f"it-{tag}-a", f"it-{tag}-b"
+    a, b = synthetic(f"it-{tag}-a"), synthetic(f"it-{tag}-b")
     ds = Dataset(day, a, b)
     png, jpeg, gif, webp = "image/png", "image/jpeg", "image/gif", "image/webp"
     ds.minutes = [
@@ -235,8 +237,10 @@ async def stats(stack_env: dict[str, str], stack_config: StackConfig) -> AsyncIt
     rnd = random.Random()
     day = datetime(2001 + rnd.randrange(19), 1, 1, tzinfo=timezone.utc) + timedelta(days=rnd.randrange(360))
     ds = build(day, uuid.uuid4().hex[:10])
-    config = StatsConfig.from_env({**stack_env, "IMGSTREAM_STATS_POOL_MAX": "4"})
-    owner = await create_pool(stack_config.postgres)
+    config = StatsConfig.from_env({**stack_env, "IMGSTREAM_STATS_POOL_MAX": "4",
+                                   "IMGSTREAM_STATS_INCLUDE_SYNTHETIC": "1"})
+    owner = await create_pool(PostgresConfig(dsn=Secret(with_session_settings(
+        str(stack_config.postgres.dsn), {INCLUDE_SYNTHETIC_SETTING: "on"}))))
     api_pool = await open_pool(config)
     try:
         async with owner.acquire() as conn:

@@ -130,3 +130,26 @@ def test_revoke_refuses_one_token_and_keeps_the_others(tmp_path: Path, capsys) -
     assert run(capsys, "token", "verify", kept, "--keys-file", keys)[0] == 0
     status, _, err = run(capsys, "token", "revoke", "'; DROP", "--keys-file", keys)
     assert status == 2 and "not a token id" in err
+
+
+def test_create_refuses_the_reserved_synthetic_prefix(tmp_path: Path, capsys) -> None:
+    keys = tmp_path / "keys.json"
+    status, out, err = run(capsys, "token", "create", "--producer", "synthetic-alice", "--keys-file", str(keys))
+    assert status == 1 and out == ""
+    assert "'synthetic-' are reserved for tests and benchmarks" in err
+    assert not keys.exists()  # refused before anything was written
+    # a name that merely contains the word is a normal producer
+    status, out, _ = run(capsys, "token", "create", "--producer", "not-synthetic-x", "--keys-file", str(keys))
+    assert status == 0 and KeyRing.load(keys).verify(out.strip().splitlines()[-1]).name == "not-synthetic-x"
+
+
+def test_the_hidden_test_flag_issues_a_synthetic_token(tmp_path: Path, capsys) -> None:
+    keys = tmp_path / "keys.json"
+    status, out, _ = run(capsys, "token", "create", "--producer", "synthetic-alice", "--synthetic",
+                         "--keys-file", str(keys))
+    assert status == 0
+    assert KeyRing.load(keys).verify(out.strip().splitlines()[-1]).name == "synthetic-alice"
+    with pytest.raises(SystemExit):
+        cli.main(["token", "create", "--help"])
+    shown, _ = capsys.readouterr()
+    assert "--producer" in shown and "--synthetic" not in shown  # hidden: for tests only
