@@ -21,12 +21,13 @@ from tusclient.uploader import Uploader
 from imgstream.adapters.kafka import end_offsets, read_between
 from imgstream.adapters.s3 import S3ObjectStore
 from imgstream.config import StackConfig
+from imgstream.domain.producers import synthetic
 from imgstream.domain.storage_layout import image_key
 from tests.fixtures import images as fx
 from tests.fixtures.services import RunningService, running_service
 from tests.fixtures.stack import it_bucket, it_topic  # noqa: F401  (fixtures)
 
-PRODUCER = "tus-producer"
+PRODUCER = synthetic("tus-producer")
 CHUNK = 1024 * 1024
 
 
