@@ -15,7 +15,9 @@ is byte-unique (a JPEG comment carries a nonce), so nothing is deduplicated away
 on a bench bucket and topics of its own, so the pipeline's real data is untouched; objects are
 removed at the end unless ``--keep``.
 
-Usage: ``.venv/bin/python bench/gateway_vs_raw.py [--concurrency 8] [--rounds 2] [--sizes 50k,5m]``
+Usage: ``.venv/bin/python bench/gateway_vs_raw.py [--concurrency 8] [--rounds 2] [--sizes 50k,5m]
+[--baseline DIR]``; with ``--baseline`` a second gateway runs the code in ``DIR`` (say
+``git archive <rev> | tar -x -C DIR``) in the same rotating rounds, for before/after numbers.
 """
 
 from __future__ import annotations
@@ -159,14 +161,15 @@ async def drive(count: int, concurrency: int, one: Callable[[int], Awaitable[boo
     return latencies, errors, time.perf_counter() - started
 
 
-async def start_gateway(env: dict[str, str], workdir: Path) -> tuple[ServiceProcess, Path]:
+async def start_gateway(env: dict[str, str], workdir: Path, tree: Path = REPO) -> tuple[ServiceProcess, Path]:
+    """A gateway process running the code of ``tree`` (this checkout, or a baseline one)."""
     keys = workdir / "token-keys.json"
     ensure_key_file(keys)
     child_env = {**env, "IMGSTREAM_GATEWAY_TOPIC": GATEWAY_TOPIC, "IMGSTREAM_S3_BUCKET": BENCH_BUCKET,
                  "IMGSTREAM_TOKEN_KEYS_FILE": str(keys), "IMGSTREAM_GATEWAY_RATE": "0",
-                 "IMGSTREAM_GATEWAY_LOG_LEVEL": "WARNING"}
+                 "IMGSTREAM_GATEWAY_LOG_LEVEL": "WARNING", "IMGSTREAM_GATEWAY_PRESTOP_DELAY": "0"}
     try:
-        service = await start_service("api.gateway", cwd=REPO, env=child_env, port_variable="IMGSTREAM_GATEWAY_PORT",
+        service = await start_service("api.gateway", cwd=tree, env=child_env, port_variable="IMGSTREAM_GATEWAY_PORT",
                                       log=workdir / "gateway.log", ready_path="/readyz", timeout=90)
     except ServiceNotReady as exc:
         raise SystemExit(str(exc)) from None
@@ -231,12 +234,21 @@ async def main(args: argparse.Namespace) -> int:
     await publisher.start()
 
     workdir = Path(tempfile.mkdtemp(prefix="imgstream-bench-"))
-    service = None
+    service = baseline = None
     if args.gateway_url:
         url, token, pid = args.gateway_url, args.token, None
     else:
         service, keys = await start_gateway(env, workdir)
         url, token, pid = service.url, KeyRing.load(keys).issue(BENCH_PRODUCER, "producer"), service.pid
+    gateways = {"gateway": (url, token, pid)}
+    if args.baseline:
+        # The same bench against a gateway running other code (e.g. `git archive <rev> | tar -x`),
+        # in the same rounds: before/after measured side by side on the same noisy machine.
+        (workdir / "baseline").mkdir()
+        baseline, base_keys = await start_gateway(env, workdir / "baseline", Path(args.baseline).resolve())
+        gateways["baseline"] = (baseline.url, KeyRing.load(base_keys).issue(BENCH_PRODUCER, "producer"),
+                                baseline.pid)
+    modes = [*gateways, "raw"]
 
     from urllib.parse import urlsplit
 
@@ -255,9 +267,13 @@ async def main(args: argparse.Namespace) -> int:
             count = args.count or max(args.concurrency * 4, int(args.megabytes * 1e6 / size))
             for round_no in range(args.rounds):
                 tag = f"{size}-{round_no}-{uuid.uuid4().hex[:6]}"
-                for mode in ("gateway", "raw") if round_no % 2 == 0 else ("raw", "gateway"):
-                    if mode == "gateway":
-                        result = await gateway_round(url, token, base, count, args.concurrency, pid, tag, backends)
+                shift = round_no % len(modes)  # rotate the order: no mode always runs first
+                for mode in modes[shift:] + modes[:shift]:
+                    if mode in gateways:
+                        g_url, g_token, g_pid = gateways[mode]
+                        result = await gateway_round(g_url, g_token, base, count, args.concurrency, g_pid,
+                                                     f"{mode}-{tag}", backends)
+                        result.mode = mode
                     else:
                         result = await raw_round(store, publisher, base, count, args.concurrency, tag, backends)
                     totals.setdefault((mode, size), Result(mode, len(base))).add(result)
@@ -265,15 +281,16 @@ async def main(args: argparse.Namespace) -> int:
                           f"p50 {result.pct(0.5):7.1f} ms, errors {result.errors}", flush=True)
     finally:
         await publisher.close()
-        if service is not None:
-            service.stop(60)
+        for process in (service, baseline):
+            if process is not None:
+                process.stop(60)
 
     rows = []
     print()
     print(f"{'mode':8s} {'size':>8s} {'uploads':>7s} {'up/s':>8s} {'MB/s':>7s} {'p50 ms':>8s} {'p99 ms':>8s} "
           f"{'gw CPU ms/up':>12s} {'client ms/up':>12s} {'s3+kafka ms/up':>14s}")
     for size in sizes:
-        for mode in ("gateway", "raw"):
+        for mode in modes:
             summary = totals[(mode, size)].summary()
             rows.append(summary)
             print(f"{mode:8s} {summary['size_bytes'] / 1e6:7.2f}M {summary['uploads']:7d} {summary['uploads_per_s']:8.1f} "
@@ -286,6 +303,12 @@ async def main(args: argparse.Namespace) -> int:
         gateway, raw = totals[("gateway", size)], totals[("raw", size)]
         ratios[size] = round(gateway.rate / raw.rate, 3) if raw.rate else None
         print(f"gateway / raw throughput at {gateway.size / 1e6:.2f} MB: {ratios[size]}")
+        if "baseline" in gateways:
+            before = totals[("baseline", size)]
+            print(f"baseline / raw throughput at {before.size / 1e6:.2f} MB: "
+                  f"{round(before.rate / raw.rate, 3) if raw.rate else None}; gateway CPU per upload "
+                  f"{1000 * before.server_cpu / max(1, before.uploads):.2f} ms before, "
+                  f"{1000 * gateway.server_cpu / max(1, gateway.uploads):.2f} ms now")
     if args.json:
         Path(args.json).write_text(json.dumps({"concurrency": args.concurrency, "rounds": args.rounds, "rows": rows,
                                                "ratios": {str(k): v for k, v in ratios.items()}}, indent=2))
@@ -314,6 +337,8 @@ def cli() -> int:
     parser.add_argument("--token", help="producer token for --gateway-url")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the bench objects")
+    parser.add_argument("--baseline", help="also bench a gateway running the code in this directory "
+                                           "(e.g. an extracted older revision), in the same rounds")
     return asyncio.run(main(parser.parse_args()))
 
 

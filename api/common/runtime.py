@@ -62,10 +62,12 @@ async def retry_until(attempt: Callable[[], Awaitable[T]], *, timeout: float,
 
 async def serve_until_signal(app: web.Application, *, host: str, port: int, logger: logging.Logger,
                              server_options: Mapping[str, Any], listening: Mapping[str, Any] | None = None,
-                             reuse_port: bool = False, drain: Callable[[], Awaitable[None]] | None = None) -> None:
+                             reuse_port: bool = False, drain: Callable[[], Awaitable[None]] | None = None,
+                             prestop: Callable[[], Awaitable[None]] | None = None) -> None:
     """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT, then stop gracefully.
 
-    On the signal: stop listening (established connections go on), await ``drain`` (a service's
+    On the signal: await ``prestop`` (a service that keeps serving while load balancers notice
+    its failed readiness), stop listening (established connections go on), await ``drain`` (a service's
     own wait for in-flight work, if it has one), then ``AppRunner.cleanup()``, which runs the
     app's ``on_shutdown``, waits for running handlers up to the runner's ``shutdown_timeout`` and
     runs its cleanup contexts. The runner is cleaned up on errors too (a port already taken).
@@ -82,6 +84,8 @@ async def serve_until_signal(app: web.Application, *, host: str, port: int, logg
         logger.info("listening", extra={"url": f"http://{host}:{port}", **(listening or {})})
         await _termination_signal()
         logger.info("signal received: draining")
+        if prestop is not None:
+            await prestop()
         await site.stop()
         if drain is not None:
             await drain()

@@ -1,7 +1,8 @@
 """``python -m api.gateway``: read the configuration once, connect, serve until SIGTERM/SIGINT.
 
-On a signal the gateway stops accepting connections, fails /readyz, lets in-flight uploads
-finish (up to ``IMGSTREAM_GATEWAY_SHUTDOWN_TIMEOUT`` seconds), then flushes Kafka and exits.
+On a signal the gateway fails /readyz and keeps serving for ``IMGSTREAM_GATEWAY_PRESTOP_DELAY``
+seconds, then stops accepting connections, lets in-flight uploads finish (up to
+``IMGSTREAM_GATEWAY_SHUTDOWN_TIMEOUT`` seconds), flushes Kafka and exits.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from imgstream.adapters.s3 import S3ObjectStore
 from imgstream.domain.errors import Unavailable
 from api.common.httpkit import configure_logging
 from imgstream.domain.imaging import configure_pillow
-from api.common.runtime import retry_until, run_service, serve_until_signal
+from api.common.runtime import retry_until, run_service, serve_until_signal, uvloop_factory
 from imgstream.domain.tokens import ReloadingKeyRing, ensure_key_file
 
 from api.gateway.app import GATEWAY, create_app, server_options
@@ -65,7 +66,7 @@ async def serve(config: GatewayConfig) -> None:
 
     # After drain, the runner's cleanup closes idle connections, Kafka (flush) and S3.
     await serve_until_signal(app, host=config.host, port=config.port, logger=log, server_options=server_options(config),
-                             reuse_port=config.reuse_port, drain=drain,
+                             reuse_port=config.reuse_port, drain=drain, prestop=app[GATEWAY].prestop,
                              listening={"topic": config.topic, "bucket": config.s3.bucket,
                                         "keys_file": str(config.keys_file)})
     log.info("stopped")
@@ -75,7 +76,9 @@ def main() -> int:
     """Entry point: ``.venv/bin/python -m api.gateway``."""
     config = GatewayConfig.from_env()
     configure_logging(config.log_level, quiet=QUIET_LOGGERS)
-    return run_service(lambda: serve(config), log, unreachable="cannot start: a dependency is unreachable")
+    # uvloop: the event loop (server, S3 client, Kafka client) is a third of the CPU of a small upload.
+    return run_service(lambda: serve(config), log, unreachable="cannot start: a dependency is unreachable",
+                       loop_factory=uvloop_factory(log))
 
 
 if __name__ == "__main__":

@@ -7,20 +7,22 @@ fakes and the entry point (``api/gateway/__main__.py``) with the real S3 and Kaf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-import re
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+import orjson
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BodyPartReader
 
 from imgstream.domain import imaging
 from imgstream.adapters.kafka import EventPublisher
+from imgstream.adapters.multipart import PartStore, part_store_for
 from imgstream.adapters.s3 import ObjectStore
 from imgstream.domain.errors import (
     BadRequest,
@@ -29,24 +31,26 @@ from imgstream.domain.errors import (
     RequestTimeout,
     PayloadTooLarge,
     RateLimited,
+    Unavailable,
     UnsupportedMediaType,
     http_status,
 )
 from imgstream.domain.events import image_id_for
-from api.common.httpkit import check, errors_middleware, healthz, metrics_response, observe_middleware, readiness
+from api.common.httpkit import (check, error_response, errors_middleware, healthz, metrics_response,
+                                observe_middleware)
 from imgstream.domain.ratelimit import RateLimiter
 from imgstream.domain.tokens import Principal, TokenVerifier, bearer_token
 
 from api.gateway.config import READ_CHUNK, GatewayConfig
+from api.gateway.decoding import DecodeBudget
+from api.gateway.keys import IDEMPOTENCY_KEY, checked_key, server_key
 from api.gateway.ingest import Ingestor, Outcome, Spool, receive
 from api.gateway.metrics import GatewayMetrics
 from api.gateway.openapi import openapi_document
+from api.gateway.tus import TusUploads
 
 log = logging.getLogger("imgstream.gateway")
 
-#: Idempotency keys: 1-200 visible ASCII characters (a UUID is the usual choice). 200, not the
-#: schema's 255, leaves room for the "#<part>" suffix of multipart parts.
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 #: How long /readyz waits for each dependency before calling it unreachable.
 _READY_TIMEOUT = 3.0
 #: Per-request state: whether the client waits for "100 Continue", and whether part of the body
@@ -90,10 +94,12 @@ class Gateway:
         self._own_executor = executor is None
         self.executor = executor or ThreadPoolExecutor(max_workers=config.inspect_workers,
                                                        thread_name_prefix="inspect")
+        self.decode_budget = DecodeBudget(config.decode_memory_bytes)
         self.ingestor = Ingestor(store=store, publisher=publisher, executor=self.executor, topic=config.topic,
                                  max_pixels=config.max_pixels, gateway_id=config.gateway_id, metrics=metrics,
-                                 clock=clock)
+                                 clock=clock, decode_budget=self.decode_budget)
         self.draining = False
+        self.uploads: TusUploads | None = None  # set by create_app
         self._uploads = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -106,7 +112,13 @@ class Gateway:
         await self.store.start()
         await self.publisher.start()
         log.info("gateway started", extra={"topic": self.config.topic, "gateway": self.config.gateway_id})
+        sweeper = (asyncio.create_task(self.uploads.sweep_forever(self.config.upload_sweep_interval))
+                   if self.uploads is not None and self.config.upload_sweep_interval > 0 else None)
         yield
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         log.info("gateway stopping: closing the event publisher and the object store")
         await self.publisher.close()
         await self.store.close()
@@ -136,23 +148,26 @@ class Gateway:
                               f"({self.limiter.rate:g} images/s, burst {self.limiter.burst:g}); "
                               f"retry in {math.ceil(wait)} s", retry_after=math.ceil(wait))
 
-    @staticmethod
-    def idempotency_key(request: web.Request) -> str | None:
-        value = request.headers.get("Idempotency-Key")
-        if value is None:
-            return None
-        if not _IDEMPOTENCY_KEY.match(value):
-            raise BadRequest("Idempotency-Key must be 1-200 visible ASCII characters", field="Idempotency-Key")
-        return value
-
     # -- POST /v1/images ----------------------------------------------------------------------------
 
     async def post_images(self, request: web.Request) -> web.StreamResponse:
-        """``POST /v1/images``; counted so a shutdown can wait for in-flight uploads (``drain``)."""
+        """``POST /v1/images`` (see :meth:`admitted`)."""
+        async with self.admitted():
+            return await self._post_images(request)
+
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """One upload (a POST, or a tus creation or PATCH) in flight: counted so a shutdown can
+        wait for it (``drain``), and refused with 503 from its headers alone while
+        ``max_concurrent_uploads`` are in flight."""
+        if self._uploads >= self.config.max_concurrent_uploads:
+            self.metrics.images.labels("overloaded").inc()
+            raise Unavailable(f"{self._uploads} uploads in flight, the limit of this process",
+                              reason="overloaded", limit=self.config.max_concurrent_uploads)
         self._uploads += 1
         self._idle.clear()
         try:
-            return await self._post_images(request)
+            yield
         finally:
             self._uploads -= 1
             if self._uploads == 0:
@@ -175,7 +190,7 @@ class Gateway:
     async def _post_images(self, request: web.Request) -> web.StreamResponse:
         principal = self.authenticate(request)
         self.charge(principal.name)
-        key = self.idempotency_key(request)
+        key = checked_key(request.headers.get(IDEMPOTENCY_KEY))
         encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
         if encoding not in ("", "identity"):
             # Compressed bodies would make the byte limit meaningless (a zip bomb inflates past
@@ -233,9 +248,17 @@ class Gateway:
                 request[BODY_UNREAD] = not request.content.at_eof()
                 raise
             self.metrics.stage.labels("receive").observe(time.perf_counter() - started)
-            image_id = image_id_for(principal.name, key)
+            retry_key = None if key is not None else server_key()
+            image_id = image_id_for(principal.name, key or retry_key)
             outcome = await self.ingestor.ingest(spool, summary, producer=principal.name, image_id=image_id,
-                                                 idempotency_key=key)
+                                                 idempotency_key=key, retry_key=retry_key)
+        except Unavailable as exc:
+            self.rejected(exc, principal, None, None)
+            response = error_response(exc)
+            retry_with = exc.details.get("idempotency_key")
+            if retry_with is not None:
+                response.headers[IDEMPOTENCY_KEY] = retry_with
+            return response
         except ImgstreamError as exc:
             self.rejected(exc, principal, None, None)
             raise
@@ -243,7 +266,8 @@ class Gateway:
             spool.close()
         self.stored(outcome, principal)
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
-        return web.json_response(outcome.receipt, status=201, headers=headers)
+        return web.Response(body=orjson.dumps(outcome.receipt), status=201, headers=headers,
+                            content_type="application/json")
 
     async def post_multipart(self, request: web.Request, principal: Principal, key: str | None,
                              deadline: float) -> web.StreamResponse:
@@ -278,7 +302,7 @@ class Gateway:
             answered = [r if isinstance(r, dict) else await r for r in results]
         if not answered:
             raise BadRequest("multipart body has no parts: send one or more parts named 'file'")
-        return web.json_response({"results": answered}, status=200)
+        return web.Response(body=orjson.dumps({"results": answered}), status=200, content_type="application/json")
 
     async def take_part(self, part: Any, index: int, principal: Principal, key: str | None, budget: _Budget,
                         deadline: float) -> dict[str, Any] | asyncio.Task[dict[str, Any]]:
@@ -327,14 +351,17 @@ class Gateway:
             spool.close()
             raise
         part_key = None if key is None else f"{key}#{index}"
-        image_id = image_id_for(principal.name, part_key)
-        return asyncio.create_task(self.ingest_part(spool, summary, index, filename, principal, image_id, part_key))
+        retry_key = None if part_key is not None else server_key()
+        image_id = image_id_for(principal.name, part_key or retry_key)
+        return asyncio.create_task(self.ingest_part(spool, summary, index, filename, principal, image_id, part_key,
+                                                    retry_key))
 
     async def ingest_part(self, spool: Spool, summary: imaging.StreamSummary, index: int, filename: str | None,
-                          principal: Principal, image_id: str, key: str | None) -> dict[str, Any]:
+                          principal: Principal, image_id: str, key: str | None,
+                          retry_key: str | None) -> dict[str, Any]:
         try:
             outcome = await self.ingestor.ingest(spool, summary, producer=principal.name, image_id=image_id,
-                                                 idempotency_key=key)
+                                                 idempotency_key=key, retry_key=retry_key)
         except ImgstreamError as exc:
             self.rejected(exc, principal, index, filename)
             return self.part_error(exc, index, "file", filename)
@@ -380,9 +407,24 @@ class Gateway:
     # -- operations ---------------------------------------------------------------------------------
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
-        s3, kafka = await asyncio.gather(check(self.store.ping, _READY_TIMEOUT),
-                                         check(self.publisher.ping, _READY_TIMEOUT))
-        return readiness({"s3": s3, "kafka": kafka}, draining=self.draining)
+        """Readiness of this process only: ready unless draining. S3 and Kafka are shared by every
+        replica, so failing readiness on them would take all pods out of the load balancer at
+        once for one blip; uploads then fail fast with 503 + a retry key instead. ``?deps=1``
+        adds a live check of both for operators (reported, never failing the probe)."""
+        checks = {"uploads_in_flight": str(self._uploads), "upload_limit": str(self.config.max_concurrent_uploads)}
+        if request.query.get("deps") == "1":
+            checks["s3"], checks["kafka"] = await asyncio.gather(check(self.store.ping, _READY_TIMEOUT),
+                                                                 check(self.publisher.ping, _READY_TIMEOUT))
+        ready = not self.draining
+        body = {"status": "ready" if ready else "draining", "checks": checks}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def prestop(self) -> None:
+        """First step of a SIGTERM: fail /readyz and keep serving for ``prestop_delay`` seconds, so
+        load balancers stop routing here before the listening socket closes."""
+        self.draining = True
+        log.info("draining: readiness failed, still serving", extra={"prestop_delay_s": self.config.prestop_delay})
+        await asyncio.sleep(self.config.prestop_delay)
 
     async def metrics_endpoint(self, request: web.Request) -> web.StreamResponse:
         return metrics_response(self.metrics.registry)
@@ -393,13 +435,14 @@ class Gateway:
 
 def create_app(config: GatewayConfig, store: ObjectStore, publisher: EventPublisher, keyring: TokenVerifier, *,
                limiter: RateLimiter | None = None, metrics: GatewayMetrics | None = None,
-               executor: Executor | None = None,
+               executor: Executor | None = None, parts: PartStore | None = None,
                clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> web.Application:
     """Build the gateway application from explicit dependencies.
 
     ``store`` and ``publisher`` are started when the app starts and closed after it stopped
     serving; ``keyring`` verifies bearer tokens; ``limiter`` defaults to the config's
-    per-producer rate; ``clock`` gives ``received_at``.
+    per-producer rate; ``clock`` gives ``received_at`` and the resumable uploads' expiry;
+    ``parts`` (multipart uploads for ``/v1/uploads/``) defaults to the store's own.
     """
     metrics = metrics or GatewayMetrics()
     limiter = limiter or RateLimiter(config.rate_per_second, config.rate_burst)
@@ -423,6 +466,9 @@ def create_app(config: GatewayConfig, store: ObjectStore, publisher: EventPublis
     app = web.Application(middlewares=[observe, errors_middleware(log)], client_max_size=1024)
     app[GATEWAY] = gateway
     app.router.add_post("/v1/images", gateway.post_images, expect_handler=expect)
+    gateway.uploads = TusUploads(gateway, parts or part_store_for(store),
+                                 expiry=timedelta(seconds=config.upload_expiry), clock=clock)
+    gateway.uploads.add_routes(app, expect)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", gateway.readyz)
     app.router.add_get("/metrics", gateway.metrics_endpoint)

@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Mapping
 
+from api.gateway.decoding import DECODE_MEMORY_BYTES
 from imgstream.config import ConfigReader, KafkaConfig, S3Config
+from imgstream.cpus import usable_cpus
 from imgstream.domain.events import TOPIC_UPLOADED
 from imgstream.domain.imaging import MAX_PIXELS
+from imgstream.domain.tus import UPLOAD_EXPIRY
 from imgstream.domain.tokens import DEFAULT_KEYS_FILE, keys_file_from_env
 
 #: Largest single image body. A 48 MP phone JPEG at maximum quality is about 20 MB; nothing a camera
@@ -41,6 +44,26 @@ REQUEST_TIMEOUT: Final = 120.0
 #: On SIGTERM, in-flight uploads get this long to finish before they are cancelled; below the
 #: usual 30-60 s grace period of process supervisors and Kubernetes.
 SHUTDOWN_TIMEOUT: Final = 25.0
+
+#: Uploads one gateway process handles at once; past it, new uploads get 503 + Retry-After from
+#: their headers alone (before "100 Continue", so no body is sent). Each may hold 1 MiB of spool in
+#: memory and up to 25 MiB on disk: 64 x 25 MiB = 1.6 GiB fits the pod's 2 GiB spool volume, and
+#: 64 is far above what two cores keep busy (~12 uploads in flight at 5 MB, docs/gateway.md).
+MAX_CONCURRENT_UPLOADS: Final = 64
+
+#: On SIGTERM, the gateway first fails /readyz and keeps serving for this long, so load balancers
+#: stop routing to it before it stops listening (readiness probes and endpoint updates take a few
+#: seconds to reach every proxy); then in-flight uploads drain for up to SHUTDOWN_TIMEOUT. For
+#: platforms without a pre-stop hook: Kubernetes uses its preStop sleep instead and sets 0
+#: (k8s/base/gateway/deployment.yaml), as does the local stack, which has no load balancer.
+PRESTOP_DELAY: Final = 10.0
+
+#: Resumable uploads: seconds without a PATCH before an upload expires (its parts are aborted), and
+#: how often each gateway looks for expired ones. Why a day: imgstream/domain/tus.py UPLOAD_EXPIRY.
+UPLOAD_EXPIRY_SECONDS: Final = int(UPLOAD_EXPIRY.total_seconds())
+#: Every 5 minutes: an expired upload then holds its parts at most that much longer; sweeping lists
+#: the uploads/ prefix, so it is not done per request.
+UPLOAD_SWEEP_INTERVAL: Final = 300.0
 
 #: After an early error (413/415 mid-body) the server keeps reading and discarding for at most this
 #: long, so a client still sending can read the error instead of a connection reset; it bounds
@@ -79,6 +102,11 @@ class GatewayConfig:
     rate_per_second: float = RATE_PER_SECOND
     rate_burst: float = RATE_BURST
     inspect_workers: int = 2
+    max_concurrent_uploads: int = MAX_CONCURRENT_UPLOADS
+    prestop_delay: float = PRESTOP_DELAY
+    decode_memory_bytes: int = DECODE_MEMORY_BYTES
+    upload_expiry: float = UPLOAD_EXPIRY_SECONDS
+    upload_sweep_interval: float = UPLOAD_SWEEP_INTERVAL
     gateway_id: str = "gateway"
     ensure_topic: bool = True
     topic_partitions: int = 3
@@ -114,7 +142,12 @@ class GatewayConfig:
             linger_seconds=read.number("LINGER_SECONDS", cls.linger_seconds),
             rate_per_second=read.number("RATE", cls.rate_per_second),
             rate_burst=read.number("BURST", cls.rate_burst),
-            inspect_workers=read.integer("WORKERS", os.cpu_count() or 2),
+            inspect_workers=read.integer("WORKERS", usable_cpus()),
+            max_concurrent_uploads=read.integer("MAX_CONCURRENT_UPLOADS", cls.max_concurrent_uploads),
+            prestop_delay=read.number("PRESTOP_DELAY", cls.prestop_delay),
+            decode_memory_bytes=read.integer("DECODE_MEMORY_BYTES", cls.decode_memory_bytes),
+            upload_expiry=read.number("UPLOAD_EXPIRY", cls.upload_expiry),
+            upload_sweep_interval=read.number("UPLOAD_SWEEP_INTERVAL", cls.upload_sweep_interval),
             gateway_id=read.text("ID", f"{socket.gethostname()}:{port}"),
             ensure_topic=read.flag("ENSURE_TOPIC", cls.ensure_topic),
             topic_partitions=read.integer("TOPIC_PARTITIONS", cls.topic_partitions),

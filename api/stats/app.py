@@ -28,7 +28,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from api.common.httpkit import check, errors_middleware, healthz, metrics_response, observe_middleware, readiness
-from imgstream.domain.errors import Forbidden, Unavailable
+from imgstream.domain.errors import Unavailable
 from imgstream.domain.producers import is_synthetic
 from imgstream.domain.tokens import ROLE_PRODUCER, Principal, TokenVerifier, bearer_token
 
@@ -331,14 +331,11 @@ class StatsApi:
 
     async def image(self, request: web.Request) -> web.StreamResponse:
         scope = self.authenticate(request)
-        query = ImageQuery.parse(request.match_info["image_id"], request.query.items())
+        # A producer token finds only its own images: another producer's answers like an unknown id.
+        query = ImageQuery.parse(request.match_info["image_id"], request.query.items(), scope.producer)
         freshness = await self.freshness.get()  # cached: no I/O on most requests
         rows = await self.fetch(query.sql())
         row = rows[0] if rows else None
-        if row is not None and not scope.everyone and row["producer"] != scope.producer:
-            # Without naming the owner: the 403 must not tell one producer about another.
-            raise Forbidden("this image belongs to another producer; a producer token reads only its own images",
-                            field="image_id")
         data = query.result(row)
         # A verdict is never revised (replays rewrite the same row); "pending" changes any moment.
         return await self.answer(request, data, freshness, FRESHNESS_TABLES["image"], closed=row is not None)

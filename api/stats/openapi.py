@@ -66,7 +66,9 @@ def _common(responses: dict[str, Any], *, forbidden: str | None = None) -> dict[
         "304": {"description": "Not modified (If-None-Match matched the ETag)"},
         "400": _error("A parameter is malformed, unknown, repeated or out of range; error.field names it"),
         "401": _error("Missing, invalid or expired bearer token"),
-        "503": _error("PostgreSQL unreachable, too slow, or the analytics views missing; retry"),
+        "503": _error("PostgreSQL unreachable, too slow, or the analytics views missing; retry after "
+                      "Retry-After (1-5 s). The message is generic, error.reason a stable code "
+                      "(connection, timeout, saturated, schema); the cause is logged"),
     }
     if forbidden:
         out["403"] = _error(forbidden)
@@ -168,8 +170,9 @@ def openapi_document(config: StatsConfig) -> dict[str, Any]:
             "security": secured,
             "parameters": [_param("image_id", "the image_id of the upload receipt",
                                   {"type": "string", "format": "uuid"}, where="path", required=True)],
-            "responses": _common({"200": _ok("The image (status pending until processed)", "Image")},
-                                 forbidden="The image belongs to another producer"),
+            "responses": _common({"200": _ok("The image (status pending until processed). For a producer "
+                                             "token, another producer's image answers exactly like an unknown "
+                                             "id: pending", "Image")}),
         }},
         "/v1/stats/uploads": {"get": {
             "summary": "Upload windows (uploads, bytes, duplicates, rejected, final) by minute, hour or day",

@@ -104,6 +104,13 @@ class Conflict(ImgstreamError):
     code = "conflict"
 
 
+class ChecksumMismatch(ImgstreamError):
+    """A resumable upload's chunk does not match its ``Upload-Checksum`` (tus status 460): the
+    chunk is discarded and the upload's offset stays where it was."""
+
+    code = "checksum_mismatch"
+
+
 class RateLimited(ImgstreamError):
     """The producer is over its request budget (429).
 
@@ -124,9 +131,26 @@ class InvalidEvent(ImgstreamError):
 
 
 class Unavailable(ImgstreamError):
-    """A dependency (S3, Kafka, PostgreSQL...) is not reachable right now; retry later."""
+    """A dependency (S3, Kafka, PostgreSQL...) is not reachable right now; retry later (503).
+
+    ``message`` and most ``details`` describe the inside (hosts, driver errors): they are for the
+    logs. The body a client gets (:meth:`to_dict`) says only :data:`UNAVAILABLE_MESSAGE` plus the
+    details named in :data:`PUBLIC_DETAILS`.
+    """
 
     code = "unavailable"
+
+    #: Details a client may see: a stable ``reason`` code and the ``idempotency_key`` to retry with.
+    PUBLIC_DETAILS = ("reason", "idempotency_key")
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": UNAVAILABLE_MESSAGE}
+        body.update((k, self.details[k]) for k in self.PUBLIC_DETAILS if k in self.details)
+        return {"error": body}
+
+
+#: The one message of every 503: what went wrong inside is logged, not sent.
+UNAVAILABLE_MESSAGE = "the service cannot complete this request right now; retry after the Retry-After delay"
 
 
 #: The single code -> HTTP status table shared by the HTTP services.
@@ -143,6 +167,7 @@ HTTP_STATUS: Mapping[str, int] = {
     ImageTooLarge.code: 422,
     InvalidEvent.code: 422,
     RateLimited.code: 429,
+    ChecksumMismatch.code: 460,
     Unavailable.code: 503,
     ImgstreamError.code: 500,
 }

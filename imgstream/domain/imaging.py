@@ -20,12 +20,13 @@ This module is pure library code: Pillow and numpy only, no I/O framework.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import struct
 import warnings
 from dataclasses import dataclass
-from typing import IO, Final
+from typing import IO, Callable, ContextManager, Final
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
@@ -356,14 +357,24 @@ def check_structure(fp: IO[bytes], fmt: ImageFormat, size: int) -> None:
             raise CorruptImage(f"truncated WebP: RIFF header declares {riff_size + 8} bytes, got {size}")
 
 
-def inspect(fp: IO[bytes], fmt: ImageFormat, size: int, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+def inspect(fp: IO[bytes], fmt: ImageFormat, size: int, *, max_pixels: int = MAX_PIXELS,
+            reserve: Callable[[Image.Image], ContextManager[object]] | None = None) -> ImageInfo:
     """Every check on a complete, seekable body of the sniffed format; blocking (use a thread).
 
     Order: header probe and pixel limit (no decode), container structure (no decode), then the
     reduced decode that computes the perceptual hash and surfaces truncation/corruption.
+    ``reserve(image)``, when given, is held around the decode (a caller's memory budget: it
+    sees the probed header, so it knows the pixel count and format before anything is decoded).
     Raises :class:`ImageTooLarge` or :class:`CorruptImage`.
     """
     image = probe(fp, fmt, max_pixels=max_pixels)
+    width, height = image.size
+    with reserve(image) if reserve is not None else contextlib.nullcontext():
+        return _decode_and_hash(fp, fmt, size, image, max_pixels=max_pixels)
+
+
+def _decode_and_hash(fp: IO[bytes], fmt: ImageFormat, size: int, image: Image.Image, *,
+                     max_pixels: int) -> ImageInfo:
     width, height = image.size
     try:
         if fmt is PNG:

@@ -97,6 +97,23 @@ def receipt_key(producer: str, image_id: str) -> str:
     return f"{RECEIPT_PREFIX}{producer}/{image_id}.json"
 
 
+def owned_content_key(producer: str, sha256: str) -> str:
+    """The receipt of the last resumable upload of ``sha256`` by ``producer``: lets that producer
+    (and only that producer) skip re-sending content it already stored."""
+    _check_sha256(sha256)
+    return f"{RECEIPT_PREFIX}{producer}/sha256/{sha256}.json"
+
+
+#: Resumable (tus) uploads in progress: ``uploads/<upload id>/`` holds the state (``info.json``),
+#: the bytes short of a whole part (``tail-<offset>``), the joined parts (``data``) and a lock.
+UPLOAD_PREFIX: Final = "uploads/"
+
+
+def upload_key(upload_id: str, name: str) -> str:
+    """The object ``name`` (``info.json``, ``lock``, ``data``, ``tail-<offset>``) of an upload."""
+    return f"{UPLOAD_PREFIX}{upload_id}/{name}"
+
+
 def derivative_key(sha256: str, ladder: str, preset: str, fmt: str) -> str:
     """The key of one derivative of the content ``sha256`` for ``preset`` of ladder ``ladder``
     in format ``fmt`` (one of :data:`FORMAT_EXTENSIONS`)."""

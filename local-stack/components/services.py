@@ -54,7 +54,8 @@ GATEWAY = Component(
     "gateway", (PORTS["gateway"],), f"http://127.0.0.1:{PORTS['gateway']}/v1/images", "-",
     _python_module("api.gateway"), _healthz(PORTS["gateway"]), _ensure_token_keys,
     depends=("s3", "kafka"), start_timeout=60,
-    extra_env=_service_env("IMGSTREAM_GATEWAY_", PORTS["gateway"]),
+    # No load balancer locally to wait for: stop at once (PRESTOP_DELAY is for Kubernetes).
+    extra_env=_service_env("IMGSTREAM_GATEWAY_", PORTS["gateway"], IMGSTREAM_GATEWAY_PRESTOP_DELAY="0"),
 )
 
 STATS_API = Component(

@@ -35,7 +35,10 @@ async def received_bytes(session: aiohttp.ClientSession, url: str) -> float:
 async def gateway_process(stack_env: dict[str, str], it_bucket: StackConfig, it_topic: str,
                           tmp_path: Path) -> AsyncIterator[RunningService]:
     env = {**stack_env, "IMGSTREAM_GATEWAY_TOPIC": it_topic, "IMGSTREAM_S3_BUCKET": it_bucket.s3.bucket,
-           "IMGSTREAM_GATEWAY_SHUTDOWN_TIMEOUT": "20"}
+           "IMGSTREAM_GATEWAY_SHUTDOWN_TIMEOUT": "20", "IMGSTREAM_GATEWAY_PRESTOP_DELAY": "3",
+           # more decode workers than this machine's two cores, as on a big node: the decode
+           # memory budget, not the pool size, must keep the process's memory bounded
+           "IMGSTREAM_GATEWAY_WORKERS": "4"}
     async with running_service("api.gateway", "IMGSTREAM_GATEWAY_PORT", env, tmp_path, ready_path="/readyz",
                                timeout=90) as gateway:
         yield gateway
@@ -85,6 +88,15 @@ async def test_upload_rotation_and_graceful_stop(gateway_process: RunningService
                     interval=0.02)
         assert not upload.done(), "the upload must still be in flight when SIGTERM arrives"
         gw.proc.send_signal(signal.SIGTERM)
+        # Pre-stop: readiness fails at once, yet new uploads are still served for the delay.
+        async def draining() -> bool:
+            async with session.get(f"{gw.url}/readyz") as ready:
+                return ready.status == 503 and (await ready.json())["status"] == "draining"
+
+        await until(draining, "readiness to fail after SIGTERM", timeout=2, interval=0.05)
+        async with session.post(f"{gw.url}/v1/images", data=fx.unique_jpeg("during-prestop"),
+                                headers={"Authorization": f"Bearer {new_token}"}) as during:
+            assert during.status == 201
         response = await upload
         assert response.status == 201, await response.text()
         assert (await response.json())["size"] == len(big)
@@ -94,4 +106,42 @@ async def test_upload_rotation_and_graceful_stop(gateway_process: RunningService
     messages = [line["msg"] for line in lines]
     assert "listening" in messages and "signal received: draining" in messages and messages[-1] == "stopped"
     stored = [line for line in lines if line["msg"] == "image stored"]
-    assert len(stored) == 4 and all(line["producer"] == PRODUCER for line in stored)
+    assert len(stored) == 5 and all(line["producer"] == PRODUCER for line in stored)
+
+
+def _wide_16_bit_png(seed: int) -> bytes:
+    """A ~100 KB PNG of 10,000 x 5,000 16-bit samples (50 MP, at the pixel limit)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    row = (np.arange(10_000, dtype=np.uint16) * 6 + seed).astype(np.uint16)
+    out = io.BytesIO()
+    Image.fromarray(row[None, :].repeat(5_000, axis=0)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+async def test_50_megapixel_16_bit_pngs_leave_the_gateway_under_600_mb(gateway_process: RunningService) -> None:
+    """Decompression-sized work from a tiny body: three at once, on a process with the default
+    worker pool. The decode budget lets one such decode run at a time; the peak RSS of the whole
+    gateway process (VmHWM) stays under 600 MB."""
+    gw = gateway_process
+    bodies = [_wide_16_bit_png(seed) for seed in range(3)]
+    async with aiohttp.ClientSession(headers=gw.auth(PRODUCER, "producer")) as session:
+
+        async def upload(body: bytes) -> tuple[int, dict]:
+            async with session.post(f"{gw.url}/v1/images", data=body) as response:
+                return response.status, await response.json()
+
+        answers = await asyncio.gather(*(upload(body) for body in bodies))
+    assert [status for status, _ in answers] == [201] * 3, answers
+    assert {(a["width"], a["height"]) for _, a in answers} == {(10_000, 5_000)}
+    peak = _peak_rss_mb(gw.proc.pid)
+    print(f"gateway peak RSS {peak:.0f} MB")
+    assert peak < 600, f"gateway peak RSS {peak:.0f} MB"

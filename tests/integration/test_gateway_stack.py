@@ -145,4 +145,22 @@ async def test_large_image_through_the_gateway(live: Live) -> None:
 async def test_readyz_sees_the_real_dependencies(live: Live) -> None:
     response = await live.client.get("/readyz")
     assert response.status == 200, await response.text()
-    assert (await response.json())["checks"] == {"s3": "ok", "kafka": "ok"}
+    assert (await response.json())["status"] == "ready"
+    verbose = await live.client.get("/readyz?deps=1")
+    assert {k: v for k, v in (await verbose.json())["checks"].items() if k in ("s3", "kafka")} == {"s3": "ok", "kafka": "ok"}
+
+
+async def test_one_key_two_bodies_at_once_exactly_one_is_stored(live: Live) -> None:
+    """The idempotency claim is a conditional create on the real S3 server: of concurrent
+    uploads with one key and different bytes exactly one gets 201, every other one 409."""
+    statuses = []
+    for attempt in range(3):
+        key = f"it-race-{attempt}"
+        responses = await asyncio.gather(*(live.client.post("/v1/images", data=fx.unique_jpeg(f"it-race-{attempt}-{i}"),
+                                                            headers=live.auth(**{"Idempotency-Key": key}))
+                                           for i in range(4)))
+        statuses.append(sorted(r.status for r in responses))
+    assert statuses == [[201, 409, 409, 409]] * 3
+    published = await live.events()
+    expected = sorted(image_id_for(synthetic("it-producer"), f"it-race-{i}") for i in range(3))
+    assert sorted(e["image_id"] for e in published) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import io
@@ -26,6 +27,13 @@ async def store(request: pytest.FixtureRequest, it_bucket: StackConfig) -> Async
     await s3.start()
     yield s3
     await s3.close()
+
+
+async def test_keys_with_odd_characters_round_trip(store: S3ObjectStore) -> None:
+    for key in ("t/with space", "t/plus+and=equals", "t/ünïcode", "t/tilde~dash-dot."):
+        await store.put(key, b"odd", size=3, content_type="text/plain", metadata={"sha256": "ab"})
+        info = await store.head(key)
+        assert info is not None and info.metadata["sha256"] == "ab" and await store.get(key) == b"odd"
 
 
 async def test_put_head_get_list_delete(store: S3ObjectStore) -> None:
@@ -90,12 +98,15 @@ async def test_ensure_bucket_is_idempotent_and_ping_checks_the_bucket(store: S3O
         await missing.close()
 
 
-async def test_wrong_credentials_are_unavailable_not_a_crash(it_bucket: StackConfig) -> None:
-    bad = S3ObjectStore(dataclasses.replace(it_bucket.s3, secret_key=Secret("wrong")))
+@pytest.mark.parametrize("signing", [True, False], ids=["botocore", "direct-put"])
+async def test_wrong_credentials_are_unavailable_not_a_crash(it_bucket: StackConfig, signing: bool) -> None:
+    bad = S3ObjectStore(dataclasses.replace(it_bucket.s3, secret_key=Secret("wrong")), payload_signing=signing)
     await bad.start()
     try:
-        with pytest.raises(Unavailable):
+        with pytest.raises(Unavailable, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId|403"):
             await bad.put("t/x", b"x", size=1)
+        with pytest.raises(Unavailable):
+            await bad.create("t/y", b"y")
     finally:
         await bad.close()
 
@@ -108,3 +119,11 @@ async def test_unreachable_server_is_unavailable(it_bucket: StackConfig) -> None
             await down.ping()
     finally:
         await down.close()
+
+
+async def test_create_is_atomic_among_concurrent_writers(store: S3ObjectStore) -> None:
+    results = await asyncio.gather(*(store.create("claims/one", bytes([i]) * 50_000) for i in range(8)))
+    assert results.count(True) == 1
+    winner = results.index(True)
+    assert await store.get("claims/one") == bytes([winner]) * 50_000
+    assert await store.create("claims/one", b"later") is False

@@ -497,10 +497,14 @@ async def test_cross_producer_access_is_denied(stats: Stats) -> None:
                          ("/v1/stats/summary", {**span, "producer": ds.b}),
                          ("/v1/duplicates", {**span, "producer": ds.b}),
                          (f"/v1/usage/{ds.b}", span),
-                         ("/v1/stats/top", span),
-                         (f"/v1/images/{ds.images[5]['image_id']}", {})]:
+                         ("/v1/stats/top", span)]:
         status, body = await stats.get(path, a, **params)
         assert status == 403 and body["error"]["code"] == "forbidden", (path, body)
+    # another producer's image answers like an unknown id: no existence oracle
+    others = [i for i in ds.images if i["producer"] == ds.b]
+    hidden = await stats.ok(f"/v1/images/{others[0]['image_id']}", a)
+    assert {k: v for k, v in hidden.items() if k != "freshness"} == {"image_id": others[0]["image_id"],
+                                                                     "status": "pending"}
     # and what a sees without asking is only its own
     summary = await stats.ok("/v1/stats/summary", a, **span)
     assert summary["uploads"] == ds.totals(ds.selected(ds.at(0, 0), ds.at(2, 0), ds.a))["uploads"]

@@ -103,9 +103,91 @@ async def test_object_store_down_is_503_and_publishes_nothing(gw: Harness) -> No
     gw.store.unavailable = True
     response = await gw.upload(fx.real("rocket.jpg"))
     assert response.status == 503
-    assert response.headers["Retry-After"] == "1"
-    assert (await response.json())["error"]["code"] == "unavailable"
+    assert 1 <= int(response.headers["Retry-After"]) <= 5
+    error = (await response.json())["error"]
+    assert error["code"] == "unavailable"
+    assert "injected" not in error["message"] and "dependency" not in error  # the inside stays in the log
     assert gw.publisher.records == []
+
+
+async def test_retry_after_of_503s_is_spread_not_constant(gw: Harness) -> None:
+    gw.store.unavailable = True
+    delays = {int((await gw.upload(fx.real("rocket.jpg"))).headers["Retry-After"]) for _ in range(30)}
+    assert len(delays) > 1 and delays <= set(range(1, 6))
+
+
+async def test_same_key_different_bytes_at_once_one_wins_the_other_conflicts(gw: Harness) -> None:
+    for attempt in range(5):
+        key = f"race-{attempt}"
+        a, b = await asyncio.gather(gw.upload(fx.unique_jpeg(f"race-a-{attempt}"), **{"Idempotency-Key": key}),
+                                    gw.upload(fx.unique_jpeg(f"race-b-{attempt}"), **{"Idempotency-Key": key}))
+        assert sorted([a.status, b.status]) == [201, 409], (a.status, b.status)
+        loser = a if a.status == 409 else b
+        assert (await loser.json())["error"]["reason"] == "idempotency_key_reused"
+    assert len(gw.events()) == 5  # one event per key: the stream never sees the loser's bytes
+
+
+async def test_same_key_same_bytes_at_once_get_one_receipt_and_one_event(gw: Harness) -> None:
+    data = fx.unique_jpeg("twin")
+    responses = await asyncio.gather(*(gw.upload(data, **{"Idempotency-Key": "twin"}) for _ in range(4)))
+    assert [r.status for r in responses] == [201] * 4
+    receipts = [await r.json() for r in responses]
+    assert all(r == receipts[0] for r in receipts)
+    assert len(gw.events()) == 1
+
+
+async def test_a_refused_body_leaves_its_key_free_for_the_corrected_upload(gw: Harness) -> None:
+    data = fx.unique_jpeg("fixed")
+    refused = await gw.upload(data[: len(data) // 2], **{"Idempotency-Key": "fix-me"})
+    assert refused.status == 422
+    fixed = await gw.upload(data, **{"Idempotency-Key": "fix-me"})
+    assert fixed.status == 201, await fixed.text()
+
+
+async def test_503_after_the_store_returns_a_key_whose_retry_counts_once(gw: Harness) -> None:
+    """A lost Kafka acknowledgement: the record was appended, yet the publish raised. The 503
+    names a server-made key; the retry with it publishes under the same image_id."""
+    data = fx.unique_jpeg("lost-ack")
+    real_publish = gw.publisher.publish
+
+    async def appended_then_timed_out(*args, **kwargs):
+        await real_publish(*args, **kwargs)
+        from imgstream.domain.errors import Unavailable
+
+        raise Unavailable("KafkaTimeoutError at 10.0.0.7:9092 (injected)")
+
+    gw.publisher.publish = appended_then_timed_out  # type: ignore[method-assign]
+    failed = await gw.upload(data)
+    gw.publisher.publish = real_publish  # type: ignore[method-assign]
+    assert failed.status == 503
+    error = (await failed.json())["error"]
+    key = error["idempotency_key"]
+    assert failed.headers["Idempotency-Key"] == key and "10.0.0.7" not in error["message"]
+    assert 1 <= int(failed.headers["Retry-After"]) <= 5
+
+    other = await gw.upload(fx.unique_jpeg("not-the-same"), **{"Idempotency-Key": key})
+    assert other.status == 409  # the key now stands for the stored bytes
+    retried = await gw.upload(data, **{"Idempotency-Key": key})
+    assert retried.status == 201, await retried.text()
+    assert (await retried.json())["image_id"] == image_id_for("alice", key)
+    assert {e["image_id"] for e in gw.events()} == {image_id_for("alice", key)}  # the stream counts one image
+    again = await gw.upload(data, **{"Idempotency-Key": key})
+    assert again.headers["Idempotent-Replayed"] == "true" and len(gw.events()) == 2
+
+
+async def test_every_upload_503_carries_a_key_to_retry_with(gw: Harness) -> None:
+    gw.publisher.fail_publishes = 1
+    keyless = await gw.upload(fx.unique_jpeg("keyless"))
+    assert keyless.status == 503 and keyless.headers["Idempotency-Key"].startswith("gw-")
+    gw.publisher.fail_publishes = 1
+    keyed = await gw.upload(fx.unique_jpeg("keyed"), **{"Idempotency-Key": "mine"})
+    assert keyed.status == 503 and keyed.headers["Idempotency-Key"] == "mine"
+    assert (await keyed.json())["error"]["idempotency_key"] == "mine"
+    gw.store.unavailable = True
+    parts = await gw.upload_parts([("file", "a.jpg", fx.unique_jpeg("part"))])
+    gw.store.unavailable = False
+    result = (await parts.json())["results"][0]
+    assert result["http_status"] == 503 and result["error"]["idempotency_key"].startswith("gw-")
 
 
 async def test_kafka_down_after_store_leaves_an_orphan_then_retry_publishes_once(gw: Harness) -> None:
@@ -113,7 +195,8 @@ async def test_kafka_down_after_store_leaves_an_orphan_then_retry_publishes_once
     gw.publisher.fail_publishes = 1
     failed = await gw.upload(data, **{"Idempotency-Key": "retry-me"})
     assert failed.status == 503
-    assert len(gw.store.objects) == 1  # durable first: an orphan object, never an event without bytes
+    # durable first: an orphan object (and the key's claim), never an event without bytes
+    assert sum(k.startswith("sha256/") for k in gw.store.objects) == 1
     assert gw.publisher.records == []
     retried = await gw.upload(data, **{"Idempotency-Key": "retry-me"})
     assert retried.status == 201
@@ -138,7 +221,10 @@ async def test_receipt_store_failure_does_not_fail_a_stored_upload(gw: Harness) 
     assert len(gw.events()) == 1 and any(k.startswith("receipts/") for k in calls)
 
 
-async def test_large_body_spools_to_disk_and_known_bytes_are_not_resent(gateway_factory) -> None:
+async def test_large_body_spools_to_disk_and_known_bytes_are_not_resent(gateway_factory, monkeypatch) -> None:
+    from api.gateway import ingest
+
+    monkeypatch.setattr(ingest, "HEAD_BEFORE_PUT_BYTES", 2 * 1024 * 1024)  # as if the body were multipart-sized
     gw = await gateway_factory(spool_memory_bytes=64 * 1024)
     data = fx.sized_jpeg(2_500_000)
     assert len(data) > 2 * 1024 * 1024
@@ -150,6 +236,20 @@ async def test_large_body_spools_to_disk_and_known_bytes_are_not_resent(gateway_
     assert second.status == 201
     assert gw.store.put_calls == 1  # HEAD found the same bytes: not sent twice
     assert len(gw.events()) == 2
+
+
+async def test_unique_bodies_below_the_multipart_size_take_one_store_round_trip(gateway_factory) -> None:
+    gw = await gateway_factory(spool_memory_bytes=64 * 1024)
+    heads = []
+    real_head = gw.store.head
+
+    async def head(key):
+        heads.append(key)
+        return await real_head(key)
+
+    gw.store.head = head  # type: ignore[method-assign]
+    response = await gw.upload(fx.sized_jpeg(2_500_000))
+    assert response.status == 201 and heads == [] and gw.store.put_calls == 1
 
 
 async def test_receipt_is_json_with_only_documented_types(gw: Harness) -> None:

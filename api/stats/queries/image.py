@@ -16,6 +16,10 @@ class ImageQuery:
     """``GET /v1/images/{image_id}``: one image's metadata and processing result."""
 
     image_id: str
+    #: A producer token's own name: the query then finds only that producer's images, so another
+    #: producer's image answers exactly like an unknown id ("pending"), never 403. A 403 would be
+    #: an existence oracle over ids that can be guessed (uuid5 of producer and idempotency key).
+    producer: str | None = None
 
     PARAMS: ClassVar[frozenset[str]] = frozenset()
     COLUMNS: ClassVar[tuple[str, ...]] = (
@@ -23,13 +27,15 @@ class ImageQuery:
         "content_type", "width", "height", "storage_key", "received_at", "lateness", "reject_reason", "processed_at")
 
     @classmethod
-    def parse(cls, image_id: str, pairs: Iterable[tuple[str, str]]) -> "ImageQuery":
+    def parse(cls, image_id: str, pairs: Iterable[tuple[str, str]], producer: str | None = None) -> "ImageQuery":
         query_params(pairs, cls.PARAMS)
-        return cls(parse_image_id("image_id", image_id))
+        return cls(parse_image_id("image_id", image_id), producer)
 
     def sql(self) -> Sql:
-        return Sql("image", f"SELECT {', '.join(self.COLUMNS)}\nFROM {V_IMAGES}\nWHERE image_id = $1",
-                   (self.image_id,))
+        select = f"SELECT {', '.join(self.COLUMNS)}\nFROM {V_IMAGES}\nWHERE image_id = $1"
+        if self.producer is None:
+            return Sql("image", select, (self.image_id,))
+        return Sql("image", f"{select} AND producer = $2", (self.image_id, self.producer))
 
     def result(self, row: Mapping[str, Any] | None) -> dict[str, Any]:
         """The image as JSON; ``pending`` (and nothing else) while no processing result exists."""
