@@ -188,11 +188,19 @@ VERDICT_COLUMNS = "SELECT image_id, status, duplicate_of, duplicate_kind, distan
 async def expect_verdicts(session: Any, expected: Any, what: str, deadline_s: float = DEADLINE_S) -> list[Any]:
     """Poll until every image of ``expected`` (a generator ``Truth``) has an ``images`` row, then
     assert each row's verdict equals the truth; returns the rows."""
-    select = session.prepare(VERDICT_COLUMNS)
+    from cassandra import DriverException
+    from cassandra.cluster import NoHostAvailable
+
     ids = list(expected.verdicts)
 
     def all_rows() -> list[Any] | None:
-        rows = [session.execute(select, (i,)).one() for i in ids]
+        # Prepared in the poll: after a Cassandra restart the driver needs a moment to reconnect,
+        # and a prepare or read that fails meanwhile means "not yet", not a failed check.
+        try:
+            select = session.prepare(VERDICT_COLUMNS)
+            rows = [session.execute(select, (i,)).one() for i in ids]
+        except (NoHostAvailable, DriverException):
+            return None
         return rows if all(rows) else None
 
     rows = await until(lambda: asyncio.to_thread(all_rows), what, timeout=deadline_s, interval=CHECK_EVERY_S)
@@ -216,12 +224,18 @@ async def expect_final_windows(session: Any, expected: Any, window_ms: int, what
 
 def final_windows(session: Any, keys: Iterable[tuple[int, str, str]]) -> dict[tuple[int, str, str], Any] | None:
     """The final upload_stats rows for ``keys`` (window_start ms, producer, content type), or None."""
+    from cassandra import DriverException
+    from cassandra.cluster import NoHostAvailable
+
     found = {}
     for start, producer, content_type in keys:
-        row = session.execute(
-            "SELECT * FROM upload_stats WHERE window_start = %s AND producer = %s AND content_type = %s",
-            (datetime.fromtimestamp(start / 1000, tz=timezone.utc), producer, content_type),
-        ).one()
+        try:
+            row = session.execute(
+                "SELECT * FROM upload_stats WHERE window_start = %s AND producer = %s AND content_type = %s",
+                (datetime.fromtimestamp(start / 1000, tz=timezone.utc), producer, content_type),
+            ).one()
+        except (NoHostAvailable, DriverException):
+            return None  # Cassandra restarting: not yet
         if row is None or not row.final:
             return None
         found[(start, producer, content_type)] = row
