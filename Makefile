@@ -112,7 +112,7 @@ flink-reset: venv
 
 # Kills components of the RUNNING stack one after another (it brings each back): not for a shared stack.
 chaos: deps
-	@$(STACKCTL) with-stack -- $(PY) -m pytest -ra --timeout=7200 tests/e2e/test_crash_matrix.py $(PYTEST_ARGS)
+	@$(STACKCTL) with-stack -- $(PY) -m pytest -ra -s --timeout=7200 tests/e2e/test_crash_matrix.py $(PYTEST_ARGS)
 
 # A Spark batch job on the local stack: make batch JOB=derivatives|reconcile|gc|reorganize ARGS="..."
 batch: venv jars
