@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 from typing import Any
 
 import pytest
 
+from imgstream.polling import until_sync
 from tests.fixtures.k8s import OVERLAYS, metric_names, promql_expressions, rendered
 
 GATEWAY = "http://127.0.0.1:8080"
@@ -100,12 +100,9 @@ def _running_pipeline(rest: str) -> tuple[str, list[dict[str, Any]]] | None:
 def flink_names(stack_config) -> set[str]:
     """The running pipeline job's metrics under the Prometheus reporter's names."""
     rest = stack_config.flink_rest
-    deadline = time.monotonic() + FLINK_DEADLINE_S
-    found = _running_pipeline(rest)
-    while found is None and time.monotonic() < deadline:
-        time.sleep(2)  # poll interval, bounded by the deadline
-        found = _running_pipeline(rest)
-    assert found, f"no pipeline job with all tasks RUNNING on {rest} within {FLINK_DEADLINE_S} s (`make up` submits it)"
+    found = until_sync(lambda: _running_pipeline(rest),
+                       f"a pipeline job with all tasks RUNNING on {rest} (`make up` submits it)",
+                       timeout=FLINK_DEADLINE_S, interval=2.0)
     jid, vertices = found
     names = {f"flink_jobmanager_job_{_prometheus_name(m['id'])}" for m in _get(f"{rest}/jobs/{jid}/metrics")}
     for vertex in vertices:
