@@ -239,7 +239,6 @@ class CassandraWriter:
         self.request_timeout_s = request_timeout_s
         self._cluster: Any = None
         self._session: Any = None
-        self._profile: Any = None
         self._prepared: dict[str, Any] = {}
         self._new_batch: Callable[[], Any] | None = None
 
@@ -247,18 +246,14 @@ class CassandraWriter:
         from functools import partial
 
         from cassandra import ConsistencyLevel
-        from cassandra.cluster import EXEC_PROFILE_DEFAULT
         from cassandra.query import BatchStatement, BatchType
 
         from imgstream.adapters.cassandra import open_session
 
-        # no frame compression: on a local network it costs more CPU than it saves
-        self._cluster, self._session = open_session(self.config, connect_timeout=20, compression=False)
-        # The adapter configures the driver with execution profiles, where a retry policy and a
-        # request timeout belong to the profile (the legacy Cluster/Session settings are refused):
-        # every write runs with this copy of the default profile.
-        self._profile = self._session.execution_profile_clone_update(
-            EXEC_PROFILE_DEFAULT, retry_policy=retry_policy(), request_timeout=self.request_timeout_s)
+        # no frame compression: on a local network it costs more CPU than it saves; the retry
+        # policy and request timeout govern every write (the session's default profile)
+        self._cluster, self._session = open_session(self.config, connect_timeout=20, compression=False,
+                                                    retry_policy=retry_policy(), request_timeout=self.request_timeout_s)
         for name, cql in STATEMENTS.items():
             statement = self._session.prepare(cql)
             statement.consistency_level = ConsistencyLevel.LOCAL_QUORUM
@@ -303,13 +298,12 @@ class CassandraWriter:
                 in_flight.popleft().result()
             if len(request) == 1:
                 name, params = request[0]
-                in_flight.append(self._session.execute_async(self._prepared[name], params,
-                                                             execution_profile=self._profile))
+                in_flight.append(self._session.execute_async(self._prepared[name], params))
                 continue
             batch = self._new_batch()
             batch.is_idempotent = True  # upserts, like each statement in it
             for name, params in request:
                 batch.add(self._prepared[name], params)
-            in_flight.append(self._session.execute_async(batch, execution_profile=self._profile))
+            in_flight.append(self._session.execute_async(batch))
         for future in in_flight:
             future.result()  # raises the write's error

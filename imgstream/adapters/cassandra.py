@@ -27,16 +27,22 @@ from imgstream.config import CassandraConfig
 MAX_CONCURRENT_WRITES = 64
 
 
-def new_cluster(cfg: CassandraConfig, *, connect_timeout: float = 10.0, **options: Any) -> Cluster:
-    """A driver ``Cluster`` for ``cfg`` (not yet connected). ``options`` are passed to the
-    driver (``compression``, ``default_retry_policy``, ...) over the defaults here."""
+def new_cluster(cfg: CassandraConfig, *, connect_timeout: float = 10.0, retry_policy: Any = None,
+                request_timeout: float | None = None, **options: Any) -> Cluster:
+    """A driver ``Cluster`` for ``cfg`` (not yet connected). ``retry_policy`` and
+    ``request_timeout`` go into the default execution profile (the driver refuses the legacy
+    cluster-wide settings once profiles are used); ``options`` are passed to the driver
+    (``compression``, ...) over the defaults here."""
+    profile: dict[str, Any] = {"load_balancing_policy": TokenAwarePolicy(DCAwareRoundRobinPolicy())}
+    if retry_policy is not None:
+        profile["retry_policy"] = retry_policy
+    if request_timeout is not None:
+        profile["request_timeout"] = request_timeout
     settings: dict[str, Any] = {
         "port": cfg.port,
         "protocol_version": 5,
         "connect_timeout": connect_timeout,
-        "execution_profiles": {
-            EXEC_PROFILE_DEFAULT: ExecutionProfile(load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()))
-        },
+        "execution_profiles": {EXEC_PROFILE_DEFAULT: ExecutionProfile(**profile)},
     }
     settings.update(options)
     return Cluster(list(cfg.hosts), **settings)
