@@ -490,3 +490,20 @@ def _row(producer: str, content_type: str, state: WindowState) -> dict[str, Any]
     row = state.result()
     row.update(producer=producer, content_type=content_type)
     return row
+
+
+def coalesce(versions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last version of each window (start, producer, content type) among ``versions``,
+    ordered by when each window last changed.
+
+    A step of the job (one watermark advance) may revise a window many times - one revision per
+    late event - and every version is the whole row: writing only the last one leaves the same
+    table (upserts) with one Cassandra row and one CDC change instead of one per event.
+    Revision numbers keep counting events, so a coalesced stream of versions skips numbers.
+    """
+    last: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
+    for version in versions:
+        key = (version["window_start"], version["producer"], version["content_type"])
+        last.pop(key, None)  # re-inserted below: dicts keep insertion order, so order by last change
+        last[key] = version
+    return list(last.values())
