@@ -23,6 +23,7 @@ from imgstream.domain.dedup import (
     DedupPolicy,
 )
 from imgstream.domain.clock import CLOCK_SKEW_TOLERANCE_MS
+from imgstream.domain.sharding import DEFAULT_NEAR_SPLIT_BITS, DEFAULT_SHARDS, ShardPlan
 from imgstream.domain.events import TOPIC_DEAD_LETTER, TOPIC_UPLOADED
 from imgstream.domain.windows import MINUTE_MS
 
@@ -46,7 +47,20 @@ class PipelineConfig:
     startup_mode: str = "group-offsets"
     #: ``exactly_once`` (transactional; readers use read_committed) or ``at_least_once``.
     dlq_delivery: str = "exactly_once"
+    #: Subtasks of every operator; ``decide``'s stages hold ``1/parallelism`` of the state each.
+    #: 1 here (tests and benches submit their own jobs beside the stack's); ``make up`` passes
+    #: ``flink_jobs.submit.STACK_PARALLELISM`` (2: two slot groups x 2 of the TaskManager's 6 slots).
     parallelism: int = 1
+    #: Key groups of every keyed operator: the most subtasks a savepoint can be restored to. It
+    #: must never change for a job's state; 120 (as k8s/base/flink-pipeline) has every divisor
+    #: up to 12, so each parallelism the autoscaler picks spreads key groups evenly.
+    max_parallelism: int = 120
+    #: Shards (keys) of ``decide: exact`` (by SHA-256) and ``decide: verdicts, windows`` (by
+    #: producer and window); fixed for a job's state (see imgstream.domain.sharding).
+    dedup_shards: int = DEFAULT_SHARDS
+    #: Top bits of a band value that pick its near shard: ``bands x 2**bits`` near shards, each
+    #: non-exact image visiting ``bands x (1 + bits)`` of them; fixed for a job's state.
+    near_split_bits: int = DEFAULT_NEAR_SPLIT_BITS
     checkpoint_interval_ms: int = 10_000
     #: ``file:///...``; the stack passes ``.stack/state/flink/checkpoints``. Empty = cluster default.
     checkpoint_dir: str = ""
@@ -138,7 +152,13 @@ class PipelineConfig:
             near_bands=self.near_bands or None,
         )
 
+    def shard_plan(self) -> ShardPlan:
+        """Where the dedup and window state lives (validates the shard settings)."""
+        return ShardPlan.for_policy(self.dedup(), self.dedup_shards, self.near_split_bits)
+
     def __post_init__(self) -> None:
+        if not 1 <= self.parallelism <= self.max_parallelism:
+            raise ValueError(f"parallelism must be in 1..max_parallelism ({self.max_parallelism}), got {self.parallelism}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")
@@ -158,7 +178,7 @@ class PipelineConfig:
             if read is not None:
                 values[f.name] = _read_field(read, _variable(read, f), types[f.name])
         config = cls(kafka=KafkaConfig.from_env(env), cassandra=CassandraConfig.from_env(env), **values)
-        config.dedup()  # validate the policy now, not on a worker
+        config.shard_plan()  # validate the policy and the shards now, not on a worker
         return config
 
 

@@ -26,11 +26,34 @@ class MirroredMap(MutableMapping[str, Any]):
     def __init__(self, state: Any) -> None:
         self._state = state
         self._data: dict[str, Any] | None = None
+        self._key: Any = None
+        self._others: dict[Any, dict[str, Any]] = {}  # mirrors of the keys not current
 
     def reset(self) -> None:
         """Forget the mirror (the current key changed); the next access reloads it."""
         self._data = None
+        self._key = None
+        self._others.clear()
         self.__dict__.pop("get", None)  # back to the class's get, which loads first
+
+    def use(self, key: Any) -> None:
+        """Mirror ``key``'s map (the operator's current key), keeping the other keys' mirrors.
+
+        A sharded operator's subtask holds a few keys (shards) and meets them interleaved;
+        reloading a key's whole map at every switch would cost a state scan per record. Keys
+        never change subtask within an attempt (a rescale restarts the job), so a kept mirror
+        is never stale.
+        """
+        if self._key is not None and key == self._key:
+            return
+        if self._key is not None and self._data is not None:
+            self._others[self._key] = self._data
+        self._key = key
+        self._data = self._others.pop(key, None)
+        if self._data is None:
+            self.__dict__.pop("get", None)
+        else:
+            self.get = self._data.get  # type: ignore[method-assign,assignment]
 
     @property
     def data(self) -> dict[str, Any]:

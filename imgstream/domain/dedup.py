@@ -348,22 +348,14 @@ def register_candidate(
     return kept
 
 
-class NeedsNear(Enum):
-    """The type of :data:`NEEDS_NEAR`."""
-
-    NEEDS_NEAR = "needs_near"
-
-
-#: :meth:`Deduplicator.exact_step`'s answer for an image that is neither a replay nor an exact
-#: duplicate: its verdict is the near-duplicate index's (:func:`near_verdict`).
+NeedsNear = Enum("NeedsNear", "NEEDS_NEAR")
+#: :meth:`Deduplicator.exact_step`'s answer for an image that goes on to the near index.
 NEEDS_NEAR = NeedsNear.NEEDS_NEAR
 
 
 def near_verdict(image: ImageRef, match: NearMatch | None) -> Verdict:
     """The verdict of an image that passed the exact step, given its best near match."""
-    if match is None:
-        return Verdict.accepted(image.image_id)
-    return Verdict.near(image.image_id, match.original, match.distance)
+    return Verdict.accepted(image.image_id) if match is None else Verdict.near(image.image_id, match.original, match.distance)
 
 
 # --- the deduplicator: replay drop, exact and near dedup over one store ---------------------
@@ -398,6 +390,7 @@ class Deduplicator:
         self.bands: MutableMapping[str, list[list[Any]]] = {} if bands is None else bands
 
     def process(self, image: ImageRef) -> Verdict | None:
+        """The verdict of the next image in decision order (``None``: a replay, dropped)."""
         verdict = self.exact_step(image)
         if verdict is not NEEDS_NEAR:
             return verdict
@@ -406,12 +399,8 @@ class Deduplicator:
 
     def exact_step(self, image: ImageRef) -> "Verdict | None | NeedsNear":
         """Replay drop and exact dedup: ``None`` (a replay, dropped), an exact duplicate's
-        verdict, or :data:`NEEDS_NEAR` (the image goes on to the near-duplicate index).
-
-        Reads and writes only ``replays`` and ``exact`` under the image's ``image_id`` and
-        ``sha256``: a shard that owns a set of SHA-256s (and so the ids of their images, see
-        :mod:`imgstream.domain.sharding`) decides this step alone.
-        """
+        verdict, or :data:`NEEDS_NEAR`. Touches ``replays`` and ``exact`` only under the
+        image's ``image_id`` and ``sha256`` (so a shard of SHA-256s decides it alone)."""
         policy = self.policy
         replay, mark = replay_decision(self.replays.get(image.image_id), image, policy.replay_ttl_ms)
         self.replays[image.image_id] = mark
@@ -433,13 +422,9 @@ class Deduplicator:
         return NEEDS_NEAR
 
     def near_step(self, image: ImageRef, probe_keys: Iterable[str], register_keys: Iterable[str]) -> NearMatch | None:
-        """The closest earlier candidate under ``probe_keys`` (``None`` when the producer opted
-        out or none is within the threshold), then ``image`` registered under ``register_keys``.
-
-        The whole index passes every key of :meth:`BandPlan.probe_keys` and :meth:`BandPlan.keys`;
-        a shard passes the keys it owns, and the best of the shards' matches
-        (:func:`best_match`) is the whole index's match.
-        """
+        """The closest earlier candidate under ``probe_keys`` (``None``: none, or the producer
+        opted out), then ``image`` registered under ``register_keys``. A shard passes the keys
+        it owns; the :func:`best_match` of the shards' answers is the whole index's."""
         policy, bands = self.policy, self.bands
         producer_policy = policy.for_producer(image.producer)
         match = None

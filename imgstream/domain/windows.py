@@ -487,23 +487,14 @@ class WindowBook:
 
 
 def _row(producer: str, content_type: str, state: WindowState) -> dict[str, Any]:
-    row = state.result()
-    row.update(producer=producer, content_type=content_type)
-    return row
+    return {**state.result(), "producer": producer, "content_type": content_type}
 
 
 def coalesce(versions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The last version of each window (start, producer, content type) among ``versions``,
-    ordered by when each window last changed.
-
-    A step of the job (one watermark advance) may revise a window many times - one revision per
-    late event - and every version is the whole row: writing only the last one leaves the same
-    table (upserts) with one Cassandra row and one CDC change instead of one per event.
-    Revision numbers keep counting events, so a coalesced stream of versions skips numbers.
-    """
+    """The last version of each window among ``versions``: a step may revise a window once per late
+    event, and every version is the whole row, so the last alone leaves the same table."""
     last: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
-    for version in versions:
-        key = (version["window_start"], version["producer"], version["content_type"])
-        last.pop(key, None)  # re-inserted below: dicts keep insertion order, so order by last change
-        last[key] = version
+    for v in versions:
+        last.pop(key := (v["window_start"], v["producer"], v["content_type"]), None)  # ordered by last change
+        last[key] = v
     return list(last.values())

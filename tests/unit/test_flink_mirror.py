@@ -71,3 +71,37 @@ def test_views_and_get_follow_writes_without_reading_the_state_again():
     assert mirror.get("a", "gone") == "gone" and mirror.get("b") == [2]
     assert list(mirror.keys()) == ["b"] and list(mirror.values()) == [[2]] and list(mirror.items()) == [("b", [2])]
     assert state.iterations == 1 and state.data == {"b": [2]}
+
+
+class KeyedFakeMapState:
+    """MapState scoped by a current key, as Flink's is: each key's map is loaded once."""
+
+    def __init__(self, data):
+        self.data, self.key, self.loads = data, None, []
+
+    def items(self):
+        self.loads.append(self.key)
+        return list(self.data.setdefault(self.key, {}).items())
+
+    def put(self, key, value):
+        self.data.setdefault(self.key, {})[key] = value
+
+    def remove(self, key):
+        del self.data[self.key][key]
+
+
+def test_use_switches_between_keys_loading_each_once():
+    state = KeyedFakeMapState({0: {"a": 1}, 1: {"b": 2}})
+    mirror = MirroredMap(state)
+    for _ in range(3):
+        for key in (0, 1):
+            state.key = key
+            mirror.use(key)
+            assert dict(mirror.items()) == state.data[key]
+    state.key = 0
+    mirror.use(0)
+    mirror["c"] = 3
+    state.key = 1
+    mirror.use(1)
+    assert mirror.get("c") is None and mirror.get("b") == 2
+    assert state.loads == [0, 1] and state.data[0] == {"a": 1, "c": 3}
