@@ -279,12 +279,16 @@ class DecideWindows(OrderedStage):
         progress = self.mirrored("progress")
         self.book = WindowBook(self.window_ms, self.allowed_lateness_ms, windows, progress)
         self.horizon: dict[int, int] | None = None
+        self.touched: set[Any] = set()  # keys met in this attempt
         attempt = getattr(runtime_context, "get_attempt_number", lambda: 0)()
         self.restarted = bool(attempt)  # a failover: this attempt replays what the last one may have written
 
     def switched(self, key: Any) -> None:
         self.book.reset()
-        if self.horizon is None:
+        if self.horizon is None and key not in self.touched:
+            # state found under a key at its first touch in this attempt was restored (a key
+            # met again later holds what this attempt wrote: no reason to re-check anything)
+            self.touched.add(key)
             restored = self.restarted or any(len(mirror) for mirror in self.mirrors)
             if restored or self.recheck_all:
                 self.horizon = self.replay_horizon()

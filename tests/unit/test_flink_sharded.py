@@ -208,3 +208,25 @@ def test_each_stage_keeps_state_only_under_its_shards():
         for key in bands:
             assert owners.setdefault(key, shard) == shard
     assert sum(len(c) for b in stages.runtimes["near"].states["bands"].values() for c in b.values()) == 40 * 4
+
+
+def test_a_fresh_job_meeting_its_keys_again_never_reads_the_topic(monkeypatch):
+    """State a key holds when this attempt meets it again was written by this attempt: only
+    state found at a key's first touch means a restore."""
+    import flink_jobs.sharded as sharded
+    from imgstream.config import KafkaConfig
+
+    calls = []
+
+    async def end_offsets(config, topic):
+        calls.append(topic)
+        return {0: 10**9}
+
+    monkeypatch.setattr(sharded, "end_offsets", end_offsets)
+    stages = Stages(shards=4, kafka=KafkaConfig(), topic="t")
+    for n in range(40):
+        stages.element(_image(n, 1_000 + 100 * n, producer=f"p{n % 7}"))
+        stages.watermark(1_000 + 100 * n)
+    stages.watermark(W + L)
+    assert len({stages.plan.window_shard(v["producer"], 0) for v in stages.verdicts()}) > 1  # several keys
+    assert calls == [] and not any(v.get("recheck") for v in stages.verdicts())
