@@ -4,6 +4,10 @@ a new set of operators over a copy of the state and the timers (what a checkpoin
 whose watermark is Long.MIN_VALUE until the next one arrives."""
 
 import copy
+import json
+import random
+
+import pytest
 
 from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows, exact_shard_of, near_shard_key, window_shard_key
 from imgstream.domain.dedup import DedupPolicy
@@ -57,31 +61,44 @@ class Runtime:
         self.timers.add((self.key, ts))
 
 
-class Stages:
-    """decide: exact -> decide: near -> decide: verdicts, windows, wired like build()."""
+STAGES = ("exact", "near", "windows")
 
-    def __init__(self, shards=4, checkpoint=None, kafka=None, topic=""):
+
+class Stages:
+    """decide: exact -> decide: near -> decide: verdicts, windows, wired like build(), each
+    stage at ``parallelism`` subtasks (key ``k`` on subtask ``k % parallelism``; a subtask
+    sees only its keys' state and timers, as after Flink redistributes key groups)."""
+
+    def __init__(self, shards=4, checkpoint=None, kafka=None, topic="", parallelism=1):
         policy = DedupPolicy()
         self.plan = ShardPlan.for_policy(policy, shards=shards)
+        self.parallelism = parallelism
         saved = checkpoint or {}
-        self.runtimes = {name: Runtime(*saved.get(name, (None, None))) for name in ("exact", "near", "windows")}
-        self.ops = {
-            "exact": DecideExact(policy, self.plan, W, L),
-            "near": DecideNear(policy),
-            "windows": DecideWindows(W, L, kafka, topic),
-        }
-        for name, op in self.ops.items():
-            op.open(self.runtimes[name])
+        self.runtimes, self.ops = {}, {}
+        for name in STAGES:
+            states, timers = saved.get(name, ({}, set()))
+            self.runtimes[name] = [
+                Runtime(states, {(k, t) for k, t in timers if k % parallelism == i}) for i in range(parallelism)
+            ]
+            self.ops[name] = []
+            for runtime in self.runtimes[name]:
+                op = {"exact": lambda: DecideExact(policy, self.plan, W, L), "near": lambda: DecideNear(policy),
+                      "windows": lambda: DecideWindows(W, L, kafka, topic)}[name]()  # fmt: skip
+                op.open(runtime)
+                self.ops[name].append(op)
         self.steps = []
 
     def checkpoint(self):
-        return {name: (copy.deepcopy(r.states), set(r.timers)) for name, r in self.runtimes.items()}
+        out = {}
+        for name, runtimes in self.runtimes.items():
+            out[name] = (copy.deepcopy(runtimes[0].states), set().union(*(r.timers for r in runtimes)))
+        return out
 
-    def _deliver(self, name, key, item, method="process_element", *args):
-        runtime = self.runtimes[name]
+    def _deliver(self, name, key, item):
+        i = key % self.parallelism
+        runtime = self.runtimes[name][i]
         runtime.key = key
-        out = getattr(self.ops[name], method)(*args, item, runtime) if method == "process_element" else None
-        for record in out or ():
+        for record in self.ops[name][i].process_element(item, runtime) or ():
             self._route(name, record)
 
     def _route(self, name, record):
@@ -99,18 +116,18 @@ class Stages:
         self._deliver("exact", exact_shard_of(self.plan)(image), dict(image))
 
     def watermark(self, watermark):
-        for name in ("exact", "near", "windows"):  # each forwards the watermark after its timers
-            runtime = self.runtimes[name]
-            runtime.watermark = watermark
-            while True:
-                due = sorted((ts, key) for key, ts in runtime.timers if ts <= watermark)
-                if not due:
-                    break
-                ts, key = due[0]
-                runtime.timers.discard((key, ts))
-                runtime.key = key
-                for record in self.ops[name].on_timer(ts, runtime):
-                    self._route(name, record)
+        for name in STAGES:  # each stage forwards the watermark after its timers
+            for op, runtime in zip(self.ops[name], self.runtimes[name]):
+                runtime.watermark = watermark
+                while True:
+                    due = sorted((ts, key) for key, ts in runtime.timers if ts <= watermark)
+                    if not due:
+                        break
+                    ts, key = due[0]
+                    runtime.timers.discard((key, ts))
+                    runtime.key = key
+                    for record in op.on_timer(ts, runtime):
+                        self._route(name, record)
 
     def verdicts(self):
         return [v for step in self.steps for v in step["verdicts"]]
@@ -198,16 +215,16 @@ def test_each_stage_keeps_state_only_under_its_shards():
     for n in range(40):
         stages.element(_image(n, 1_000 + n, producer=f"p{n % 5}"))
     stages.watermark(W + L)
-    exact_keys = set(stages.runtimes["exact"].states["exact"])
-    near_keys = set(stages.runtimes["near"].states["bands"])
+    exact_keys = set(stages.runtimes["exact"][0].states["exact"])
+    near_keys = set(stages.runtimes["near"][0].states["bands"])
     assert exact_keys <= set(range(4)) and len(exact_keys) > 1
     assert near_keys <= set(range(stages.plan.near_shards)) and len(near_keys) > 1
     # every band key lives in exactly one near shard, and the near shards hold each image's 4 keys
     owners = {}
-    for shard, bands in stages.runtimes["near"].states["bands"].items():
+    for shard, bands in stages.runtimes["near"][0].states["bands"].items():
         for key in bands:
             assert owners.setdefault(key, shard) == shard
-    assert sum(len(c) for b in stages.runtimes["near"].states["bands"].values() for c in b.values()) == 40 * 4
+    assert sum(len(c) for b in stages.runtimes["near"][0].states["bands"].values() for c in b.values()) == 40 * 4
 
 
 def test_a_fresh_job_meeting_its_keys_again_never_reads_the_topic(monkeypatch):
@@ -230,3 +247,69 @@ def test_a_fresh_job_meeting_its_keys_again_never_reads_the_topic(monkeypatch):
     stages.watermark(W + L)
     assert len({stages.plan.window_shard(v["producer"], 0) for v in stages.verdicts()}) > 1  # several keys
     assert calls == [] and not any(v.get("recheck") for v in stages.verdicts())
+
+
+def _stream(seed, count=160):
+    """Originals, exact and near copies and replays, arriving up to 3 s out of order."""
+    rnd = random.Random(seed)
+    images, contents = [], []
+    for n in range(count):
+        ts = 1_000 + 250 * n
+        roll = rnd.random()
+        if contents and roll < 0.2:
+            sha, phash = rnd.choice(contents)
+        elif contents and roll < 0.4:
+            sha, phash = f"{n:064x}", rnd.choice(contents)[1] ^ (1 << rnd.randrange(64)) ^ (1 << rnd.randrange(64))
+        else:
+            sha, phash = f"{n:064x}", rnd.getrandbits(64)
+        contents.append((sha, phash))
+        images.append(_image(n, ts, phash=phash, sha=sha, producer=f"p{n % 3}"))
+        if roll > 0.95:
+            images.append(dict(images[rnd.randrange(len(images))], offset=10_000 + n))  # a replay
+    arrival = sorted(images, key=lambda i: i["event_time"] + rnd.randint(0, 3_000))
+    return arrival
+
+
+def _feed(stages, arrival, start, stop):
+    for image in arrival[start:stop]:
+        stages.element(image)
+        if image["offset"] % 4 == 0:
+            stages.watermark(max(i["event_time"] for i in arrival[: arrival.index(image) + 1]) - 2_000)
+
+
+def _result(stages_list):
+    verdicts = sorted(json.dumps({k: v for k, v in verdict.items() if k != "watermark"}, sort_keys=True)
+                      for stages in stages_list for verdict in stages.verdicts())
+    table = {}
+    for stages in stages_list:
+        for row in stages.windows():
+            table[(row["window_start"], row["producer"], row["content_type"])] = row
+    return verdicts, table
+
+
+@pytest.mark.parametrize("before, after", [(1, 2), (2, 1), (1, 4), (3, 2)])
+def test_a_restore_at_another_parallelism_mid_stream_ends_like_one_uninterrupted_run(before, after):
+    """Issue 17: a checkpoint at parallelism ``before`` restored at ``after`` in the middle of a
+    stream (pending images, timers, open windows, half-built index): the same verdicts and the
+    same final table as one run that never stopped (the restored run first sees the watermark
+    the source re-emits)."""
+    arrival = _stream(seed=before * 10 + after)
+    cut = len(arrival) // 2
+    whole = Stages(parallelism=1)
+    _feed(whole, arrival, 0, len(arrival))
+    whole.watermark(10**12)
+
+    first = Stages(parallelism=before)
+    _feed(first, arrival, 0, cut)
+    last_watermark = first.runtimes["exact"][0].watermark
+    saved = first.checkpoint()
+    assert any(saved["exact"][0]["pending"].values()) and saved["exact"][1]  # images in flight, timers
+    assert any(saved["windows"][0]["windows"].values())  # open windows
+    second = Stages(parallelism=after, checkpoint=saved)
+    second.watermark(last_watermark)
+    _feed(second, arrival, cut, len(arrival))
+    second.watermark(10**12)
+
+    assert _result([first, second]) == _result([whole])
+    statuses = {v["status"] for v in whole.verdicts()}
+    assert statuses == {"accepted", "duplicate"} and any(v["duplicate_kind"] == "near" for v in whole.verdicts())
