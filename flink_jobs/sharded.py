@@ -187,7 +187,8 @@ class DecideExact(OrderedStage):
         order = order_key(ts, image_id, watermark)
         pk = pending_key(order, image["partition"], image["offset"])
         image["pk"] = pk
-        image["wshard"] = self.plan.window_shard(str(image.get("producer")), window_start(ts, self.window_ms))
+        image["wshard"] = self.plan.window_shard(str(image.get("producer")), window_start(ts, self.window_ms),
+                                                 str(image.get("content_type")))  # fmt: skip
         self.hold(image, pk, ctx)
         return ()
 

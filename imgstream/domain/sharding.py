@@ -135,9 +135,11 @@ class ShardPlan:
         """The shard deciding replays and exact duplicates of this content."""
         return _stable_hash(sha256) % self.shards
 
-    def window_shard(self, producer: str, window_start: int) -> int:
-        """The shard counting the windows of ``producer`` starting at ``window_start``."""
-        return _stable_hash(f"{producer}|{window_start}") % self.shards
+    def window_shard(self, producer: str, window_start: int, content_type: str = "") -> int:
+        """The shard counting the window of ``producer`` (and content type) at ``window_start``:
+        a window row is counted whole in one place, and one busy producer's minute still spreads
+        over its content types."""
+        return _stable_hash(f"{producer}|{content_type}|{window_start}") % self.shards
 
     def near_shard(self, band_index: int, band_value: int) -> int:
         """The near shard owning band key ``(band_index, band_value)``."""

@@ -361,7 +361,7 @@ def test_window_books_sharded_by_producer_and_window_end_in_the_rows_of_one_book
         books = {}
         written, steps, watermark = [], [], -1
         for ts, producer, step in events:
-            key = plan.window_shard(producer, window_start(ts, W)) if sharded else 0
+            key = plan.window_shard(producer, window_start(ts, W), "image/png") if sharded else 0
             book = books.setdefault(key, WindowBook(W, L, {}))
             lateness = book.classify(ts, watermark)
             version = book.add(_verdict(ts, producer), lateness, watermark)
