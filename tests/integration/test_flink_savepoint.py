@@ -1,11 +1,18 @@
-"""Upgrade path: stop the pipeline with a savepoint, resume from it, and lose nothing.
+"""Upgrade path: stop the pipeline with a savepoint, resume from it at another parallelism, and
+lose nothing.
 
 Half of a known stream goes in before the stop, half after the resume; originals from the
 first half must still be known to dedup after it (state came back from the savepoint), and the
-final rows must equal the truth. The first job keeps its near-duplicate index in 7 narrow bands
-(``--near_bands=7``, the layout of earlier versions), the resumed one in the default 4: it must
-re-band the restored index, or the second half's near copies of first-half originals (7 of
-them in this plan) would come out ``accepted``.
+final rows must equal the truth. The first job runs at parallelism 1, the resumed one at 2
+(issue 17): the decide stages' keyed state is redistributed by key group (max parallelism 120
+in both), so each subtask resumes with its shards' part of the index, the pending images and
+the open windows; the second half's exact and near copies of first-half originals find them.
+The resumed job shares one slot group (``--decide_slot_group=``: 2 slots) so it fits beside the
+stack's own pipeline (4 of the TaskManager's 6 slots at parallelism 2).
+
+(Before issue 17 the first job used ``--near_bands=7`` and the resumed one re-banded the index
+to 4 bands. Near shards are chosen by band layout, so a band change now needs ``make
+flink-reset``: ``decide: near`` logs the band keys of another layout it finds.)
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ from imgstream.adapters.cassandra import open_session
 from imgstream.polling import until
 
 WINDOW_MS = 60_000
-#: Band count of the first job's index: d + 1 bands, as before multi-index hashing.
-OLD_BANDS = 7
+#: Parallelism before the savepoint and after the resume.
+BEFORE, AFTER = 1, 2
 
 
 async def test_stop_with_savepoint_and_resume(stack_config, stack_env):
@@ -29,7 +36,7 @@ async def test_stop_with_savepoint_and_resume(stack_config, stack_env):
     cluster, session = open_session(stack_config.cassandra)
     resumed = ""
     try:
-        async with testing.pipeline_run(stack_env, bootstrap, [*args, f"--near_bands={OLD_BANDS}"]) as run:
+        async with testing.pipeline_run(stack_env, bootstrap, [*args, f"--parallelism={BEFORE}"]) as run:
             planned = testing.renamed(
                 plan(seed=31, originals=40, exact_copies=15, near_copies=15, replays=5, malformed=3), f"sp{run.run_id}"
             )
@@ -49,6 +56,7 @@ async def test_stop_with_savepoint_and_resume(stack_config, stack_env):
             job_args = [
                 f"--topic={run.topic}", f"--dlq_topic={run.dlq_topic}", f"--group_id=it-{run.run_id}",
                 f"--job_name={run.job_name}", "--startup_mode=earliest-offset", *args,
+                f"--parallelism={AFTER}", "--decide_slot_group=",
             ]  # fmt: skip
             resumed = await asyncio.to_thread(submit.run, "pipeline", job_args, stack_env, location)
             assert resumed != run.job_id
