@@ -35,6 +35,7 @@ from pyflink.datastream.state import MapStateDescriptor
 from imgstream.adapters.kafka import end_offsets
 from imgstream.config import KafkaConfig
 from imgstream.domain.dedup import NEEDS_NEAR, STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, NearMatch, best_match, near_verdict
+from imgstream.domain.producers import SYNTHETIC_REALM, USER_REALM, dedup_realm
 from imgstream.domain.sharding import ShardPlan, due_of, order_key, pending_key
 from imgstream.domain.windows import Lateness, WindowBook, coalesce, window_start
 
@@ -48,6 +49,16 @@ log = logging.getLogger(__name__)
 NEAR_TAG = OutputTag("near-ops", Types.PICKLED_BYTE_ARRAY())
 #: Field of an image that waits for its near matches in ``decide: verdicts, windows``.
 NEEDS_NEAR_FIELD = "needs_near"
+
+
+#: The dedup realms (:func:`~imgstream.domain.producers.dedup_realm`): each stage keeps one
+#: index per realm, so a synthetic image is never the original of a user's upload (issue 20).
+REALMS = (USER_REALM, SYNTHETIC_REALM)
+
+
+def realm_state(name: str, realm: str) -> str:
+    """The state name of index ``name`` in ``realm`` (the user realm keeps the plain name)."""
+    return name if realm == USER_REALM else f"{name}-{realm}"
 
 
 def bucket_limit(watermark: int) -> int:
@@ -175,9 +186,11 @@ class DecideExact(OrderedStage):
 
     def setup(self, runtime_context: RuntimeContext) -> None:
         policy = self.policy
-        replays = self.mirrored("replays", policy.replay_ttl_ms)
-        exact = self.mirrored("exact", policy.exact_ttl_ms)
-        self.dedup = Deduplicator(policy, replays=replays, exact=exact, bands={})
+        self.dedups = {
+            realm: Deduplicator(policy, replays=self.mirrored(realm_state("replays", realm), policy.replay_ttl_ms),
+                                exact=self.mirrored(realm_state("exact", realm), policy.exact_ttl_ms), bands={})
+            for realm in REALMS
+        }  # fmt: skip
 
     def process_element(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         self.use_key(ctx.get_current_key())
@@ -198,7 +211,7 @@ class DecideExact(OrderedStage):
                 yield image
                 continue
             ref = _ref(image)
-            verdict = self.dedup.exact_step(ref)
+            verdict = self.dedups[dedup_realm(ref.producer)].exact_step(ref)
             if verdict is None:  # a replay, dropped
                 continue
             if verdict is NEEDS_NEAR:
@@ -211,7 +224,8 @@ class DecideExact(OrderedStage):
             yield {**image, **verdict.to_dict()}
 
     def prune(self, now: int) -> None:
-        self.dedup.prune(now)
+        for dedup in self.dedups.values():
+            dedup.prune(now)
 
 
 class DecideNear(OrderedStage):
@@ -224,15 +238,19 @@ class DecideNear(OrderedStage):
         self.policy = policy
 
     def setup(self, runtime_context: RuntimeContext) -> None:
-        bands = self.mirrored("bands", self.policy.near_ttl_ms)
-        self.dedup = Deduplicator(self.policy, replays={}, exact={}, bands=bands)
+        policy = self.policy
+        self.dedups = {
+            realm: Deduplicator(policy, replays={}, exact={},
+                                bands=self.mirrored(realm_state("bands", realm), policy.near_ttl_ms))
+            for realm in REALMS
+        }  # fmt: skip
         self.checked: set[Any] = set()
 
     def switched(self, key: Any) -> None:
         if key not in self.checked:
             self.checked.add(key)
             plan = self.policy.band_plan
-            foreign = sum(1 for k in self.dedup.bands if not plan.owns(k))
+            foreign = sum(1 for dedup in self.dedups.values() for k in dedup.bands if not plan.owns(k))
             if foreign:  # near shards own band keys by layout: other bands need a fresh index
                 log.warning("near shard %r holds %d band keys of another layout (near_bands changed?): they are "
                             "not searched; start the job on fresh state (make flink-reset)", key, foreign)
@@ -245,12 +263,13 @@ class DecideNear(OrderedStage):
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
         for _shard, pk, wshard, image_id, producer, phash, event_time, probe_keys, register_keys in items:
             ref = ImageRef(image_id, producer, "", phash, event_time)
-            match = self.dedup.near_step(ref, probe_keys, register_keys)
+            match = self.dedups[dedup_realm(producer)].near_step(ref, probe_keys, register_keys)
             if match is not None:
                 yield {"pk": pk, "wshard": wshard, "match": match.to_list()}
 
     def prune(self, now: int) -> None:
-        self.dedup.prune(now)
+        for dedup in self.dedups.values():
+            dedup.prune(now)
 
 
 class DecideWindows(OrderedStage):

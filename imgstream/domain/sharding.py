@@ -37,6 +37,11 @@ is fixed once, where it arrived, and every shard agrees on it. A late event wait
 watermark advance, about a second. (Which images are late depends on when they arrive, as in
 any watermark-driven job; once an image's order key is set, its verdict is deterministic.)
 
+**Realms.** Synthetic producers' images (tests, benchmarks) and real producers' images are
+decided in separate indexes (:func:`~imgstream.domain.producers.dedup_realm`): each shard keeps
+one state per realm, so the same content uploaded by a benchmark and then by a user is
+``accepted`` for the user. The reference is then one ``Deduplicator`` per realm.
+
 Pure stdlib; the Flink job wires :class:`ShardPlan` and the ``Deduplicator`` steps to keyed state,
 and :class:`ShardedDeduplicator` runs them in one process (the tests compare it with the reference).
 """
@@ -49,6 +54,7 @@ from typing import Iterable, NamedTuple
 
 from imgstream.domain.dedup import NEEDS_NEAR, Deduplicator, DedupPolicy, ImageRef, NearMatch, Verdict, best_match, near_verdict
 from imgstream.domain.hashing import BandPlan
+from imgstream.domain.producers import dedup_realm
 
 #: Shards of the exact step and of the window stage. A shard is a key; Flink spreads keys over
 #: subtasks, so this bounds the useful parallelism of those stages. 32 keeps a few keys per
@@ -169,8 +175,15 @@ class ShardedDeduplicator:
     def __init__(self, policy: DedupPolicy, plan: ShardPlan) -> None:
         self.policy = policy
         self.plan = plan
-        self.exact = [Deduplicator(policy) for _ in range(plan.shards)]
-        self.near = [Deduplicator(policy) for _ in range(plan.near_shards)]
+        # realm -> one Deduplicator per exact / near shard (state never crosses realms)
+        self.exact: dict[str, list[Deduplicator]] = {}
+        self.near: dict[str, list[Deduplicator]] = {}
+
+    def _shards(self, store: dict[str, list[Deduplicator]], image: ImageRef, count: int) -> list[Deduplicator]:
+        realm = dedup_realm(image.producer)
+        if realm not in store:
+            store[realm] = [Deduplicator(self.policy) for _ in range(count)]
+        return store[realm]
 
     def decide(self, step: Iterable[tuple[OrderKey, ImageRef]]) -> list[tuple[ImageRef, Verdict | None]]:
         """Verdicts (``None`` = a replay, dropped) of one step's images, in decision order.
@@ -185,7 +198,7 @@ class ShardedDeduplicator:
         by_near: dict[int, list[tuple[tuple[OrderKey, int], ImageRef, NearRoute]]] = {}
         for shard, items in by_exact.items():
             for rank, image in sorted(items, key=lambda item: item[0]):
-                verdict = self.exact[shard].exact_step(image)
+                verdict = self._shards(self.exact, image, plan.shards)[shard].exact_step(image)
                 if verdict is NEEDS_NEAR:
                     for near, route in plan.near_routes(image.phash).items():
                         by_near.setdefault(near, []).append((rank, image, route))
@@ -197,7 +210,8 @@ class ShardedDeduplicator:
         matches: dict[tuple[OrderKey, int], NearMatch | None] = {}
         for shard, ops in by_near.items():
             for rank, image, route in sorted(ops, key=lambda op: op[0]):
-                match = self.near[shard].near_step(image, route.probe_keys, route.register_keys)
+                near_index = self._shards(self.near, image, plan.near_shards)[shard]
+                match = near_index.near_step(image, route.probe_keys, route.register_keys)
                 matches[rank] = best_match(matches.get(rank), match)
         for rank, match in matches.items():
             image = decided[rank][0]

@@ -313,3 +313,21 @@ def test_a_restore_at_another_parallelism_mid_stream_ends_like_one_uninterrupted
     assert _result([first, second]) == _result([whole])
     statuses = {v["status"] for v in whole.verdicts()}
     assert statuses == {"accepted", "duplicate"} and any(v["duplicate_kind"] == "near" for v in whole.verdicts())
+
+
+def test_a_users_upload_of_a_synthetic_images_bytes_is_accepted():
+    """Issue 20 in the stages: same bytes (and pHash), a synthetic producer first, then a user:
+    the user's image is accepted; each realm's index lives in state of its own."""
+    stages = Stages(shards=4)
+    phash = 0xF0F0_0000_0000_0000
+    stages.element(_image(1, 1_000, phash=phash, sha="a" * 64, producer="synthetic-bench"))
+    stages.element(_image(2, 1_100, phash=phash, sha="a" * 64, producer="alice"))
+    stages.element(_image(3, 1_200, phash=phash ^ 1, sha="b" * 64, producer="bob"))  # near copy of alice's
+    stages.element(_image(4, 1_300, phash=phash, sha="a" * 64, producer="synthetic-other"))
+    stages.watermark(2_000)
+    got = {v["image_id"][-1]: (v["status"], v["duplicate_of"] and v["duplicate_of"][-1]) for v in stages.verdicts()}
+    assert got == {"1": ("accepted", None), "2": ("accepted", None), "3": ("duplicate", "2"), "4": ("duplicate", "1")}
+    exact_states = stages.runtimes["exact"][0].states
+    assert {k for shard in exact_states["exact"].values() for k in shard} == {"a" * 64, "b" * 64}
+    assert {k for shard in exact_states["exact-synthetic"].values() for k in shard} == {"a" * 64}
+    assert stages.runtimes["near"][0].states["bands-synthetic"]

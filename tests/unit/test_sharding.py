@@ -8,12 +8,13 @@ from hypothesis import given, settings, strategies as st
 
 from imgstream.domain.dedup import Deduplicator, DedupPolicy, ImageRef, ProducerPolicy, Scope
 from imgstream.domain.hashing import BandPlan, default_bands, probe_count, MAX_PROBES
+from imgstream.domain.producers import dedup_realm
 from imgstream.domain.sharding import (
     LATE, ON_TIME, ShardedDeduplicator, ShardPlan, due_of, order_key, pending_key,
 )  # fmt: skip
 
 LONG_MIN = -(2**63)
-PRODUCERS = ("p1", "p2", "p3")
+PRODUCERS = ("p1", "p2", "p3", "synthetic-p4")  # the last in the synthetic dedup realm
 
 
 def _flip(value, bits):
@@ -67,8 +68,13 @@ def policies(draw):
 
 
 def reference(policy, ordered):
-    dedup = Deduplicator(policy)
-    return [(image, dedup.process(image)) for _, image in ordered]
+    """The single index of each dedup realm (users' and synthetic producers')."""
+    realms = {}
+    out = []
+    for _, image in ordered:
+        dedup = realms.setdefault(dedup_realm(image.producer), Deduplicator(policy))
+        out.append((image, dedup.process(image)))
+    return out
 
 
 def sharded(policy, plan, ordered, rnd):
@@ -150,3 +156,22 @@ def test_shard_functions_are_stable_and_in_range():
     with pytest.raises(ValueError):
         ShardPlan(BandPlan.for_distance(6), near_split_bits=5)
     assert default_bands(6) == 4 and ShardPlan(BandPlan.for_distance(6)).near_shards == 8
+
+
+@pytest.mark.parametrize("first, second", [("synthetic-bench", "alice"), ("alice", "synthetic-bench")])
+def test_the_same_bytes_in_another_dedup_realm_are_accepted(first, second):
+    """Issue 20: a synthetic producer's image is never the original of a user's (nor the
+    reverse), exact or near; within a realm the copy is still a duplicate."""
+    policy = DedupPolicy()
+    engine = ShardedDeduplicator(policy, ShardPlan.for_policy(policy, shards=4))
+    sha, phash = "ab" * 32, 0xF0F0_1234_5678_9ABC
+    images = [
+        ImageRef("00000000-0000-4000-8000-000000000001", first, sha, phash, 1_000),
+        ImageRef("00000000-0000-4000-8000-000000000002", second, sha, phash, 2_000),  # same bytes
+        ImageRef("00000000-0000-4000-8000-000000000003", second, "cd" * 32, phash ^ 1, 3_000),  # near copy
+        ImageRef("00000000-0000-4000-8000-000000000004", first, sha, phash, 4_000),  # same realm as 1
+    ]
+    verdicts = [v for _, v in engine.decide([(order_key(i.event_time, i.image_id, LONG_MIN), i) for i in images])]
+    assert [v.status for v in verdicts] == ["accepted", "accepted", "duplicate", "duplicate"]
+    assert verdicts[2].duplicate_of == images[1].image_id and verdicts[2].duplicate_kind == "near"
+    assert verdicts[3].duplicate_of == images[0].image_id and verdicts[3].duplicate_kind == "exact"
