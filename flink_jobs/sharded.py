@@ -19,6 +19,11 @@ forwards a watermark only after the timers it fires, so when a stage sees waterm
 item of a bucket ending at or before ``W`` has reached it: each key applies its operations in
 decision order, and the verdicts equal the single index's (``imgstream.domain.sharding``).
 
+**Batches.** Past ``decide: exact``'s input, records are batches: each step of a stage (one key,
+one watermark advance) sends each key of the next stage one ``[shard, source, items]`` record,
+so the hops cost a round trip per step and key pair, not per image (and 8 per image to the near
+shards); an image and its matches meet in the verdict stage's ``pending`` under one key.
+
 Each operator's state is ``MapState`` mirrored per key in the worker (``MirroredMap.use``).
 """
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from operator import itemgetter
 from typing import Any, Callable, Iterable
 
 from pyflink.common import Types
@@ -44,6 +50,7 @@ from flink_jobs.functions import ORDER_BUCKET_MS, PRUNE_EVERY_MS, PRUNE_SLACK_MS
 from flink_jobs.mirror import MirroredMap
 
 log = logging.getLogger(__name__)
+_first = itemgetter(0)
 
 #: ``decide: exact``'s side output: one op per near shard an image visits.
 NEAR_TAG = OutputTag("near-ops", Types.PICKLED_BYTE_ARRAY())
@@ -77,19 +84,36 @@ def exact_shard_of(plan: ShardPlan) -> Callable[[dict[str, Any]], int]:
     return lambda image: plan.exact_shard(image.get("sha256") or str(image.get("image_id") or ""))
 
 
-def window_shard_key(item: Any) -> int:
-    """``decide: verdicts, windows``' key, set by ``decide: exact``."""
-    return int(item["wshard"])
+def window_shard_key(batch: Any) -> int:
+    """``decide: verdicts, windows``' key: the first field of a batch (``[shard, items]``)."""
+    return int(batch[0])
 
 
-def near_shard_key(op: Any) -> int:
-    """``decide: near``'s key: the first field of a near op."""
-    return int(op[0])
+def near_shard_key(batch: Any) -> int:
+    """``decide: near``'s key: the first field of a batch of near ops (``[shard, ops]``)."""
+    return int(batch[0])
+
+
+def batches(items: Iterable[tuple[int, Any]]) -> list[list[Any]]:
+    """``(shard, item)`` pairs as one ``[shard, [items...]]`` record per shard, items kept in
+    their order: what one step of a stage sends to each key of the next."""
+    grouped: dict[int, list[Any]] = {}
+    for shard, item in items:
+        grouped.setdefault(shard, []).append(item)
+    return [[shard, group] for shard, group in grouped.items()]
 
 
 class OrderedStage(KeyedProcessFunction):
     """Holds items until the watermark passes their bucket, then hands whole due buckets to
-    :meth:`step` in order-key order; state per key (shard), mirrored per key."""
+    :meth:`step` in order-key order; state per key (shard), mirrored per key.
+
+    Items are ``(pending key, payload)`` tuples and arrive in *batches*: a stage's step sends
+    each key of the next stage one record with all its items of that step (sorted), and the
+    next stage holds it as one ``pending`` entry, under its first item's key and its source
+    (``first#source``: unique, and due with its first item). Taking due items splits a batch
+    at the limit and holds the rest again. One record and one state entry per step and key
+    pair instead of one per item: each record between Python operators is a JVM round trip
+    with its own pickling, and each state entry a write and a delete."""
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.runtime = runtime_context
@@ -122,14 +146,15 @@ class OrderedStage(KeyedProcessFunction):
     def switched(self, key: Any) -> None:
         """Called when the current key changes (subclasses reset per-key caches)."""
 
-    def hold(self, item: Any, pk: str, ctx: Any) -> None:
-        self.pending[pk] = item
-        timer = bucket_end(due_of(pk))
-        if (self.key, timer) not in self.timers:
-            ctx.timer_service().register_event_time_timer(timer)
-            self.timers.add((self.key, timer))
+    def hold(self, items: list[Any], source: str, ctx: Any) -> None:
+        """Keep ``items`` (sorted ``(pk, payload)`` tuples from ``source``) until they are due."""
+        if not items:
+            return
+        first = items[0][0]
+        self.pending[first if not source else f"{first}#{source}"] = items
+        self.timer(ctx, bucket_end(due_of(first)))
         decided = self.decided_to.get(self.key)
-        if decided is not None and due_of(pk) <= decided:
+        if decided is not None and due_of(first) <= decided:
             del self.decided_to[self.key]  # an item behind the last step (after a restore)
 
     def timer(self, ctx: Any, timestamp: int) -> None:
@@ -137,24 +162,35 @@ class OrderedStage(KeyedProcessFunction):
             ctx.timer_service().register_event_time_timer(timestamp)
             self.timers.add((self.key, timestamp))
 
-    def take_due(self, watermark: int) -> list[Any]:
-        """Pending items of the whole buckets at or before ``watermark``, in order, removed."""
+    def take_due(self, watermark: int, ctx: Any) -> list[Any]:
+        """Pending items of the whole buckets at or before ``watermark``, in order, removed
+        (the rest of a batch that reaches past them is held again)."""
         limit = bucket_limit(watermark)
         decided = self.decided_to.get(self.key)
         if decided is not None and limit <= decided:
             return []
-        due = sorted(key for key in self.pending if due_of(key) <= limit)
-        items = [self.pending[key] for key in due]
-        for key in due:
+        taken: list[Any] = []
+        rests = []
+        for key in [key for key in self.pending if due_of(key) <= limit]:
+            items = self.pending[key]
             del self.pending[key]
+            cut = len(items)
+            while due_of(items[cut - 1][0]) > limit:
+                cut -= 1
+            taken.extend(items[:cut])
+            if cut < len(items):
+                rests.append((items[cut:], key.partition("#")[2]))
         self.decided_to[self.key] = limit
-        return items
+        for rest, source in rests:
+            self.hold(rest, source, ctx)
+        taken.sort(key=_first)
+        return taken
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable[Any]:
         self.use_key(ctx.get_current_key())
         self.timers.discard((self.key, timestamp))
         watermark = max(timestamp, ctx.timer_service().current_watermark())
-        yield from self.step(self.take_due(watermark), timestamp, ctx)
+        yield from self.step(self.take_due(watermark, ctx), timestamp, ctx)
         last = self.pruned_at.get(self.key)
         if last is None or timestamp - last >= PRUNE_EVERY_MS:
             self.prune(timestamp - PRUNE_SLACK_MS)
@@ -198,17 +234,17 @@ class DecideExact(OrderedStage):
         ts, image_id = int(image["event_time"]), str(image.get("image_id") or "")
         image = with_lateness(image, watermark, self.window_ms, self.allowed_lateness_ms)
         order = order_key(ts, image_id, watermark)
-        pk = pending_key(order, image["partition"], image["offset"])
-        image["pk"] = pk
-        image["wshard"] = self.plan.window_shard(str(image.get("producer")), window_start(ts, self.window_ms),
-                                                 str(image.get("content_type")))  # fmt: skip
-        self.hold(image, pk, ctx)
+        self.hold([(pending_key(order, image["partition"], image["offset"]), image)], "", ctx)
         return ()
 
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
-        for image in items:
+        to_windows: list[tuple[int, Any]] = []
+        to_near: list[tuple[int, Any]] = []
+        for pk, image in items:
+            wshard = self.plan.window_shard(str(image.get("producer")), window_start(int(image["event_time"]),
+                                            self.window_ms), str(image.get("content_type")))  # fmt: skip
             if image.get("status") == STATUS_REJECTED:  # never meets the index
-                yield image
+                to_windows.append((wshard, (pk, image)))
                 continue
             ref = _ref(image)
             verdict = self.dedups[dedup_realm(ref.producer)].exact_step(ref)
@@ -216,12 +252,17 @@ class DecideExact(OrderedStage):
                 continue
             if verdict is NEEDS_NEAR:
                 image[NEEDS_NEAR_FIELD] = True
-                yield image
+                to_windows.append((wshard, (pk, image)))
                 for shard, route in self.plan.near_routes(ref.phash).items():
-                    yield NEAR_TAG, [shard, image["pk"], image["wshard"], ref.image_id, ref.producer, ref.phash,
-                                     ref.event_time, route.probe_keys, route.register_keys]  # fmt: skip
+                    to_near.append((shard, (pk, wshard, ref.image_id, ref.producer, ref.phash, ref.event_time,
+                                            route.probe_keys, route.register_keys)))  # fmt: skip
                 continue
-            yield {**image, **verdict.to_dict()}
+            to_windows.append((wshard, (pk, {**image, **verdict.to_dict()})))
+        source = f"e{self.key}"
+        for batch in batches(to_near):
+            yield NEAR_TAG, [batch[0], source, batch[1]]
+        for batch in batches(to_windows):
+            yield [batch[0], source, batch[1]]
 
     def prune(self, now: int) -> None:
         for dedup in self.dedups.values():
@@ -231,8 +272,8 @@ class DecideExact(OrderedStage):
 class DecideNear(OrderedStage):
     """``decide: near``: the band keys of one near shard. Per image (in decision order) the
     closest earlier candidate under the probe keys it owns, then the image registered under
-    the registration keys it owns; emits ``{"pk", "wshard", "match"}`` when a match is found
-    (none: the verdict stage reads no match as "accepted")."""
+    the registration keys it owns; per step, one batch of ``(pk, match)`` per window shard of
+    the images that found one (none: the verdict stage reads no match as "accepted")."""
 
     def __init__(self, policy: DedupPolicy) -> None:
         self.policy = policy
@@ -255,17 +296,21 @@ class DecideNear(OrderedStage):
                 log.warning("near shard %r holds %d band keys of another layout (near_bands changed?): they are "
                             "not searched; start the job on fresh state (make flink-reset)", key, foreign)
 
-    def process_element(self, op: list[Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
+    def process_element(self, batch: list[Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         self.use_key(ctx.get_current_key())
-        self.hold(op, op[1], ctx)
+        self.hold(batch[2], batch[1], ctx)
         return ()
 
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
-        for _shard, pk, wshard, image_id, producer, phash, event_time, probe_keys, register_keys in items:
+        matches = []
+        for pk, wshard, image_id, producer, phash, event_time, probe_keys, register_keys in items:
             ref = ImageRef(image_id, producer, "", phash, event_time)
             match = self.dedups[dedup_realm(producer)].near_step(ref, probe_keys, register_keys)
             if match is not None:
-                yield {"pk": pk, "wshard": wshard, "match": match.to_list()}
+                matches.append((wshard, (pk, match.to_list())))
+        source = f"n{self.key}"
+        for batch in batches(matches):
+            yield [batch[0], source, batch[1]]
 
     def prune(self, now: int) -> None:
         for dedup in self.dedups.values():
@@ -294,7 +339,6 @@ class DecideWindows(OrderedStage):
         self.recheck_all = recheck_all
 
     def setup(self, runtime_context: RuntimeContext) -> None:
-        self.matches = self.mirrored("matches")
         windows = self.mirrored("windows")
         progress = self.mirrored("progress")
         self.book = WindowBook(self.window_ms, self.allowed_lateness_ms, windows, progress)
@@ -321,27 +365,23 @@ class DecideWindows(OrderedStage):
         log.info("events of %s below offsets %s may be replays: their earlier rows are checked", self.topic, horizon)
         return horizon
 
-    def process_element(self, item: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
+    def process_element(self, batch: list[Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         self.use_key(ctx.get_current_key())
-        if "match" in item:
-            pk = item["pk"]
-            best = best_match(NearMatch.from_list(self.matches.get(pk)), NearMatch.from_list(item["match"]))
-            assert best is not None
-            self.matches[pk] = best.to_list()
-            return ()
-        self.hold(item, item["pk"], ctx)
+        self.hold(batch[2], batch[1], ctx)
         return ()
 
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
+        # an image and its near shards' matches share a pending key, so one step holds them all
+        best: dict[str, NearMatch | None] = {}
+        for pk, payload in items:
+            if not isinstance(payload, dict):
+                best[pk] = best_match(best.get(pk), NearMatch.from_list(payload))
         verdicts = []
-        for image in items:
-            pk = image.pop("pk")
-            image.pop("wshard", None)
+        for pk, image in items:
+            if not isinstance(image, dict):
+                continue
             if image.pop(NEEDS_NEAR_FIELD, False):
-                stored = self.matches.get(pk)
-                if stored is not None:
-                    del self.matches[pk]
-                image.update(near_verdict(_ref(image), NearMatch.from_list(stored)).to_dict())
+                image.update(near_verdict(_ref(image), best.get(pk)).to_dict())
             if self.horizon and maybe_written(image, self.topic, self.horizon):
                 image[RECHECK] = True
             verdicts.append(image)
