@@ -35,9 +35,10 @@ WINDOW_MS = 60_000
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid``, its reaped children and every live descendant."""
-    total = 0.0
+def _tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of ``pid`` itself (here: the Python workers, in loopback) and of its
+    reaped children and every live descendant (the JVM)."""
+    total = own = 0.0
     children: dict[int, list[int]] = {}
     stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
@@ -56,8 +57,10 @@ def _tree_cpu(pid: int) -> float:
         fields = stats.get(current)
         if fields:
             total += sum(int(v) for v in fields[11:15]) / _TICK  # utime stime cutime cstime
+            if current == pid:
+                own = sum(int(v) for v in fields[11:13]) / _TICK
         todo.extend(children.get(current, ()))
-    return total
+    return total, total - own
 
 
 def child(events: int, parallelism: int, job_args: list[str], flink: dict[str, str]) -> None:
@@ -107,8 +110,9 @@ def child(events: int, parallelism: int, job_args: list[str], flink: dict[str, s
             v, w, win = json.loads(item)
             verdicts, writes, windows, steps = verdicts + v, writes + w, windows + win, steps + 1
     wall = time.monotonic() - t0
+    cpu, jvm = _tree_cpu(os.getpid())
     print(json.dumps({"events": len(planned), "verdicts": verdicts, "rows": writes, "window_rows": windows,
-                      "steps": steps, "wall_s": wall, "cpu_s": _tree_cpu(os.getpid())}), flush=True)  # fmt: skip
+                      "steps": steps, "wall_s": wall, "cpu_s": cpu, "jvm_s": jvm}), flush=True)  # fmt: skip
 
 
 def run(tree: Path, events: int, parallelism: int, job_args: list[str], flink: list[str]) -> dict:
@@ -145,17 +149,19 @@ def main() -> None:
             b = run(tree, large, args.parallelism, args.job_arg, args.flink)
             results[tree].append((a, b))
             slope = (b["cpu_s"] - a["cpu_s"]) / (b["events"] - a["events"]) * 1000
+            jvm = (b["jvm_s"] - a["jvm_s"]) / (b["events"] - a["events"]) * 1000
             print(f"round {round_ + 1} {tree}: cpu {a['cpu_s']:.1f}s / {b['cpu_s']:.1f}s, "
-                  f"{slope:.3f} ms/event, wall {a['wall_s']:.1f}s / {b['wall_s']:.1f}s", flush=True)  # fmt: skip
+                  f"{slope:.3f} ms/event (jvm {jvm:.3f}), wall {a['wall_s']:.1f}s / {b['wall_s']:.1f}s", flush=True)  # fmt: skip
     print(f"\nparallelism {args.parallelism}, {small} vs {large} events, {args.rounds} round(s), "
           f"job args {args.job_arg or '-'}, flink {args.flink or '-'}")  # fmt: skip
-    print("| tree | CPU ms/event (median slope) | slopes | Cassandra rows/event | window rows/event | steps (large) |")
+    print("| tree | CPU ms/event (median slope) | slopes | of which JVM | Cassandra rows/event | window rows/event |")
     print("| --- | --- | --- | --- | --- | --- |")
     for tree, pairs in results.items():
         slopes = [(b["cpu_s"] - a["cpu_s"]) / (b["events"] - a["events"]) * 1000 for a, b in pairs]
+        jvms = [(b["jvm_s"] - a["jvm_s"]) / (b["events"] - a["events"]) * 1000 for a, b in pairs]
         b = pairs[-1][1]
         print(f"| {tree} | **{statistics.median(slopes):.3f}** | {', '.join(f'{s:.3f}' for s in slopes)} | "
-              f"{b['rows'] / b['events']:.3f} | {b['window_rows'] / b['events']:.4f} | {b['steps']} |")
+              f"{statistics.median(jvms):.3f} | {b['rows'] / b['events']:.3f} | {b['window_rows'] / b['events']:.4f} |")
 
 
 if __name__ == "__main__":
