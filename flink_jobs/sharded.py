@@ -157,23 +157,6 @@ class OrderedStage(KeyedProcessFunction):
         if decided is not None and due_of(first) <= decided:
             del self.decided_to[self.key]  # an item behind the last step (after a restore)
 
-    def hold_one(self, pk: str, payload: Any, ctx: Any) -> None:
-        """Keep one arriving item in its 200 ms bucket's entry (``decide: exact``'s input, one
-        record per image). The bucket's list is appended to and put again, the same object: the
-        state's write cache keeps one entry per map key and encodes it when the bundle ends, so
-        a bucket costs one state write per bundle instead of one per image (and one delete)."""
-        end = bucket_end(due_of(pk))
-        key = f"{end:015d}|bucket"
-        items = self.pending.get(key)
-        if items is None:
-            items = []
-        items.append((pk, payload))
-        self.pending[key] = items
-        self.timer(ctx, end)
-        decided = self.decided_to.get(self.key)
-        if decided is not None and end <= decided:
-            del self.decided_to[self.key]  # an item behind the last step (after a restore)
-
     def timer(self, ctx: Any, timestamp: int) -> None:
         if (self.key, timestamp) not in self.timers:
             ctx.timer_service().register_event_time_timer(timestamp)
@@ -189,7 +172,7 @@ class OrderedStage(KeyedProcessFunction):
         taken: list[Any] = []
         rests = []
         for key in [key for key in self.pending if due_of(key) <= limit]:
-            items = sorted(self.pending[key], key=_first)  # a bucket's entry is in arrival order
+            items = self.pending[key]
             del self.pending[key]
             cut = len(items)
             while due_of(items[cut - 1][0]) > limit:
@@ -251,7 +234,7 @@ class DecideExact(OrderedStage):
         ts, image_id = int(image["event_time"]), str(image.get("image_id") or "")
         image = with_lateness(image, watermark, self.window_ms, self.allowed_lateness_ms)
         order = order_key(ts, image_id, watermark)
-        self.hold_one(pending_key(order, image["partition"], image["offset"]), image, ctx)
+        self.hold([(pending_key(order, image["partition"], image["offset"]), image)], "", ctx)
         return ()
 
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
