@@ -121,6 +121,7 @@ class OrderedStage(KeyedProcessFunction):
         self.pending = self.mirrored("pending")
         self.key: Any = None
         self.timers: set[tuple[Any, int]] = set()  # registered in this attempt
+        self.due_timer: dict[Any, int] = {}  # per key: the earliest timer registered for pending items
         self.decided_to: dict[Any, int] = {}  # per key: nothing pending is due at or before it
         self.pruned_at: dict[Any, int] = {}
         self.setup(runtime_context)
@@ -152,10 +153,22 @@ class OrderedStage(KeyedProcessFunction):
             return
         first = items[0][0]
         self.pending[first if not source else f"{first}#{source}"] = items
-        self.timer(ctx, bucket_end(due_of(first)))
+        self.wake(ctx, bucket_end(due_of(first)))
         decided = self.decided_to.get(self.key)
         if decided is not None and due_of(first) <= decided:
             del self.decided_to[self.key]  # an item behind the last step (after a restore)
+
+    def wake(self, ctx: Any, at: int) -> None:
+        """Have a timer fire for the current key at or before ``at``. One timer per key waits
+        for its pending items (the earliest bucket end), not one per bucket: a registration is
+        a record to the JVM and a firing one back, and a key meets items of many buckets. The
+        firing takes every due bucket and registers the next (:meth:`on_timer`). After a
+        restore the checkpointed timers cover the restored items; this attempt's first hold
+        per key registers again (harmless)."""
+        current = self.due_timer.get(self.key)
+        if current is None or at < current:
+            self.timer(ctx, at)
+            self.due_timer[self.key] = at
 
     def timer(self, ctx: Any, timestamp: int) -> None:
         if (self.key, timestamp) not in self.timers:
@@ -189,8 +202,12 @@ class OrderedStage(KeyedProcessFunction):
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable[Any]:
         self.use_key(ctx.get_current_key())
         self.timers.discard((self.key, timestamp))
+        if self.due_timer.get(self.key) == timestamp:
+            del self.due_timer[self.key]
         watermark = max(timestamp, ctx.timer_service().current_watermark())
         yield from self.step(self.take_due(watermark, ctx), timestamp, ctx)
+        if self.key not in self.due_timer and len(self.pending):
+            self.wake(ctx, bucket_end(min(due_of(key) for key in self.pending)))
         last = self.pruned_at.get(self.key)
         if last is None or timestamp - last >= PRUNE_EVERY_MS:
             self.prune(timestamp - PRUNE_SLACK_MS)
