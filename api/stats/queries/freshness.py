@@ -21,7 +21,7 @@ FRESHNESS_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
     "top": ("upload_stats",),
     "usage": ("upload_stats", "images"),
     "duplicates": ("duplicates",),
-    "image": ("images",),
+    "image": ("images", "derivatives"),
 }
 
 
