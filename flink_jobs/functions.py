@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Iterable
+from typing import AbstractSet as Set, Any, Iterable
 
 from pyflink.common import Row, Types
 from pyflink.common.time import Time
@@ -21,14 +21,15 @@ from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
 from imgstream.adapters.kafka import end_offsets
 from imgstream.config import KafkaConfig
-from imgstream.domain.cleaning import Cleaned, DeadLetter, Heartbeat, Source, clean
+from imgstream.domain.cleaning import Cleaned, DeadLetter, Heartbeat, Source, clean, clean_deletion
 from imgstream.domain.clock import CLOCK_SKEW_TOLERANCE_MS, clamp_event_time
 from imgstream.domain.dedup import STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, Verdict
+from imgstream.domain.deletion import STATUS_DELETED
 from imgstream.domain.hashing import parse_hash
 from imgstream.domain.windows import Lateness, WindowBook, classify
 
 from flink_jobs.cassandra_sink import (
-    CassandraWriter, Write, image_writes, maybe_written, superseded_writes, window_writes,
+    CassandraWriter, Write, deletion_writes, image_writes, maybe_written, superseded_writes, window_writes,
 )  # fmt: skip
 from flink_jobs.mirror import MirroredMap
 
@@ -361,17 +362,67 @@ class WriteSteps(FlatMapFunction):
         self.writer.close()
 
     def flat_map(self, step: dict[str, Any]) -> Iterable[Any]:
-        writes = step_writes(step, self.window_ms)
         recheck = [v for v in step["verdicts"] if v.get(RECHECK)]
-        if recheck:
-            previous = self.writer.previous([v["image_id"] for v in recheck])
-            writes = [w for v in recheck for w in superseded_writes(v, previous.get(v["image_id"]), self.window_ms)] + writes
-        self.writer.write(writes)
+        if not recheck:
+            self.writer.write(step_writes(step, self.window_ms))
+            return ()
+        previous = self.writer.previous([v["image_id"] for v in recheck])
+        deleted = {i for i, row in previous.items() if row.get("status") == STATUS_DELETED}
+        writes = [w for v in recheck for w in superseded_writes(v, previous.get(v["image_id"]), self.window_ms)]
+        self.writer.write(writes + step_writes(step, self.window_ms, deleted))
         return ()
 
 
-def step_writes(step: dict[str, Any], window_ms: int) -> list[Write]:
-    """The Cassandra writes of one step, verdicts first, then window versions in order."""
-    return [w for v in step["verdicts"] for w in image_writes(v, window_ms)] + [
+def step_writes(step: dict[str, Any], window_ms: int, deleted: Set[str] = frozenset()) -> list[Write]:
+    """The Cassandra writes of one step, verdicts first, then window versions in order;
+    ``deleted``: images whose stored row says deleted (their status stays so, on a replay)."""
+    return [w for v in step["verdicts"] for w in image_writes(v, window_ms, deleted=v["image_id"] in deleted)] + [
         w for row in step["windows"] for w in window_writes(row, window_ms)
     ]
+
+
+# --- deletions: image.deleted events -> the image's status ------------------------------------
+
+
+class ApplyDeletions(ProcessFunction):
+    """Raw values of the deletion topic -> the image's status ``deleted`` in Cassandra; bad
+    values to the dead letters (side output, like ``clean``'s).
+
+    Stateless in Flink: each event reads the image's row and applies
+    :func:`~flink_jobs.cassandra_sink.deletion_writes` (only the owner's live image changes), so
+    a replay after a restore, or a duplicated event, changes nothing more. A failed read or
+    write fails the task (restart from the checkpoint, replayed: idempotent). Counted in the
+    operator metrics ``deletionsApplied`` and ``deletionsIgnored`` (Flink REST / web UI).
+
+    Its own operator on its own source: the upload path's operators and state are untouched, so
+    a savepoint of the job before deletions existed still maps (new operators start empty).
+    """
+
+    def __init__(self, writer: CassandraWriter, topic: str) -> None:
+        self.writer = writer
+        self.topic = topic
+        self.applied: Any = None
+        self.ignored: Any = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        metrics = runtime_context.get_metrics_group()
+        self.applied = metrics.counter("deletionsApplied")
+        self.ignored = metrics.counter("deletionsIgnored")
+        self.writer.open()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterable[Any]:
+        out = clean_deletion(value, Source(self.topic, -1, -1, ctx.timestamp()))
+        if isinstance(out, DeadLetter):
+            yield DLQ_TAG, out.to_json().decode()
+            return
+        row = self.writer.previous([out.image_id]).get(out.image_id)
+        decision, writes = deletion_writes(out, row)
+        if writes:
+            self.writer.write(writes)
+            self.applied.inc()
+        else:
+            self.ignored.inc()
+            log.info("deletion of %s ignored: %s", out.image_id, decision.value)

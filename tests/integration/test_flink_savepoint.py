@@ -47,8 +47,8 @@ async def test_stop_with_savepoint_and_resume(stack_config, stack_env):
             location = await asyncio.to_thread(submit.stop_with_savepoint, run.job_name, stack_env)
             assert location.startswith("file:")
             job_args = [
-                f"--topic={run.topic}", f"--dlq_topic={run.dlq_topic}", f"--group_id=it-{run.run_id}",
-                f"--job_name={run.job_name}", "--startup_mode=earliest-offset", *args,
+                f"--topic={run.topic}", f"--dlq_topic={run.dlq_topic}", f"--deleted_topic={run.deleted_topic}",
+                f"--group_id=it-{run.run_id}", f"--job_name={run.job_name}", "--startup_mode=earliest-offset", *args,
             ]  # fmt: skip
             resumed = await asyncio.to_thread(submit.run, "pipeline", job_args, stack_env, location)
             assert resumed != run.job_id
