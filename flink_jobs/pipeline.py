@@ -36,6 +36,7 @@ so dedup order, lateness and window contents come out the same.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,12 +50,16 @@ from pyflink.datastream.connectors.kafka import (KafkaOffsetResetStrategy, Kafka
                                                  KafkaRecordSerializationSchema, KafkaSink, KafkaSource)
 from pyflink.table import StreamTableEnvironment
 
+from imgstream.adapters.kafka import TopicSpec, ensure_topics
+
 from flink_jobs.cassandra_sink import CassandraWriter
 from flink_jobs.config import PipelineConfig, connector_jars
 from flink_jobs.functions import DLQ_TAG, INDEX_KEY, ApplyDeletions, CleanFunction, Decide, WriteSteps
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DISCARDING_SINK = "org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink"
+#: Partitions of the deletion topic when the job has to create it (as the local stack does).
+DELETED_TOPIC_PARTITIONS = 3
 #: Flink's name of the slot sharing group operators are in unless told otherwise.
 DEFAULT_SLOT_GROUP = "default"
 
@@ -284,7 +289,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = PipelineConfig.from_env(argv=sys.argv[1:] if argv is None else argv)
     env, t_env = environment(config, connector_jars(config.jars))
     raw = kafka_source(t_env, config)  # first: its operator keeps the id it had before deletions
-    deletions = deletions_source(env, config) if config.deleted_topic else None
+    deletions = None
+    if config.deleted_topic:
+        # the Kafka source fails a job whose topic is missing (a stack older than the topic)
+        asyncio.run(ensure_topics(config.kafka, [TopicSpec(config.deleted_topic, DELETED_TOPIC_PARTITIONS)]))
+        deletions = deletions_source(env, config)
     streams = build(env, t_env, raw, config, deletions=deletions)
     attach_sinks(streams, config)
     env.execute(config.job_name)
