@@ -11,6 +11,7 @@ from pathlib import Path
 from imgstream.adapters.postgres import connect
 
 import health
+import procs
 from component import PORTS, Component, Context
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -24,8 +25,28 @@ def run_as() -> str | None:
     return PG_USER if os.geteuid() == 0 else None
 
 
+def clear_dead_lock(data: Path) -> bool:
+    """Remove ``postmaster.pid`` if the postmaster it names is a zombie; True if removed.
+
+    PostgreSQL clears the lock file of a postmaster that is gone, but refuses to start while
+    that pid still answers ``kill(pid, 0)``, which a SIGKILLed postmaster does until PID 1
+    reaps it: the crash matrix's ``make up`` one second after the kill got "lock file
+    "postmaster.pid" already exists". A zombie holds no port, shared memory or file, so its
+    lock can go; a live postmaster's lock is never touched."""
+    lock = data / "postmaster.pid"
+    try:
+        pid = int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    if not procs.is_zombie(pid):
+        return False
+    lock.unlink(missing_ok=True)
+    return True
+
+
 def prepare(ctx: Context) -> None:
     data = ctx.paths.data / "postgres"
+    clear_dead_lock(data)
     sock = ctx.paths.run / "postgres"
     sock.mkdir(parents=True, exist_ok=True)
     user = run_as()
