@@ -167,12 +167,14 @@ def test_a_zombie_postmasters_lock_file_is_cleared_and_a_live_ones_kept(tmp_path
     try:
         until_sync(lambda: procs.is_zombie(child.pid), "the child to become a zombie", timeout=10, interval=0.05)
         lock.write_text(f"{child.pid}\n/data\n")
-        assert postgres.clear_dead_lock(tmp_path) and not lock.exists()
+        assert postgres.clear_dead_lock(lock) and not lock.exists()
     finally:
         child.wait()
     lock.write_text(f"{os.getpid()}\n/data\n")  # alive: never touched
-    assert not postgres.clear_dead_lock(tmp_path) and lock.exists()
+    assert not postgres.clear_dead_lock(lock) and lock.exists()
     lock.write_text("garbage\n")
-    assert not postgres.clear_dead_lock(tmp_path) and lock.exists()
+    assert not postgres.clear_dead_lock(lock) and lock.exists()
     lock.unlink()
-    assert not postgres.clear_dead_lock(tmp_path)
+    assert not postgres.clear_dead_lock(lock)
+    ctx = component.Context(paths=component.Paths.for_repo(tmp_path), s3_secret="s", java="/bin/true")
+    assert {p.name for p in postgres.lock_files(ctx)} == {"postmaster.pid", ".s.PGSQL.5432.lock"}
