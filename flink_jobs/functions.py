@@ -26,6 +26,7 @@ from imgstream.domain.clock import CLOCK_SKEW_TOLERANCE_MS, clamp_event_time
 from imgstream.domain.dedup import STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, Verdict
 from imgstream.domain.deletion import STATUS_DELETED
 from imgstream.domain.hashing import parse_hash
+from imgstream.domain.producers import USER_REALM, dedup_realm
 from imgstream.domain.windows import Lateness, WindowBook, classify
 
 from flink_jobs.cassandra_sink import (
@@ -140,8 +141,17 @@ class CleanFunction(ProcessFunction):
 
 # --- decide: replay drop, exact and near duplicates, windows, Cassandra (one keyed operator) ---
 
-#: Every image goes to one index: "duplicate" compares each image with every earlier one.
+#: Every user's image goes to one index: "duplicate" compares each image with every earlier one
+#: of its realm (:func:`imgstream.domain.producers.dedup_realm`). The user realm keeps this key,
+#: so a savepoint taken before realms existed still restores the users' index.
 INDEX_KEY = "index"
+
+
+def index_key(image: dict[str, Any]) -> str:
+    """The key ``decide`` runs under: one index per dedup realm, so a synthetic image (tests,
+    benchmarks) is never the "original" of a user's upload, nor the other way round."""
+    realm = dedup_realm(image.get("producer"))
+    return INDEX_KEY if realm == USER_REALM else f"{INDEX_KEY}-{realm}"
 #: Images wait for the watermark in buckets of this much event time (one timer per bucket,
 #: not per image: each timer registration is a round trip from Python to the JVM). It must
 #: divide the window length, so an image is decided before its window fires.
@@ -165,7 +175,7 @@ def _pending_key(image: dict[str, Any]) -> str:
 
 
 class Decide(KeyedProcessFunction):
-    """Decides every image and counts every window, keyed by :data:`INDEX_KEY`.
+    """Decides every image and counts every window, keyed by :func:`index_key`.
 
     * **Order.** An image ahead of the watermark waits in ``pending`` until the watermark
       passes its 200 ms bucket (the first bucket timer of a watermark advance decides every

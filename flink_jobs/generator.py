@@ -20,7 +20,7 @@ from imgstream.domain.dedup import DedupPolicy, Deduplicator, ImageRef, Verdict
 from imgstream.domain.events import ImageUploaded
 from imgstream.domain.timefmt import format_time, from_millis, parse_time, to_millis
 from imgstream.domain.hashing import HASH_BITS, format_hash
-from imgstream.domain.producers import synthetic
+from imgstream.domain.producers import dedup_realm, synthetic
 from imgstream.domain.windows import aggregate, window_start
 
 CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
@@ -169,11 +169,14 @@ def image_ref(c: Cleaned) -> ImageRef:
 
 
 def truth(events: Iterable[Planned], policy: DedupPolicy | None = None) -> Truth:
-    """Run the reference :class:`Deduplicator` over the plan in event-time order."""
+    """Run the reference :class:`Deduplicator` over the plan in event-time order, one per dedup
+    realm (:func:`imgstream.domain.producers.dedup_realm`), as the pipeline does."""
     result = Truth()
     cleaned, result.malformed = in_decision_order(events)
-    dedup = Deduplicator(policy)
+    realms: dict[str, Deduplicator] = {}
     for c in cleaned:
+        realm = dedup_realm(c.event.producer)
+        dedup = realms.get(realm) or realms.setdefault(realm, Deduplicator(policy))
         verdict = dedup.process(image_ref(c))
         if verdict is not None:
             result.verdicts[c.event.image_id] = verdict

@@ -54,7 +54,7 @@ from imgstream.adapters.kafka import TopicSpec, ensure_topics
 
 from flink_jobs.cassandra_sink import CassandraWriter
 from flink_jobs.config import PipelineConfig, connector_jars
-from flink_jobs.functions import DLQ_TAG, INDEX_KEY, ApplyDeletions, CleanFunction, Decide, WriteSteps
+from flink_jobs.functions import DLQ_TAG, ApplyDeletions, CleanFunction, Decide, WriteSteps, index_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DISCARDING_SINK = "org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink"
@@ -96,7 +96,7 @@ def build(
     decide = Decide(config.dedup(), config.window_ms, config.allowed_lateness_ms, config.kafka, config.topic,
                     config.recheck_written)  # fmt: skip
     results = (
-        cleaned.key_by(lambda image: INDEX_KEY, key_type=Types.STRING())
+        cleaned.key_by(index_key, key_type=Types.STRING())
         .process(decide)
         .name("decide: dedup, windows")
         .uid("decide")

@@ -50,3 +50,19 @@ def synthetic(name: str) -> str:
     if not is_valid_name(full):
         raise ValueError(f"{full!r} is not a valid producer name (pattern {NAME_PATTERN.pattern})")
     return full
+
+
+#: The dedup realm of real producers' images. See :func:`dedup_realm`.
+USER_REALM: Final = "user"
+#: The dedup realm of synthetic producers' images. See :func:`dedup_realm`.
+SYNTHETIC_REALM: Final = "synthetic"
+
+
+def dedup_realm(producer: str | None) -> str:
+    """The dedup index a producer's images are decided against: :data:`SYNTHETIC_REALM` for
+    synthetic producers, :data:`USER_REALM` for everyone else.
+
+    Duplicates are only ever found within one realm, so a user who uploads a picture that a test
+    or benchmark uploaded earlier (say a scikit-image sample) gets ``accepted``, not "duplicate of
+    an image you cannot see", and synthetic images never shape a user's statistics."""
+    return SYNTHETIC_REALM if is_synthetic(producer) else USER_REALM

@@ -198,3 +198,49 @@ async def test_tests_and_benchmarks_leave_a_users_data_alone(stack_env: dict[str
             cluster.shutdown()
         await analyst.close()
         await owner.close()
+
+
+async def test_a_users_upload_is_never_a_duplicate_of_a_synthetic_image(stack_env: dict[str, str],
+                                                                        stack_config: StackConfig) -> None:
+    """The same picture uploaded first by a synthetic producer (a test, a benchmark), then twice by
+    a user: the user's first copy is ``accepted`` (not "duplicate of" an image the user cannot
+    see), and the second is a duplicate of the user's own first, so dedup still works within the
+    user's realm. Needs the stack's pipeline to run this branch's ``decide`` key (``make up``)."""
+    gateway = stack_env.get("IMGSTREAM_GATEWAY_URL", "http://127.0.0.1:8080")
+    user, tester = f"user-{uuid.uuid4().hex[:8]}", f"synthetic-realm-{uuid.uuid4().hex[:8]}"
+    ring = KeyRing.load(Path(keys_file_from_env(stack_env)))
+    same = picture(uuid.uuid4().int % 2**32)
+    owner = await connect(str(stack_config.postgres.dsn))
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+            async def upload(producer: str) -> str:
+                headers = {"Authorization": f"Bearer {ring.issue(producer, 'producer')}"}
+                async with session.post(f"{gateway}/v1/images", data=same, headers=headers) as response:
+                    assert response.status == 201, await response.text()
+                    return str((await response.json())["image_id"])
+
+            async def decided(image_id: str) -> tuple[str, str | None]:
+                async def row() -> tuple[str, str | None] | None:
+                    found = await owner.fetchrow(
+                        "SELECT status, duplicate_of FROM public.images WHERE image_id = $1", image_id)
+                    return (found["status"], found["duplicate_of"]) if found and found["status"] != "pending" else None
+                return await until(row, f"image {image_id} decided and replicated", timeout=DECIDED_DEADLINE_S,
+                                   interval=1.0)
+
+            hidden = await upload(tester)
+            assert await decided(hidden) == ("accepted", None)
+            first = await upload(user)
+            assert await decided(first) == ("accepted", None)
+            second = await upload(user)
+            assert await decided(second) == ("duplicate", first)
+    finally:
+        from imgstream.adapters.cassandra import open_session
+        from imgstream.ops.synthetic import purge
+
+        cluster, cassandra = open_session(stack_config.cassandra)
+        try:
+            await asyncio.to_thread(purge, cassandra, lambda p: p in (user, tester))
+        finally:
+            cluster.shutdown()
+        await owner.close()

@@ -130,3 +130,28 @@ def test_final_window_rows_equal_the_truth(scenario):
     for key in final:
         revisions = [r["revision"] for r in out["window"] if (r["window_start"], r["producer"], r["content_type"]) == key]
         assert revisions == list(range(1, len(revisions) + 1))
+
+
+def test_dedup_realms_keep_synthetic_images_out_of_a_users_duplicates():
+    """Issue 20: a user's upload is never "duplicate of" a test's or benchmark's hidden image
+    (nor the other way round). The plan mixes a synthetic producer and a real one, and the realm
+    split must change verdicts (else this test could not fail): the pipeline equals the per-realm
+    reference, not the single-index one."""
+    from imgstream.domain.dedup import Deduplicator
+    from flink_jobs.generator import in_decision_order, image_ref
+
+    planned = plan(seed=5, originals=20, exact_copies=12, near_copies=8, replays=0, malformed=0,
+                   producers=("synthetic-tester", "walter"))  # fmt: skip
+    cleaned, _ = in_decision_order(planned)
+    single = Deduplicator()
+    one_index = {c.event.image_id: single.process(image_ref(c)) for c in cleaned}
+    expected = truth(planned)
+    crossing = [i for i, v in expected.verdicts.items() if one_index[i] != v]
+    assert crossing, "the plan has no cross-realm duplicate: pick another seed"
+    out = run_pipeline(planned)
+    got = {v["image_id"]: (v["status"], v["duplicate_of"]) for v in out["verdict"]}
+    assert got == {i: (v.status, v.duplicate_of) for i, v in expected.verdicts.items()}
+    producer = {i: e.producer for i, e in expected.images.items()}
+    for image_id, (status, original) in got.items():
+        if original is not None:
+            assert producer[original].startswith("synthetic-") == producer[image_id].startswith("synthetic-")

@@ -17,7 +17,16 @@ from api.stats.config import INCLUDE_SYNTHETIC_SETTING, StatsConfig
 from flink_jobs import testing
 from flink_jobs.generator import plan
 from imgstream.domain.cleaning import UNKNOWN, DeadLetter, Source, clean
-from imgstream.domain.producers import SYNTHETIC_PREFIX, SYNTHETIC_UNKNOWN, is_synthetic, is_valid_name, synthetic
+from imgstream.domain.producers import (
+    SYNTHETIC_PREFIX,
+    SYNTHETIC_REALM,
+    SYNTHETIC_UNKNOWN,
+    USER_REALM,
+    dedup_realm,
+    is_synthetic,
+    is_valid_name,
+    synthetic,
+)
 from imgstream.ops.synthetic import synthetic_session
 from tests.unit.test_stats_app import Api, api  # noqa: F401 - the fixture
 
@@ -31,6 +40,15 @@ def test_the_prefix_names_a_namespace_of_valid_names() -> None:
     assert is_valid_name(SYNTHETIC_UNKNOWN) and is_synthetic(SYNTHETIC_UNKNOWN)
     with pytest.raises(ValueError):
         synthetic("x" * 64)  # too long once prefixed
+
+
+def test_synthetic_and_user_images_are_decided_in_different_dedup_indexes() -> None:
+    from flink_jobs.functions import INDEX_KEY, index_key
+
+    assert dedup_realm("synthetic-bench-alice") == SYNTHETIC_REALM != USER_REALM == dedup_realm("alice")
+    assert dedup_realm(None) == USER_REALM == dedup_realm("Synthetic-x")
+    assert index_key({"producer": "alice"}) == INDEX_KEY  # the users' index keeps its pre-realm key
+    assert index_key({"producer": "synthetic-a"}) not in (INDEX_KEY, index_key({"producer": "bob"}))
 
 
 def test_the_views_filter_on_the_same_prefix() -> None:
