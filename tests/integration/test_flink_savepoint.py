@@ -5,7 +5,8 @@ first half must still be known to dedup after it (state came back from the savep
 final rows must equal the truth. The first job keeps its near-duplicate index in 7 narrow bands
 (``--near_bands=7``, the layout of earlier versions), the resumed one in the default 4: it must
 re-band the restored index, or the second half's near copies of first-half originals (7 of
-them in this plan) would come out ``accepted``.
+them in this plan) would come out ``accepted``. The first job also has no deletion branch (the
+topology before issue 15's DELETE): the resumed one adds it, and the savepoint must still map.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ async def test_stop_with_savepoint_and_resume(stack_config, stack_env):
     cluster, session = open_session(stack_config.cassandra)
     resumed = ""
     try:
-        async with testing.pipeline_run(stack_env, bootstrap, [*args, f"--near_bands={OLD_BANDS}"]) as run:
+        # the first job as before deletions existed (no deletion branch): the resumed one adds it,
+        # and must still map the savepoint (new operators start empty)
+        async with testing.pipeline_run(stack_env, bootstrap,
+                                        [*args, f"--near_bands={OLD_BANDS}", "--deleted_topic="]) as run:
             planned = testing.renamed(
                 plan(seed=31, originals=40, exact_copies=15, near_copies=15, replays=5, malformed=3), f"sp{run.run_id}"
             )

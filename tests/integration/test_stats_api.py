@@ -451,14 +451,15 @@ async def test_images_with_their_status(stats: Stats) -> None:
 async def test_image_lists_the_derivatives_of_its_content(stats: Stats) -> None:
     ds = stats.ds
     sha = uuid.uuid4().hex * 2  # content of this test only
-    live, deleted = str(uuid.uuid4()), str(uuid.uuid4())
+    live, deleted, plain_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     base = {k: v for k, v in ds.images[0].items() if k not in ("image_id", "producer", "sha256", "status")}
     made = [  # (ladder, preset, format, width, height, size)
         ("l1", "thumb", "webp", 256, 128, 2000), ("l1", "small", "jpeg", 1024, 512, 50000),
         ("l1", "small", "avif", 1024, 512, 30000), ("l0", "thumb", "jpeg", 200, 100, 1500)]
     async with stats.owner.acquire() as conn:
-        for image_id, producer, status in ((live, ds.a, "accepted"), (deleted, ds.b, "deleted")):
-            row = {**base, "image_id": image_id, "producer": producer, "sha256": sha, "status": status}
+        for image_id, producer, status, content in ((live, ds.a, "accepted", sha), (deleted, ds.b, "deleted", sha),
+                                                    (plain_id, ds.a, "accepted", uuid.uuid4().hex * 2)):
+            row = {**base, "image_id": image_id, "producer": producer, "sha256": content, "status": status}
             await conn.execute(f"INSERT INTO public.images ({', '.join(row)}, cdc_op) "
                                f"VALUES ({', '.join(f'${i}' for i in range(1, len(row) + 1))}, 'c')", *row.values())
         await conn.executemany(
@@ -483,7 +484,7 @@ async def test_image_lists_the_derivatives_of_its_content(stats: Stats) -> None:
         hidden = await stats.ok(f"/v1/images/{live}", stats.auth(ds.b))
         assert hidden == {"image_id": live, "status": "pending", "freshness": hidden["freshness"]}
         # content without any derivatives: an empty list
-        plain = await stats.ok(f"/v1/images/{ds.images[0]['image_id']}", stats.auth(ds.a))
+        plain = await stats.ok(f"/v1/images/{plain_id}", stats.auth(ds.a))
         assert plain["derivatives"] == []
         assert set(plain["freshness"]["tables"]) == {"images", "derivatives"}
     finally:
