@@ -229,21 +229,27 @@ class Decide(KeyedProcessFunction):
         self.dedup = Deduplicator(policy, replays=replays, exact=exact, bands=bands)
         self.book = WindowBook(self.window_ms, self.allowed_lateness_ms, windows, progress)
         self.key: Any = None
-        self.timers: set[int] = set()  # registered in this attempt (re-registering is harmless)
-        self.pruned_at: int | None = None
+        self.opened: set[Any] = set()  # keys whose index was checked for re-banding in this attempt
+        # (key, timestamp) of the timers registered in this attempt (re-registering is harmless):
+        # timers are per key, so one realm's bucket timer must not stand in for another's
+        self.timers: set[tuple[Any, int]] = set()
+        self.pruned_at: dict[Any, int] = {}  # key -> event time of its last prune
         self.decided_to: int | None = None  # pending holds nothing at or before it
         self.horizon: dict[int, int] | None = None  # see replay_horizon
 
     def _use_key(self, key: Any) -> None:
         if key != self.key:
             for mirror in self.mirrors:
-                mirror.reset()
+                mirror.use(key)
             self.book.reset()
             self.decided_to = None
             self.key = key
-            moved = self.dedup.reband()  # an index stored under other bands (older version)
-            if moved:
-                log.info("re-banded %d near-duplicate candidates of key %r to %s", moved, key, self.policy.band_plan)
+            if key not in self.opened:  # once per key and attempt: it visits the whole index
+                self.opened.add(key)
+                moved = self.dedup.reband()  # an index stored under other bands (older version)
+                if moved:
+                    log.info("re-banded %d near-duplicate candidates of key %r to %s", moved, key,
+                             self.policy.band_plan)
             if self.horizon is None:
                 self.horizon = self.replay_horizon()
 
@@ -261,9 +267,9 @@ class Decide(KeyedProcessFunction):
         return horizon
 
     def _timer(self, ctx: Any, timestamp: int) -> None:
-        if timestamp not in self.timers:
+        if (self.key, timestamp) not in self.timers:
             ctx.timer_service().register_event_time_timer(timestamp)
-            self.timers.add(timestamp)
+            self.timers.add((self.key, timestamp))
 
     def process_element(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         self._use_key(ctx.get_current_key())
@@ -280,12 +286,13 @@ class Decide(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable[Any]:
         self._use_key(ctx.get_current_key())
-        self.timers.discard(timestamp)
+        self.timers.discard((self.key, timestamp))
         horizon = max(timestamp, ctx.timer_service().current_watermark())
         yield from self._finish(self._decide(self._due(horizon)), ctx, timestamp)
-        if self.pruned_at is None or timestamp - self.pruned_at >= PRUNE_EVERY_MS:
+        pruned_at = self.pruned_at.get(self.key)
+        if pruned_at is None or timestamp - pruned_at >= PRUNE_EVERY_MS:
             self.dedup.prune(timestamp - PRUNE_SLACK_MS)
-            self.pruned_at = timestamp
+            self.pruned_at[self.key] = timestamp
 
     def _due(self, horizon: int) -> list[dict[str, Any]]:
         """Pending images at or before ``horizon`` (the watermark), in decision order, removed.

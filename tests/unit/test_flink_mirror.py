@@ -71,3 +71,30 @@ def test_views_and_get_follow_writes_without_reading_the_state_again():
     assert mirror.get("a", "gone") == "gone" and mirror.get("b") == [2]
     assert list(mirror.keys()) == ["b"] and list(mirror.values()) == [[2]] and list(mirror.items()) == [("b", [2])]
     assert state.iterations == 1 and state.data == {"b": [2]}
+
+
+def test_mirrors_are_kept_per_key_so_alternating_keys_read_each_map_once():
+    maps = {"index": {"a": [1]}, "index-synthetic": {"s": [9]}}
+    current = ["index"]
+
+    class Keyed(FakeMapState):
+        @property
+        def data(self):
+            return maps[current[0]]
+
+        @data.setter
+        def data(self, value):
+            pass
+
+    state = Keyed()
+    mirror = MirroredMap(state)
+    for _ in range(3):
+        for key, present, absent in (("index", "a", "s"), ("index-synthetic", "s", "a")):
+            current[0] = key
+            mirror.use(key)
+            assert mirror.get(present) is not None and mirror.get(absent) is None and absent not in mirror
+    assert state.iterations == 2  # one load per key, not one per switch
+    current[0] = "index"
+    mirror.use("index")
+    mirror["b"] = [2]
+    assert maps["index"] == {"a": [1], "b": [2]} and "b" not in maps["index-synthetic"]
