@@ -10,15 +10,15 @@ row seen without its object.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Final, Iterable
+from typing import Any, Callable, Final, Iterable
 
 from batch import runtime
 from batch.config import BatchConfig
 from imgstream.domain.storage_layout import DERIVATIVE_PREFIX, QUARANTINE_PREFIX, sha256_of_key
 
-IMAGE_COLUMNS: Final = ("image_id", "sha256", "storage_key", "status", "processed_at", "source_topic",
+IMAGE_COLUMNS: Final = ("image_id", "producer", "sha256", "storage_key", "status", "processed_at", "source_topic",
                         "source_partition", "source_offset")
 DERIVATIVE_COLUMNS: Final = ("sha256", "ladder", "preset", "format", "storage_key", "size")
 
@@ -43,6 +43,19 @@ class Inventory:
     relocations: list[dict[str, Any]] = field(default_factory=list)
     pg_rows: dict[str, dict[str, Any]] | None = None
 
+    def scoped(self, keep: Callable[[str], bool]) -> "Inventory":
+        """The images of the producers ``keep`` accepts: their events, rows (Cassandra and
+        PostgreSQL) and the derivatives of their contents. Objects stay whole (a scoped image's
+        object is looked up among all), so orphan objects, which name no producer, cannot be
+        judged on a scoped inventory."""
+        rows = {i: r for i, r in self.rows.items() if keep(r.get("producer") or "")}
+        contents = {r.get("sha256") for r in rows.values()}
+        return replace(
+            self, events=[e for e in self.events if keep(e.producer)], rows=rows,
+            derivatives=[d for d in self.derivatives if d.get("sha256") in contents],
+            pg_rows=None if self.pg_rows is None else {
+                i: r for i, r in self.pg_rows.items() if keep(r.get("producer") or "")})
+
     def originals(self) -> dict[str, Obj]:
         return {k: o for k, o in self.objects.items() if sha256_of_key(k) is not None}
 
@@ -63,7 +76,9 @@ async def _pg_images(dsn: str) -> dict[str, dict[str, Any]]:
 
     conn = await connect(dsn)
     try:
-        rows = await conn.fetch("SELECT image_id, status, storage_key, sha256 FROM analytics.images")
+        # every producer's rows, as Cassandra holds them: the view hides synthetic ones by default
+        await conn.execute("SET imgstream.include_synthetic = on")
+        rows = await conn.fetch("SELECT image_id, producer, status, storage_key, sha256 FROM analytics.images")
     finally:
         await conn.close()
     return {r["image_id"]: dict(r) for r in rows}

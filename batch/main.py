@@ -32,6 +32,8 @@ def add_job_arguments(sub: Any) -> None:
                    help="ignore what is younger than this (in flight); default 10m")
     r.add_argument("--skip-postgres", action="store_true",
                    help="leave PostgreSQL out (a keyspace that is not replicated, e.g. in tests)")
+    r.add_argument("--producer-prefix", default=None, metavar="PREFIX",
+                   help="judge only images of producers whose name starts with PREFIX (orphan objects not judged)")
     g = sub.add_parser("gc", help="collect unreferenced objects: dry run (default) or quarantine + delete")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", dest="apply", action="store_false", help="only write the manifest (default)")
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace, config: BatchConfig) -> tuple[dict[str, Any], 
                 from batch import reconcile
 
                 summary = reconcile.build(spark, config, grace=args.grace, postgres=not args.skip_postgres,
-                                          progress=progress)
+                                          producer_prefix=args.producer_prefix, progress=progress)
                 return summary, 0 if summary["agree"] else 1
             if args.job == "gc":
                 from batch import gc

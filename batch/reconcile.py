@@ -44,8 +44,10 @@ def _older(ts: datetime | None, cutoff: datetime) -> bool:
     return ts < cutoff
 
 
-def compare(inv: Inventory, *, now: datetime, grace: timedelta, topic: str) -> dict[str, list[dict[str, Any]]]:
-    """Every disagreement between the sources of ``inv`` (pure)."""
+def compare(inv: Inventory, *, now: datetime, grace: timedelta, topic: str,
+            orphans: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Every disagreement between the sources of ``inv`` (pure); ``orphans=False`` leaves
+    orphan objects unjudged (a producer-scoped inventory cannot tell whose they are)."""
     cutoff = now - grace
     out: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
     objects = inv.objects
@@ -72,7 +74,7 @@ def compare(inv: Inventory, *, now: datetime, grace: timedelta, topic: str) -> d
     for r in inv.relocations:
         if r.get("state") != "retired":
             referenced.update(k for k in (r.get("old_key"), r.get("new_key")) if k)
-    for key, obj in inv.originals().items():
+    for key, obj in (inv.originals() if orphans else {}).items():
         if key not in referenced and _older(obj.last_modified, cutoff):
             out["orphan_object"].append({"storage_key": key, "size": obj.size,
                                          "last_modified": obj.last_modified.isoformat() if obj.last_modified else None})
@@ -110,13 +112,19 @@ def summarise(inv: Inventory, found: dict[str, list[dict[str, Any]]], *, run: st
 
 
 def build(spark: Any, config: BatchConfig, *, grace: timedelta, postgres: bool = True,
-          progress: runtime.Progress | None = None) -> dict[str, Any]:
-    """Run the job; the summary's ``agree`` is true only when nothing disagrees."""
+          producer_prefix: str | None = None, progress: runtime.Progress | None = None) -> dict[str, Any]:
+    """Run the job; the summary's ``agree`` is true only when nothing disagrees.
+
+    ``producer_prefix`` judges only the images of producers whose name starts with it (a test's
+    own producers on a stack shared with other runs); orphan objects are then not judged."""
     run = runtime.run_id(JOB)
     if progress is not None:
         progress.phase = "taking the inventory"
     inv = gather(spark, config, postgres=postgres)
+    if producer_prefix:
+        inv = inv.scoped(lambda producer: producer.startswith(producer_prefix))
     if progress is not None:
         progress.phase = "comparing"
-    found = compare(inv, now=datetime.now(timezone.utc), grace=grace, topic=config.topic)
-    return summarise(inv, found, run=run, grace=grace)
+    found = compare(inv, now=datetime.now(timezone.utc), grace=grace, topic=config.topic,
+                    orphans=not producer_prefix)
+    return {**summarise(inv, found, run=run, grace=grace), "producer_prefix": producer_prefix}

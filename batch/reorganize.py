@@ -57,7 +57,11 @@ def move(s3cfg: S3Config, cass: CassandraConfig, layout: Layout,
     """Executor: copy, verify, switch each content; yields (sha256, outcome, detail)."""
     store = runtime.s3(s3cfg)
     session = runtime.cassandra(cass)
-    select = runtime.prepared(session, "SELECT * FROM images WHERE image_id = ?")
+    select = runtime.prepared(session, "SELECT storage_key FROM images WHERE image_id = ?")
+    # The reference only, a partial update: a whole-row rewrite from a read a moment earlier could
+    # undo a concurrent deletion (status) or pipeline write. CDC carries the one column, and
+    # PostgreSQL's upsert keeps the others (docs/cdc.md: partial updates stay partial).
+    switch = runtime.prepared(session, "UPDATE images SET storage_key = ? WHERE image_id = ?")
     for sha, (old, image_ids) in items:
         new = layout.key(sha)
         try:
@@ -75,11 +79,7 @@ def move(s3cfg: S3Config, cass: CassandraConfig, layout: Layout,
                 row = session.execute(select, (image_id,)).one()
                 if row is None or row.storage_key == new:
                     continue
-                values = row._asdict()  # the whole row: its CDC change then carries every column
-                values["storage_key"] = new
-                cols = list(values)
-                session.execute(f"INSERT INTO images ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
-                                [values[c] for c in cols])
+                session.execute(switch, (new, image_id))
             _set_state(session, sha, old, new, layout.name, "switched", datetime.now(timezone.utc))
             yield sha, "switched", new
         except Exception as exc:  # noqa: BLE001 - one content's failure is reported; the rest go on

@@ -168,7 +168,8 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
                                     f"--job_name=bench-{label}-{run}", f"--group_id=bench-{label}-{run}"], False)
             for label, python in (("jvm", "0"), ("python", "1"))
         }  # fmt: skip
-        jobs["pipeline"] = ("pipeline", [*common, f"--dlq_topic={dlq}", f"--job_name=bench-pipeline-{run}",
+        # --deleted_topic= : no deletion branch (the stack's deletions are not this run's)
+        jobs["pipeline"] = ("pipeline", [*common, f"--dlq_topic={dlq}", "--deleted_topic=", f"--job_name=bench-pipeline-{run}",
                                          f"--group_id=bench-pipeline-{run}", "--checkpoint_interval_ms=10000", *extra], True)  # fmt: skip
         for label, (job, args, per_task) in jobs.items():
             async with metered(RUN_DIR) as meter:

@@ -29,6 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from imgstream.config import CassandraConfig
 from imgstream.domain.dedup import STATUS_DUPLICATE
+from imgstream.domain.deletion import STATUS_DELETED, Decision, decide
+from imgstream.domain.events import ImageDeleted
 from imgstream.domain.timefmt import from_millis, parse_time
 from imgstream.domain.windows import STAT_FIELDS, Lateness, window_start
 
@@ -56,8 +58,14 @@ INSERT_UPLOAD_STATS = (
 
 DELETE_DUPLICATE = "DELETE FROM duplicates WHERE duplicate_of = ? AND image_id = ?"
 DELETE_LATE_EVENT = "DELETE FROM late_events WHERE window_start = ? AND image_id = ?"
-#: What a replay needs of an image's earlier verdict to remove the rows it no longer implies.
-SELECT_PREVIOUS = "SELECT image_id, duplicate_of, lateness FROM images WHERE image_id = ?"
+#: A deletion (``image.deleted``): the status only, a partial update - CDC carries just these
+#: columns and PostgreSQL's upsert leaves the others as they are. The upload still happened, so
+#: nothing else (windows, duplicates) changes.
+MARK_DELETED = "UPDATE images SET status = ?, processed_at = ? WHERE image_id = ?"
+#: What a replay needs of an image's earlier row: its verdict, to remove the rows it no longer
+#: implies, and its status, so a replayed upload never revives a deleted image; a deletion needs
+#: its owner and status.
+SELECT_PREVIOUS = "SELECT image_id, producer, status, duplicate_of, lateness FROM images WHERE image_id = ?"
 
 STATEMENTS: Mapping[str, str] = {
     "image": INSERT_IMAGE,
@@ -66,6 +74,7 @@ STATEMENTS: Mapping[str, str] = {
     "upload_stats": INSERT_UPLOAD_STATS,
     "delete_duplicate": DELETE_DUPLICATE,
     "delete_late_event": DELETE_LATE_EVENT,
+    "mark_deleted": MARK_DELETED,
 }
 
 Write = tuple[str, tuple[Any, ...]]
@@ -84,10 +93,13 @@ def _time(text: str | None, fallback_ms: int | None) -> datetime | None:
     return None if fallback_ms is None else from_millis(fallback_ms)
 
 
-def image_writes(row: Mapping[str, Any], window_ms: int, now: datetime | None = None) -> list[Write]:
+def image_writes(row: Mapping[str, Any], window_ms: int, now: datetime | None = None,
+                 deleted: bool = False) -> list[Write]:
     """The writes of one verdict row: its image row, a duplicates row, a late-events row.
 
     ``processed_at`` is the only non-deterministic column: it says when the row was last written.
+    ``deleted``: the stored row says the image was deleted since (a replay after a restore meets
+    the upload again): its status stays ``deleted``, the rest is rewritten as always.
     """
     now = now or _now()
     received_at = _time(row.get("received_at"), row.get("event_time"))
@@ -97,7 +109,7 @@ def image_writes(row: Mapping[str, Any], window_ms: int, now: datetime | None = 
             (
                 row["image_id"], row["producer"], row.get("sha256"), row.get("phash"), row.get("size"),
                 row.get("content_type"), row.get("width"), row.get("height"), row.get("storage_key"),
-                received_at, row["status"], row.get("duplicate_of"), row.get("duplicate_kind"),
+                received_at, STATUS_DELETED if deleted else row["status"], row.get("duplicate_of"), row.get("duplicate_kind"),
                 row.get("distance"), row.get("lateness"), row.get("reason"), row.get("error"),
                 row.get("topic"), row.get("partition"), row.get("offset"), now,
             ),
@@ -151,6 +163,18 @@ def superseded_writes(row: Mapping[str, Any], previous: Mapping[str, Any] | None
     if previous.get("lateness") == too_late and row.get("lateness") != too_late:
         out.append(("delete_late_event", (from_millis(window_start(int(row["event_time"]), window_ms)), row["image_id"])))
     return out
+
+
+def deletion_writes(event: ImageDeleted, row: Mapping[str, Any] | None,
+                    now: datetime | None = None) -> tuple[Decision, list[Write]]:
+    """What one ``image.deleted`` event does, given the image's row as stored now (``producer``,
+    ``status``; ``None`` when there is none): the owner's live image gets status ``deleted``;
+    a deleted one, an unknown id or another producer's image get nothing - so a replayed or
+    duplicated event changes nothing more, and an event naming the wrong owner changes nothing."""
+    decision = decide(event.producer, row)
+    if decision is not Decision.DELETE:
+        return decision, []
+    return decision, [("mark_deleted", (STATUS_DELETED, now or _now(), event.image_id))]
 
 
 def maybe_written(row: Mapping[str, Any], topic: str, horizon: Mapping[int, int]) -> bool:
@@ -286,7 +310,8 @@ class CassandraWriter:
     def _take(future: Any, found: dict[str, Any]) -> None:
         row = future.result().one()
         if row is not None:
-            found[row.image_id] = {"duplicate_of": row.duplicate_of, "lateness": row.lateness}
+            found[row.image_id] = {"producer": row.producer, "status": row.status, "duplicate_of": row.duplicate_of,
+                                   "lateness": row.lateness}
 
     def write(self, writes: Sequence[Write]) -> None:
         """Run ``writes`` as :func:`requests` (issued in order, up to ``capacity`` at once);

@@ -24,7 +24,7 @@ from imgstream.domain.dedup import (
 )
 from imgstream.domain.clock import CLOCK_SKEW_TOLERANCE_MS
 from imgstream.domain.sharding import DEFAULT_NEAR_SPLIT_BITS, DEFAULT_SHARDS, ShardPlan
-from imgstream.domain.events import TOPIC_DEAD_LETTER, TOPIC_UPLOADED
+from imgstream.domain.events import TOPIC_DEAD_LETTER, TOPIC_DELETED, TOPIC_UPLOADED
 from imgstream.domain.windows import MINUTE_MS
 
 #: The Kafka connector jar (a shaded fat jar) matching apache-flink 2.2.x.
@@ -42,6 +42,8 @@ class PipelineConfig:
     job_name: str = "imgstream-pipeline"
     topic: str = TOPIC_UPLOADED
     dlq_topic: str = TOPIC_DEAD_LETTER
+    #: Deletions (``image.deleted``) the job applies to Cassandra; "" = no deletion branch.
+    deleted_topic: str = TOPIC_DELETED
     group_id: str = "imgstream-pipeline"
     #: ``earliest`` on first start; afterwards offsets come from checkpoints/savepoints.
     startup_mode: str = "group-offsets"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Iterable
+from typing import AbstractSet as Set, Any, Iterable
 
 from pyflink.common import Row, Types
 from pyflink.common.time import Time
@@ -21,15 +21,16 @@ from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
 from imgstream.adapters.kafka import end_offsets
 from imgstream.config import KafkaConfig
-from imgstream.domain.cleaning import Cleaned, DeadLetter, Heartbeat, Source, clean
+from imgstream.domain.cleaning import Cleaned, DeadLetter, Heartbeat, Source, clean, clean_deletion
 from imgstream.domain.clock import CLOCK_SKEW_TOLERANCE_MS, clamp_event_time
 from imgstream.domain.dedup import STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, Verdict
+from imgstream.domain.deletion import STATUS_DELETED
 from imgstream.domain.hashing import parse_hash
 from imgstream.domain.producers import USER_REALM, dedup_realm
 from imgstream.domain.windows import Lateness, WindowBook, classify
 
 from flink_jobs.cassandra_sink import (
-    CassandraWriter, Write, image_writes, maybe_written, superseded_writes, window_writes,
+    CassandraWriter, Write, deletion_writes, image_writes, maybe_written, superseded_writes, window_writes,
 )  # fmt: skip
 from flink_jobs.mirror import MirroredMap
 
@@ -230,21 +231,27 @@ class Decide(KeyedProcessFunction):
         self.dedup = Deduplicator(policy, replays=replays, exact=exact, bands=bands)
         self.book = WindowBook(self.window_ms, self.allowed_lateness_ms, windows, progress)
         self.key: Any = None
-        self.timers: set[int] = set()  # registered in this attempt (re-registering is harmless)
-        self.pruned_at: int | None = None
+        self.opened: set[Any] = set()  # keys whose index was checked for re-banding in this attempt
+        # (key, timestamp) of the timers registered in this attempt (re-registering is harmless):
+        # timers are per key, so one realm's bucket timer must not stand in for another's
+        self.timers: set[tuple[Any, int]] = set()
+        self.pruned_at: dict[Any, int] = {}  # key -> event time of its last prune
         self.decided_to: int | None = None  # pending holds nothing at or before it
         self.horizon: dict[int, int] | None = None  # see replay_horizon
 
     def _use_key(self, key: Any) -> None:
         if key != self.key:
             for mirror in self.mirrors:
-                mirror.reset()
+                mirror.use(key)
             self.book.reset()
             self.decided_to = None
             self.key = key
-            moved = self.dedup.reband()  # an index stored under other bands (older version)
-            if moved:
-                log.info("re-banded %d near-duplicate candidates of key %r to %s", moved, key, self.policy.band_plan)
+            if key not in self.opened:  # once per key and attempt: it visits the whole index
+                self.opened.add(key)
+                moved = self.dedup.reband()  # an index stored under other bands (older version)
+                if moved:
+                    log.info("re-banded %d near-duplicate candidates of key %r to %s", moved, key,
+                             self.policy.band_plan)
             if self.horizon is None:
                 self.horizon = self.replay_horizon()
 
@@ -262,9 +269,9 @@ class Decide(KeyedProcessFunction):
         return horizon
 
     def _timer(self, ctx: Any, timestamp: int) -> None:
-        if timestamp not in self.timers:
+        if (self.key, timestamp) not in self.timers:
             ctx.timer_service().register_event_time_timer(timestamp)
-            self.timers.add(timestamp)
+            self.timers.add((self.key, timestamp))
 
     def process_element(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         self._use_key(ctx.get_current_key())
@@ -281,12 +288,13 @@ class Decide(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable[Any]:
         self._use_key(ctx.get_current_key())
-        self.timers.discard(timestamp)
+        self.timers.discard((self.key, timestamp))
         horizon = max(timestamp, ctx.timer_service().current_watermark())
         yield from self._finish(self._decide(self._due(horizon)), ctx, timestamp)
-        if self.pruned_at is None or timestamp - self.pruned_at >= PRUNE_EVERY_MS:
+        pruned_at = self.pruned_at.get(self.key)
+        if pruned_at is None or timestamp - pruned_at >= PRUNE_EVERY_MS:
             self.dedup.prune(timestamp - PRUNE_SLACK_MS)
-            self.pruned_at = timestamp
+            self.pruned_at[self.key] = timestamp
 
     def _due(self, horizon: int) -> list[dict[str, Any]]:
         """Pending images at or before ``horizon`` (the watermark), in decision order, removed.
@@ -373,17 +381,67 @@ class WriteSteps(FlatMapFunction):
         self.writer.close()
 
     def flat_map(self, step: dict[str, Any]) -> Iterable[Any]:
-        writes = step_writes(step, self.window_ms)
         recheck = [v for v in step["verdicts"] if v.get(RECHECK)]
-        if recheck:
-            previous = self.writer.previous([v["image_id"] for v in recheck])
-            writes = [w for v in recheck for w in superseded_writes(v, previous.get(v["image_id"]), self.window_ms)] + writes
-        self.writer.write(writes)
+        if not recheck:
+            self.writer.write(step_writes(step, self.window_ms))
+            return ()
+        previous = self.writer.previous([v["image_id"] for v in recheck])
+        deleted = {i for i, row in previous.items() if row.get("status") == STATUS_DELETED}
+        writes = [w for v in recheck for w in superseded_writes(v, previous.get(v["image_id"]), self.window_ms)]
+        self.writer.write(writes + step_writes(step, self.window_ms, deleted))
         return ()
 
 
-def step_writes(step: dict[str, Any], window_ms: int) -> list[Write]:
-    """The Cassandra writes of one step, verdicts first, then window versions in order."""
-    return [w for v in step["verdicts"] for w in image_writes(v, window_ms)] + [
+def step_writes(step: dict[str, Any], window_ms: int, deleted: Set[str] = frozenset()) -> list[Write]:
+    """The Cassandra writes of one step, verdicts first, then window versions in order;
+    ``deleted``: images whose stored row says deleted (their status stays so, on a replay)."""
+    return [w for v in step["verdicts"] for w in image_writes(v, window_ms, deleted=v["image_id"] in deleted)] + [
         w for row in step["windows"] for w in window_writes(row, window_ms)
     ]
+
+
+# --- deletions: image.deleted events -> the image's status ------------------------------------
+
+
+class ApplyDeletions(ProcessFunction):
+    """Raw values of the deletion topic -> the image's status ``deleted`` in Cassandra; bad
+    values to the dead letters (side output, like ``clean``'s).
+
+    Stateless in Flink: each event reads the image's row and applies
+    :func:`~flink_jobs.cassandra_sink.deletion_writes` (only the owner's live image changes), so
+    a replay after a restore, or a duplicated event, changes nothing more. A failed read or
+    write fails the task (restart from the checkpoint, replayed: idempotent). Counted in the
+    operator metrics ``deletionsApplied`` and ``deletionsIgnored`` (Flink REST / web UI).
+
+    Its own operator on its own source: the upload path's operators and state are untouched, so
+    a savepoint of the job before deletions existed still maps (new operators start empty).
+    """
+
+    def __init__(self, writer: CassandraWriter, topic: str) -> None:
+        self.writer = writer
+        self.topic = topic
+        self.applied: Any = None
+        self.ignored: Any = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        metrics = runtime_context.get_metrics_group()
+        self.applied = metrics.counter("deletionsApplied")
+        self.ignored = metrics.counter("deletionsIgnored")
+        self.writer.open()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterable[Any]:
+        out = clean_deletion(value, Source(self.topic, -1, -1, ctx.timestamp()))
+        if isinstance(out, DeadLetter):
+            yield DLQ_TAG, out.to_json().decode()
+            return
+        row = self.writer.previous([out.image_id]).get(out.image_id)
+        decision, writes = deletion_writes(out, row)
+        if writes:
+            self.writer.write(writes)
+            self.applied.inc()
+        else:
+            self.ignored.inc()
+            log.info("deletion of %s ignored: %s", out.image_id, decision.value)

@@ -27,29 +27,23 @@ class MirroredMap(MutableMapping[str, Any]):
         self._state = state
         self._data: dict[str, Any] | None = None
         self._key: Any = None
-        self._others: dict[Any, dict[str, Any]] = {}  # mirrors of the keys not current
+        self._by_key: dict[Any, dict[str, Any]] = {}  # the mirrors of the keys met in this attempt
 
     def reset(self) -> None:
-        """Forget the mirror (the current key changed); the next access reloads it."""
+        """Forget every mirror (the state changed underneath); the next access reloads."""
         self._data = None
-        self._key = None
-        self._others.clear()
+        self._by_key.clear()
         self.__dict__.pop("get", None)  # back to the class's get, which loads first
 
     def use(self, key: Any) -> None:
-        """Mirror ``key``'s map (the operator's current key), keeping the other keys' mirrors.
-
-        A sharded operator's subtask holds a few keys (shards) and meets them interleaved;
-        reloading a key's whole map at every switch would cost a state scan per record. Keys
-        never change subtask within an attempt (a rescale restarts the job), so a kept mirror
-        is never stale.
-        """
-        if self._key is not None and key == self._key:
+        """Switch to the mirror of ``key`` (the operator's current key changed). Mirrors are
+        kept per key: operators whose keys alternate (``decide``'s dedup realms) must not reload
+        a whole index at each switch. Coherent because only this operator writes its keys'
+        state, and every write goes through the mirror."""
+        if key == self._key and self._data is not None:
             return
-        if self._key is not None and self._data is not None:
-            self._others[self._key] = self._data
         self._key = key
-        self._data = self._others.pop(key, None)
+        self._data = self._by_key.get(key)
         if self._data is None:
             self.__dict__.pop("get", None)
         else:
@@ -58,7 +52,7 @@ class MirroredMap(MutableMapping[str, Any]):
     @property
     def data(self) -> dict[str, Any]:
         if self._data is None:
-            self._data = {key: value for key, value in self._state.items()}
+            self._data = self._by_key[self._key] = {key: value for key, value in self._state.items()}
             # Once loaded, ``get`` is the dict's own (C) method: near dedup probes 68 keys per
             # image, and a Python-level get per probe was 14 % of deciding's time.
             self.get = self._data.get  # type: ignore[method-assign,assignment]

@@ -13,12 +13,19 @@ the job's parallelism)::
                    one record per step) -> cassandra: write steps (in clean's Python workers)
                    -> results (discarded; tests collect them)
 
+    source: Kafka images.deleted (uid source-deletions)
+      -> cassandra: apply deletions (uid apply-deletions; the image's status becomes deleted)
+         -> deletions-applied (discarding)      '-> kafka-dead-letters-deletions (images.dlq)
+
+The deletion branch shares nothing with the upload branch (no state, no union): adding it left
+every uid and state of the upload branch as it was, so a savepoint taken before it still maps.
+
 Each ``decide`` stage holds ``1/N`` of the state at parallelism ``N`` (shards: SHA-256 for
 replay and exact, band keys for near, (producer, window) for windows), and applies it in the
 decision order every stage agrees on, so the verdicts equal the single-index reference
 (``imgstream.domain.sharding``; ``flink_jobs.sharded``). Each hop between Python operators is a
-JVM round trip per record; the near stage gets one record per near shard an image visits (8)
-and sends back only matches. State is Flink ``MapState`` mirrored per key in the Python worker
+JVM round trip per record, so past ``decide: exact``'s input the stages exchange one batch per
+step and key pair (``flink_jobs.sharded``), not a record per image (and per near shard). State is Flink ``MapState`` mirrored per key in the Python worker
 (see ``flink_jobs.mirror``): a decision costs no round trip to the JVM.
 
 ``build`` wires everything from a raw stream and returns the output streams; ``attach_sinks``
@@ -32,25 +39,31 @@ so dedup order, lateness and window contents come out the same.
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pyflink.common import Configuration, Types
+from pyflink.common import Configuration, Types, WatermarkStrategy
 from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee, Sink
-from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
+from pyflink.datastream.connectors.kafka import (KafkaOffsetResetStrategy, KafkaOffsetsInitializer,
+                                                 KafkaRecordSerializationSchema, KafkaSink, KafkaSource)
 from pyflink.table import StreamTableEnvironment
+
+from imgstream.adapters.kafka import TopicSpec, ensure_topics
 
 from flink_jobs.cassandra_sink import CassandraWriter
 from flink_jobs.config import PipelineConfig, connector_jars
-from flink_jobs.functions import DLQ_TAG, CleanFunction, WriteSteps
+from flink_jobs.functions import DLQ_TAG, ApplyDeletions, CleanFunction, WriteSteps
 from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows, exact_shard_of, near_shard_key, window_shard_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DISCARDING_SINK = "org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink"
+#: Partitions of the deletion topic when the job has to create it (as the local stack does).
+DELETED_TOPIC_PARTITIONS = 3
 #: Flink's name of the slot sharing group operators are in unless told otherwise.
 DEFAULT_SLOT_GROUP = "default"
 
@@ -64,6 +77,11 @@ class PipelineStreams:
     #: nothing (the steps end in Cassandra).
     results: DataStream
     dead_letters: DataStream  # JSON strings for the dead-letter topic
+    #: The deletion branch's dead letters (None without it): a sink of their own, not a union
+    #: with ``dead_letters``, so the upload branch's sink keeps its inputs (and its state).
+    deletion_dead_letters: DataStream | None = None
+    #: What the deletion branch emits (nothing: its rows are the result), None without it.
+    deletions_applied: DataStream | None = None
 
 
 def build(
@@ -72,10 +90,12 @@ def build(
     raw: DataStream,
     config: PipelineConfig,
     write: bool = True,
+    deletions: DataStream | None = None,
 ) -> PipelineStreams:
     """Wire the pipeline on ``raw`` (rows ``value, topic, partition, offset`` with event-time
     timestamps and watermarks) and return its output streams; ``write=False`` leaves
-    Cassandra out (a test collects ``results`` instead)."""
+    Cassandra out (a test collects ``results`` instead). ``deletions`` (raw values of the
+    deletion topic, strings) adds the branch that applies them (only with ``write``)."""
     cleaned = raw.process(CleanFunction(config.clock_skew_tolerance_ms)).name("clean").uid("clean")
     policy, plan = config.dedup(), config.shard_plan()
     exact = (
@@ -116,16 +136,53 @@ def build(
             .disable_chaining()
             .slot_sharing_group(DEFAULT_SLOT_GROUP)
         )
-    return PipelineStreams(results, cleaned.get_side_output(DLQ_TAG))
+    streams = PipelineStreams(results, cleaned.get_side_output(DLQ_TAG))
+    if deletions is None or not write:
+        return streams
+    applied = (
+        deletions.process(ApplyDeletions(CassandraWriter(config.cassandra, 1, config.sink_timeout_ms / 1000, 1),
+                                         config.deleted_topic))
+        .name("cassandra: apply deletions")
+        .uid("apply-deletions")
+        .slot_sharing_group(DEFAULT_SLOT_GROUP)
+    )
+    return replace(streams, deletion_dead_letters=applied.get_side_output(DLQ_TAG), deletions_applied=applied)
 
 
 def attach_sinks(streams: PipelineStreams, config: PipelineConfig) -> None:
     """Kafka for dead letters; results are already in Cassandra and end here."""
     streams.results.sink_to(Sink(DISCARDING_SINK)).name("results-written").uid("results-written")
     streams.dead_letters.sink_to(dlq_sink(config)).name("kafka-dead-letters").uid("kafka-dead-letters")
+    if streams.deletions_applied is not None and streams.deletion_dead_letters is not None:
+        streams.deletions_applied.sink_to(Sink(DISCARDING_SINK)).name("deletions-applied").uid("deletions-applied")
+        streams.deletion_dead_letters.sink_to(dlq_sink(config, "dlq-deletions")).name(
+            "kafka-dead-letters-deletions").uid("kafka-dead-letters-deletions")
 
 
-def dlq_sink(config: PipelineConfig) -> KafkaSink:
+def deletions_source(env: StreamExecutionEnvironment, config: PipelineConfig) -> DataStream:
+    """Raw values (strings) of the deletion topic. No event time: a deletion counts in no
+    window, so it needs no watermark (and holds none back). Offsets are checkpointed like the
+    upload source's; ``startup_mode`` and ``bounded`` mean the same."""
+    starting = {
+        "earliest-offset": KafkaOffsetsInitializer.earliest(),
+        "latest-offset": KafkaOffsetsInitializer.latest(),
+    }.get(config.startup_mode, KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(config.kafka.bootstrap_servers)
+        .set_topics(config.deleted_topic)
+        .set_group_id(config.group_id)
+        .set_starting_offsets(starting)
+        .set_value_only_deserializer(SimpleStringSchema())
+        .set_property("isolation.level", "read_committed")
+    )
+    if config.bounded:
+        builder = builder.set_bounded(KafkaOffsetsInitializer.latest())
+    return env.from_source(builder.build(), WatermarkStrategy.no_watermarks(),
+                           f"source: Kafka {config.deleted_topic}").uid("source-deletions")
+
+
+def dlq_sink(config: PipelineConfig, name: str = "dlq") -> KafkaSink:
     exactly_once = config.dlq_delivery == "exactly_once"
     builder = (
         KafkaSink.builder()
@@ -141,7 +198,7 @@ def dlq_sink(config: PipelineConfig) -> KafkaSink:
     if exactly_once:
         # The prefix is unique per job (see PipelineConfig.job_name); the timeout must outlive
         # a checkpoint interval plus a restart.
-        builder = builder.set_transactional_id_prefix(f"{config.job_name}-dlq").set_property(
+        builder = builder.set_transactional_id_prefix(f"{config.job_name}-{name}").set_property(
             "transaction.timeout.ms", str(max(600_000, 10 * config.checkpoint_interval_ms))
         )
     return builder.build()
@@ -252,7 +309,13 @@ def environment(
 def main(argv: Sequence[str] | None = None) -> None:
     config = PipelineConfig.from_env(argv=sys.argv[1:] if argv is None else argv)
     env, t_env = environment(config, connector_jars(config.jars))
-    streams = build(env, t_env, kafka_source(t_env, config), config)
+    raw = kafka_source(t_env, config)  # first: its operator keeps the id it had before deletions
+    deletions = None
+    if config.deleted_topic:
+        # the Kafka source fails a job whose topic is missing (a stack older than the topic)
+        asyncio.run(ensure_topics(config.kafka, [TopicSpec(config.deleted_topic, DELETED_TOPIC_PARTITIONS)]))
+        deletions = deletions_source(env, config)
+    streams = build(env, t_env, raw, config, deletions=deletions)
     attach_sinks(streams, config)
     env.execute(config.job_name)
 

@@ -116,6 +116,7 @@ class PipelineRun:
     dlq_topic: str
     job_id: str
     job_name: str
+    deleted_topic: str = ""
 
 
 @asynccontextmanager
@@ -127,19 +128,20 @@ async def pipeline_run(
     run_id = uuid.uuid4().hex[:8]
     # synthetic topic names: an unreadable event there is attributed to `synthetic-unknown`
     topic, dlq, name = synthetic(f"uploads-{run_id}"), synthetic(f"dlq-{run_id}"), f"it-pipeline-{run_id}"
-    await ensure_topics(kafka, [TopicSpec(topic, partitions), TopicSpec(dlq, 1)])
+    deleted = synthetic(f"deleted-{run_id}")  # never the stack's images.deleted
+    await ensure_topics(kafka, [TopicSpec(topic, partitions), TopicSpec(dlq, 1), TopicSpec(deleted, 1)])
     job_id = ""
     try:
         job_args = [
-            f"--topic={topic}", f"--dlq_topic={dlq}", f"--group_id=it-{run_id}", f"--job_name={name}",
-            "--startup_mode=earliest-offset", *args,
+            f"--topic={topic}", f"--dlq_topic={dlq}", f"--deleted_topic={deleted}", f"--group_id=it-{run_id}",
+            f"--job_name={name}", "--startup_mode=earliest-offset", *args,
         ]  # fmt: skip
         job_id = await asyncio.to_thread(submit.run, "pipeline", job_args, env)
-        yield PipelineRun(run_id, topic, dlq, job_id, name)
+        yield PipelineRun(run_id, topic, dlq, job_id, name, deleted)
     finally:
         if job_id:
             await asyncio.to_thread(submit.cancel, job_id, env)
-        await delete_topics(kafka, [topic, dlq])
+        await delete_topics(kafka, [topic, dlq, deleted])
 
 
 def window_start_of(received_at: str, window_ms: int) -> datetime:

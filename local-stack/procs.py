@@ -44,6 +44,13 @@ def _start_ticks(pid: int) -> int | None:
     return stat.start_ticks
 
 
+def is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but is not yet reaped by its parent (here PID 1, which reaps
+    when it gets to it): it still answers ``kill(pid, 0)``, yet holds no port, memory or file."""
+    stat = _read_stat(pid)
+    return stat is not None and stat.state == "Z"
+
+
 def process_table() -> dict[int, ProcStat]:
     """Every process on the machine, by pid (one read of ``/proc``)."""
     table = {}

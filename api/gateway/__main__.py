@@ -20,6 +20,7 @@ from imgstream.domain.tokens import ReloadingKeyRing, ensure_key_file
 
 from api.gateway.app import GATEWAY, create_app, server_options
 from api.gateway.config import GatewayConfig
+from api.gateway.owners import OwnerIndex
 
 log = logging.getLogger("imgstream.gateway")
 
@@ -38,7 +39,8 @@ async def _connect(config: GatewayConfig, store: S3ObjectStore, publisher: Kafka
         else:
             await store.ping()
         if config.ensure_topic:
-            await ensure_topics(config.kafka, [TopicSpec(config.topic, config.topic_partitions)])
+            await ensure_topics(config.kafka, [TopicSpec(config.topic, config.topic_partitions),
+                                               TopicSpec(config.deleted_topic, config.topic_partitions)])
         await publisher.start()
 
     await retry_until(attempt, timeout=config.startup_timeout, retry_on=(Unavailable,), logger=log,
@@ -57,7 +59,7 @@ async def serve(config: GatewayConfig) -> None:
     ensure_key_file(config.keys_file)  # first start on a fresh stack: create the signing key
     keyring = ReloadingKeyRing(config.keys_file)
     await _connect(config, store, publisher)
-    app = create_app(config, store, publisher, keyring)
+    app = create_app(config, store, publisher, keyring, owners=OwnerIndex(config.cassandra))
 
     async def drain() -> None:
         # The listening socket is closed; established connections keep streaming their bodies.

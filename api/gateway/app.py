@@ -47,6 +47,8 @@ from api.gateway.keys import IDEMPOTENCY_KEY, checked_key, server_key
 from api.gateway.ingest import Ingestor, Outcome, Spool, receive
 from api.gateway.metrics import GatewayMetrics
 from api.gateway.openapi import openapi_document
+from api.gateway.deletes import Deletions
+from api.gateway.owners import OwnerLookup
 from api.gateway.tus import TusUploads
 
 log = logging.getLogger("imgstream.gateway")
@@ -86,6 +88,7 @@ class Gateway:
                  keyring: TokenVerifier, *, limiter: RateLimiter, metrics: GatewayMetrics,
                  executor: Executor | None, clock: Callable[[], datetime]) -> None:
         self.config = config
+        self.clock = clock
         self.store = store
         self.publisher = publisher
         self.keyring = keyring
@@ -435,14 +438,15 @@ class Gateway:
 
 def create_app(config: GatewayConfig, store: ObjectStore, publisher: EventPublisher, keyring: TokenVerifier, *,
                limiter: RateLimiter | None = None, metrics: GatewayMetrics | None = None,
-               executor: Executor | None = None, parts: PartStore | None = None,
+               executor: Executor | None = None, parts: PartStore | None = None, owners: OwnerLookup | None = None,
                clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> web.Application:
     """Build the gateway application from explicit dependencies.
 
     ``store`` and ``publisher`` are started when the app starts and closed after it stopped
     serving; ``keyring`` verifies bearer tokens; ``limiter`` defaults to the config's
     per-producer rate; ``clock`` gives ``received_at`` and the resumable uploads' expiry;
-    ``parts`` (multipart uploads for ``/v1/uploads/``) defaults to the store's own.
+    ``parts`` (multipart uploads for ``/v1/uploads/``) defaults to the store's own; ``owners``
+    answers who owns an image for ``DELETE /v1/images/{image_id}`` (without one, it answers 503).
     """
     metrics = metrics or GatewayMetrics()
     limiter = limiter or RateLimiter(config.rate_per_second, config.rate_burst)
@@ -466,6 +470,7 @@ def create_app(config: GatewayConfig, store: ObjectStore, publisher: EventPublis
     app = web.Application(middlewares=[observe, errors_middleware(log)], client_max_size=1024)
     app[GATEWAY] = gateway
     app.router.add_post("/v1/images", gateway.post_images, expect_handler=expect)
+    Deletions(gateway, owners, BODY_UNREAD).add_routes(app)
     gateway.uploads = TusUploads(gateway, parts or part_store_for(store),
                                  expiry=timedelta(seconds=config.upload_expiry), clock=clock)
     gateway.uploads.add_routes(app, expect)

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Final, Mapping
 
 from api.gateway.decoding import DECODE_MEMORY_BYTES
-from imgstream.config import ConfigReader, KafkaConfig, S3Config
+from imgstream.config import CassandraConfig, ConfigReader, KafkaConfig, S3Config
 from imgstream.cpus import usable_cpus
-from imgstream.domain.events import TOPIC_UPLOADED
+from imgstream.domain.events import TOPIC_DELETED, TOPIC_UPLOADED
 from imgstream.domain.imaging import MAX_PIXELS
 from imgstream.domain.tus import UPLOAD_EXPIRY
 from imgstream.domain.tokens import DEFAULT_KEYS_FILE, keys_file_from_env
@@ -88,6 +88,10 @@ class GatewayConfig:
     s3: S3Config = field(default_factory=S3Config)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     topic: str = TOPIC_UPLOADED
+    #: Where deletions are published (``image.deleted``, keyed by image_id).
+    deleted_topic: str = TOPIC_DELETED
+    #: Read for one thing: an image's owner, on DELETE (api/gateway/owners.py).
+    cassandra: CassandraConfig = field(default_factory=CassandraConfig)
     keys_file: Path = DEFAULT_KEYS_FILE
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     max_request_bytes: int = MAX_REQUEST_BYTES
@@ -118,8 +122,8 @@ class GatewayConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, prefix: str = "IMGSTREAM_GATEWAY_") -> "GatewayConfig":
-        """Read ``IMGSTREAM_GATEWAY_*`` (plus the shared ``IMGSTREAM_S3_*``, ``IMGSTREAM_KAFKA_*`` and
-        ``IMGSTREAM_TOKEN_KEYS_FILE``); every variable is optional except the S3 credentials."""
+        """Read ``IMGSTREAM_GATEWAY_*`` (plus the shared ``IMGSTREAM_S3_*``, ``IMGSTREAM_KAFKA_*``,
+        ``IMGSTREAM_CASSANDRA_*`` and ``IMGSTREAM_TOKEN_KEYS_FILE``); every variable is optional except the S3 credentials."""
         env = os.environ if env is None else env
         read = ConfigReader(env, prefix)
         port = read.integer("PORT", cls.port)
@@ -129,6 +133,8 @@ class GatewayConfig:
             s3=S3Config.from_env(env),
             kafka=KafkaConfig.from_env(env),
             topic=read.text("TOPIC", cls.topic),
+            deleted_topic=read.text("DELETED_TOPIC", cls.deleted_topic),
+            cassandra=CassandraConfig.from_env(env),
             keys_file=keys_file_from_env(env),
             max_upload_bytes=read.integer("MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             max_request_bytes=read.integer("MAX_REQUEST_BYTES", cls.max_request_bytes),

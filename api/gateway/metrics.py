@@ -27,5 +27,8 @@ class GatewayMetrics(HttpMetrics):
         self.stage = Histogram("imgstream_gateway_stage_duration_seconds",
                                "Time per upload stage (receive, inspect, store, publish)",
                                ["stage"], buckets=_STAGE_BUCKETS, registry=r)
+        self.deletions = Counter("imgstream_gateway_deletions",
+                                 "DELETE /v1/images/{id} by outcome: delete (published), already_deleted, "
+                                 "not_found", ["outcome"], registry=r)
         self.rate_limited = Counter("imgstream_gateway_rate_limited",
                                     "Requests and parts refused by the per-producer rate limit", registry=r)

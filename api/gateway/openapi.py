@@ -43,7 +43,8 @@ def openapi_document(config: GatewayConfig) -> dict[str, Any]:
             "version": "1",
             "description": (
                 "Streams image uploads into the object store and publishes one image.uploaded event per stored "
-                f"image. Limits: {config.max_upload_bytes} bytes per image, {config.max_request_bytes} bytes and "
+                "image; DELETE publishes one image.deleted event per deleted image. "
+                f"Limits: {config.max_upload_bytes} bytes per image, {config.max_request_bytes} bytes and "
                 f"{config.max_parts} parts per multipart request, {config.max_pixels} pixels per image, "
                 f"{config.rate_per_second:g} images/s per producer (burst {config.rate_burst:g}) per instance."
             ),
@@ -125,6 +126,30 @@ def openapi_document(config: GatewayConfig) -> dict[str, Any]:
                                                             "description": "seconds, spread over 1-5 s"},
                                             "Idempotency-Key": {"schema": {"type": "string"},
                                                                 "description": "the key to retry with"}}},
+                    },
+                }
+            },
+            "/v1/images/{image_id}": {
+                "delete": {
+                    "summary": "Delete one of this producer's images: its status becomes 'deleted' (the upload "
+                               "still counts in past windows); its bytes go when no live image references them "
+                               "(batch GC)",
+                    "security": [{"bearer": []}],
+                    "parameters": [{"name": "image_id", "in": "path", "required": True,
+                                    "schema": {"type": "string", "format": "uuid", "maxLength": 36},
+                                    "description": "the receipt's image_id (hex case-insensitive)"}],
+                    "responses": {
+                        "204": {"description": "Deleted, or deleted already (a retry is safe: nothing more "
+                                               "happens). The status on the stats API follows within seconds"},
+                        "400": _error("image_id is not a UUID (error.reason: invalid_image_id)"),
+                        "401": _error("Missing or invalid bearer token"),
+                        "403": _error("The token may not delete (analyst token)"),
+                        "404": _error("No such image of this producer: unknown, not yet processed (status "
+                                      "pending), or another producer's - one answer for all "
+                                      "(error.reason: image_not_found)"),
+                        "429": {**_error("Per-producer rate limit (shared with uploads); see Retry-After"),
+                                "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+                        "503": _error("Cassandra (owner look-up) or Kafka unreachable; retry"),
                     },
                 }
             },

@@ -38,7 +38,7 @@ from api.stats.openapi import openapi_document
 from api.stats.params import Scope, query_params
 from api.stats.queries.duplicates import DuplicatesQuery
 from api.stats.queries.freshness import FRESHNESS_TABLES, freshness_entry, freshness_sql
-from api.stats.queries.image import ImageQuery
+from api.stats.queries.image import TERMINAL_STATUS, ImageQuery
 from api.stats.queries.summary import SummaryQuery
 from api.stats.queries.top import TopQuery
 from api.stats.queries.uploads import UploadsQuery
@@ -337,8 +337,10 @@ class StatsApi:
         rows = await self.fetch(query.sql())
         row = rows[0] if rows else None
         data = query.result(row)
-        # A verdict is never revised (replays rewrite the same row); "pending" changes any moment.
-        return await self.answer(request, data, freshness, FRESHNESS_TABLES["image"], closed=row is not None)
+        # Only a deleted image never changes again: any other may be deleted, or gain derivatives
+        # from the next batch run, and "pending" changes any moment (ETags still give 304s).
+        closed = data["status"] == TERMINAL_STATUS
+        return await self.answer(request, data, freshness, FRESHNESS_TABLES["image"], closed=closed)
 
     async def freshness_endpoint(self, request: web.Request) -> web.StreamResponse:
         self.authenticate(request)

@@ -26,6 +26,8 @@ V_STATS: Final = "analytics.upload_stats"
 V_IMAGES: Final = "analytics.images"
 V_DUPLICATES: Final = "analytics.duplicates"
 V_FRESHNESS: Final = "analytics.freshness"
+#: The batch service's derivatives (connectors/postgres/30-batch.sql), listed on an image's answer.
+V_DERIVATIVES: Final = "analytics.derivatives"
 #: The roll-up views a series of each interval equals (what an analyst queries; the tests compare).
 ROLLUP_VIEWS: Final[Mapping[Interval, str]] = {
     Interval.MINUTE: "analytics.upload_stats",

@@ -84,41 +84,8 @@ SELECT window_start, image_id, producer, content_type, status, duplicate_kind, s
 FROM public.late_events
 WHERE analytics.shows_producer(producer);
 
--- Freshness: per replicated table, the newest change applied (its Cassandra write time) and
--- how far that is behind now (of any producer, synthetic ones included: it measures replication,
--- and names no producer). Under steady traffic behind_seconds is the replication delay;
--- an idle table shows the time since its last change.
-CREATE OR REPLACE FUNCTION analytics.freshness()
-RETURNS TABLE (table_name text, newest_change_at timestamptz, newest_applied_at timestamptz,
-               behind_seconds double precision)
-LANGUAGE sql STABLE AS $$
-    SELECT t.table_name, n.cdc_ts, n.cdc_applied_at, extract(epoch FROM now() - n.cdc_ts)::double precision
-    FROM (VALUES ('images'), ('duplicates'), ('upload_stats'), ('late_events')) AS t(table_name)
-    LEFT JOIN LATERAL (
-        SELECT cdc_ts, cdc_applied_at FROM public.images WHERE t.table_name = 'images'
-            AND cdc_ts IS NOT NULL ORDER BY cdc_ts DESC LIMIT 1
-    ) ni ON true
-    LEFT JOIN LATERAL (
-        SELECT cdc_ts, cdc_applied_at FROM public.duplicates WHERE t.table_name = 'duplicates'
-            AND cdc_ts IS NOT NULL ORDER BY cdc_ts DESC LIMIT 1
-    ) nd ON true
-    LEFT JOIN LATERAL (
-        SELECT cdc_ts, cdc_applied_at FROM public.upload_stats WHERE t.table_name = 'upload_stats'
-            AND cdc_ts IS NOT NULL ORDER BY cdc_ts DESC LIMIT 1
-    ) nu ON true
-    LEFT JOIN LATERAL (
-        SELECT cdc_ts, cdc_applied_at FROM public.late_events WHERE t.table_name = 'late_events'
-            AND cdc_ts IS NOT NULL ORDER BY cdc_ts DESC LIMIT 1
-    ) nl ON true
-    CROSS JOIN LATERAL (
-        SELECT coalesce(ni.cdc_ts, nd.cdc_ts, nu.cdc_ts, nl.cdc_ts) AS cdc_ts,
-               coalesce(ni.cdc_applied_at, nd.cdc_applied_at, nu.cdc_applied_at, nl.cdc_applied_at) AS cdc_applied_at
-    ) n
-$$;
-
-CREATE OR REPLACE VIEW analytics.freshness AS SELECT * FROM analytics.freshness();
+-- analytics.freshness (every replicated table, the batch service's too): 40-freshness.sql.
 
 GRANT USAGE ON SCHEMA analytics TO analyst;
 GRANT SELECT ON ALL TABLES IN SCHEMA analytics TO analyst;
-GRANT EXECUTE ON FUNCTION analytics.freshness() TO analyst;
 GRANT EXECUTE ON FUNCTION analytics.shows_producer(text) TO analyst;

@@ -214,8 +214,8 @@ async def open_producer(config: KafkaConfig, **options: Any) -> AsyncIterator[An
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=config.bootstrap_servers, **{"acks": "all", **options})
-    await producer.start()
-    try:
+    try:  # stopped on a failed start too: else its half-open connections leak with a warning
+        await producer.start()
         yield producer
     finally:
         await producer.stop()
@@ -278,8 +278,8 @@ async def open_consumer(config: KafkaConfig, *topics: str, group_id: str | None 
     }
     settings.update(options)  # callers may override any default (e.g. read_uncommitted)
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=config.bootstrap_servers, **settings)
-    await consumer.start()
-    try:
+    try:  # stopped on a failed start too ("Unclosed AIOKafkaConsumer" in `make status`, Kafka down)
+        await consumer.start()
         yield consumer
     finally:
         await consumer.stop()

@@ -29,7 +29,8 @@ from typing import Any, Mapping
 
 from imgstream.domain.errors import InvalidEvent
 from imgstream.domain.producers import SYNTHETIC_UNKNOWN, is_synthetic, is_valid_name
-from imgstream.domain.events import TOPIC_UPLOADED, ImageUploaded, schema, validate
+from imgstream.domain.events import (TOPIC_DELETED, TOPIC_UPLOADED, ImageDeleted, ImageUploaded, schema, validate,
+                                     validate_deleted)
 from imgstream.domain.timefmt import format_time, parse_time
 
 #: Largest event value accepted. A v1 event is < 2 KiB; anything far larger is not one, and
@@ -198,6 +199,35 @@ def clean(
             data = normalise(data)
         event = ImageUploaded.from_dict(validate(data))
         return Cleaned(event, to_epoch_ms(parse_time(event.received_at)), source)
+    except InvalidEvent as exc:
+        return _dead_letter(raw, source, seen, exc.details.get("reason", REASON_SCHEMA), exc.code, exc.message, data)
+    except Exception as exc:  # noqa: BLE001 - a job must not crash on input: route it, with its type
+        return _dead_letter(
+            raw, source, seen, REASON_UNEXPECTED, InvalidEvent.code, f"{type(exc).__name__}: {exc}", data
+        )
+
+
+def clean_deletion(raw: bytes | str | None, source: Source = Source(TOPIC_DELETED), *,
+                   seen_at: datetime | None = None) -> ImageDeleted | DeadLetter:
+    """Validate one raw value of the deletion topic (``image.deleted``); never raises for bad
+    input. A bad one becomes a :class:`DeadLetter` (its ``topic`` tells it from an upload's)."""
+    seen = seen_at or datetime.now(timezone.utc)
+    data: Any = None
+    try:
+        if raw is None or len(raw) == 0:
+            raise InvalidEvent("empty value (tombstone or empty message)", reason=REASON_EMPTY)
+        body = raw.encode() if isinstance(raw, str) else bytes(raw)
+        if len(body) > MAX_EVENT_BYTES:
+            raise InvalidEvent(
+                f"value of {len(body)} bytes is over MAX_EVENT_BYTES={MAX_EVENT_BYTES}", reason=REASON_TOO_LARGE
+            )
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidEvent(f"not JSON: {exc}", reason=REASON_NOT_JSON) from None
+        if isinstance(data, dict):
+            data = normalise(data)
+        return ImageDeleted.from_dict(validate_deleted(data))
     except InvalidEvent as exc:
         return _dead_letter(raw, source, seen, exc.details.get("reason", REASON_SCHEMA), exc.code, exc.message, data)
     except Exception as exc:  # noqa: BLE001 - a job must not crash on input: route it, with its type

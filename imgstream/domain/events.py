@@ -1,12 +1,14 @@
-"""The ``image.uploaded`` event: its versioned schema, a typed view of it, and (de)serialisation.
+"""The ``image.uploaded`` and ``image.deleted`` events: versioned schemas, typed views, (de)serialisation.
 
-The JSON Schema in ``schemas/image_uploaded.v1.json`` is the contract between the upload
-gateway (producer) and the Flink jobs (consumer). Everything here is pure: no framework imports.
+The JSON Schemas in ``schemas/image_uploaded.v1.json`` and ``schemas/image_deleted.v1.json`` are
+the contract between the upload gateway (producer) and the Flink jobs (consumer). Everything here
+is pure: no framework imports.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -25,6 +27,11 @@ EVENT_TYPE = "image.uploaded"
 #: partitions); every consumer must skip them (``imgstream.domain.cleaning`` recognises them).
 TOPIC_UPLOADED = "images.uploaded"
 TOPIC_DEAD_LETTER = "images.dlq"
+#: Deletions (``image.deleted``), keyed by image_id. A topic of their own rather than a second
+#: event type on the upload topic: every reader of ``images.uploaded`` (the pipeline, the batch
+#: jobs, reconcile, the tests' oracles) counts what it reads there as uploads.
+TOPIC_DELETED = "images.deleted"
+DELETED_EVENT_TYPE = "image.deleted"
 
 #: Namespace for image ids derived from (producer, Idempotency-Key): a retry with the same key
 #: yields the same id without the gateway storing anything.
@@ -37,6 +44,28 @@ def schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
     text = resources.files("imgstream.domain.schemas").joinpath(f"image_uploaded.v{version}.json").read_text()
     loaded: dict[str, Any] = json.loads(text)
     return loaded
+
+
+@lru_cache(maxsize=None)
+def deleted_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """The JSON Schema of ``image.deleted`` at ``version``."""
+    text = resources.files("imgstream.domain.schemas").joinpath(f"image_deleted.v{version}.json").read_text()
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+#: The one textual form of an image id: a UUID, 36 characters with hyphens (hex case-insensitive
+#: on input, lowercase once canonical).
+IMAGE_ID_LENGTH = 36
+_IMAGE_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def canonical_image_id(text: str) -> str:
+    """``text`` as an image id (lowercase UUID with hyphens); :class:`ValueError` when it is not
+    one. The length is checked before the pattern, so hostile input costs nothing."""
+    if len(text) != IMAGE_ID_LENGTH or not _IMAGE_ID.match(text):
+        raise ValueError("image_id must be a UUID (8-4-4-4-12 hex digits)")
+    return text.lower()
 
 
 def image_id_for(producer: str, idempotency_key: str | None) -> str:
@@ -75,6 +104,52 @@ class ImageUploaded:
     def from_dict(cls, data: Mapping[str, Any]) -> "ImageUploaded":
         """Build from an already validated mapping (see :func:`validate`)."""
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True, slots=True)
+class ImageDeleted:
+    """A producer's deletion of its own image, as the gateway publishes it (after checking the
+    owner): the pipeline sets the image's status to ``deleted``."""
+
+    image_id: str
+    producer: str
+    requested_at: str
+    gateway: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    event_type: str = DELETED_EVENT_TYPE
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ImageDeleted":
+        """Build from an already validated mapping (see :func:`validate_deleted`)."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def validate_deleted(data: Any) -> dict[str, Any]:
+    """Validate a decoded ``image.deleted`` event; raise :class:`InvalidEvent` with the reason."""
+    if not isinstance(data, dict):
+        raise InvalidEvent("event is not a JSON object", reason="not_an_object")
+    version = data.get("schema_version")
+    if isinstance(version, bool) or version != SCHEMA_VERSION:
+        raise InvalidEvent(f"unknown schema_version {version!r}", reason="unknown_version")
+    error = _deleted_checker(SCHEMA_VERSION)(data)
+    if error is not None:
+        raise InvalidEvent(f"{error.field}: {error.message}", reason="schema", field=error.field)
+    try:
+        parse_time(data["requested_at"])
+    except ValueError as exc:
+        raise InvalidEvent(f"requested_at: {exc}", reason="schema", field="requested_at") from None
+    return data
+
+
+@lru_cache(maxsize=None)
+def _deleted_checker(version: int) -> Callable[[Any], SchemaError | None]:
+    return compile_schema(deleted_schema(version))
 
 
 def validate(data: Any) -> dict[str, Any]:

@@ -22,9 +22,10 @@ TOPIC_PREFIX = "cdc"
 CDC_TOPIC_PARTITIONS = 1
 #: Records the sink cannot apply go here, with the reason in ``__connect.errors.*`` headers.
 DLQ_TOPIC = "cdc.dlq"
-#: The replicated tables (Cassandra keyspace ``imgstream`` -> PostgreSQL schema ``public``).
+#: The replicated tables (Cassandra keyspace ``imgstream`` -> PostgreSQL schema ``public``): the
+#: pipeline's four, then the batch service's (``derivatives``, and the GC's audit ``gc_log``).
 KEYSPACE = "imgstream"
-TABLES: tuple[str, ...] = ("images", "duplicates", "upload_stats", "late_events")
+TABLES: tuple[str, ...] = ("images", "duplicates", "upload_stats", "late_events", "derivatives", "gc_log")
 
 JDBC_SINK_CLASS = "io.debezium.connector.jdbc.JdbcSinkConnector"
 SCYLLA_SOURCE_CLASS = "com.scylladb.cdc.debezium.connector.ScyllaConnector"

@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 #: image -> (entry modules, distributions imported lazily inside functions, so not seen by importing)
 IMAGES: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "gateway": (("api.gateway.__main__",), ("aiobotocore", "aiokafka", "uvloop")),
+    # scylla-driver: the owner look-up of DELETE (api/gateway/owners.py) connects lazily
+    "gateway": (("api.gateway.__main__",), ("aiobotocore", "aiokafka", "uvloop", "scylla-driver")),
     "stats-api": (("api.stats.__main__",), ("asyncpg", "uvloop")),
     "flink-pipeline": (("flink_jobs.pipeline", "flink_jobs.heartbeat", "flink_jobs.functions",
                         "flink_jobs.cassandra_sink"), ("apache-flink", "scylla-driver", "aiokafka")),

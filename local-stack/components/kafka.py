@@ -18,6 +18,7 @@ from component import PORTS, TEMPLATES, Component, Context, classpath, render
 TOPICS: dict[str, int] = {
     "images.uploaded": 3,
     "images.dlq": 1,
+    "images.deleted": 3,  # deletions (DELETE /v1/images/{id}), keyed by image_id
 }
 
 # JVM heaps sized for 2 cores / 24 GiB shared by six JVMs and the Python services.

@@ -11,6 +11,7 @@ from pathlib import Path
 from imgstream.adapters.postgres import connect
 
 import health
+import procs
 from component import PORTS, Component, Context
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -24,8 +25,35 @@ def run_as() -> str | None:
     return PG_USER if os.geteuid() == 0 else None
 
 
+def clear_dead_lock(lock: Path) -> bool:
+    """Remove a PostgreSQL lock file (``postmaster.pid``, the socket's ``.s.PGSQL.<port>.lock``)
+    if the postmaster it names is a zombie; True if removed.
+
+    PostgreSQL clears the lock files of a postmaster that is gone, but refuses to start while
+    that pid still answers ``kill(pid, 0)``, which a SIGKILLed postmaster does until PID 1
+    reaps it: the crash matrix's ``make up`` one second after the kill got "lock file ...
+    already exists", first for the data folder, then for the socket. A zombie holds no port,
+    shared memory or file, so its locks can go; a live postmaster's are never touched."""
+    try:
+        pid = int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    if not procs.is_zombie(pid):
+        return False
+    lock.unlink(missing_ok=True)
+    return True
+
+
+def lock_files(ctx: Context) -> list[Path]:
+    """Where a postmaster leaves its lock files: the data folder and the socket folder."""
+    return [ctx.paths.data / "postgres" / "postmaster.pid",
+            ctx.paths.run / "postgres" / f".s.PGSQL.{PORTS['postgres']}.lock"]
+
+
 def prepare(ctx: Context) -> None:
     data = ctx.paths.data / "postgres"
+    for lock in lock_files(ctx):
+        clear_dead_lock(lock)
     sock = ctx.paths.run / "postgres"
     sock.mkdir(parents=True, exist_ok=True)
     user = run_as()

@@ -3,6 +3,8 @@ duplicates flows through the real gateway, the component is SIGKILLed mid-stream
 process group), ``stackctl up`` brings it back, and in the end ``images``, ``duplicates`` and
 ``upload_stats`` in Cassandra *and* PostgreSQL, and the stats API's totals, equal the truth of
 what reached Kafka (the reference deduplicator over the producer's events in the upload topic).
+Then the batch ``reconcile`` job, scoped to the run's producers, must find S3, the upload topic,
+Cassandra and PostgreSQL in agreement.
 
 DESTRUCTIVE: it kills components of the running stack one after another. Run it alone, on a
 stack nobody else uses: ``make chaos`` (``CHAOS_VICTIMS=kafka,gateway`` picks some). It takes
@@ -31,6 +33,7 @@ from imgstream.adapters.postgres import connect
 from imgstream.domain.tokens import KeyRing, keys_file_from_env
 from imgstream.polling import until
 from tests.fixtures import chaos
+from tests.fixtures.batch_env import job_env, run_job
 from imgstream.domain.producers import synthetic
 
 pytestmark = pytest.mark.slow
@@ -155,6 +158,12 @@ async def test_crash_matrix(stack_env, stack_config, repo_root):
             await pg.close()
     finally:
         cluster.shutdown()
+    # the batch reconcile job as a second oracle: S3 vs the upload topic vs Cassandra vs PostgreSQL,
+    # over this run's producers only (the stack holds other runs' data)
+    prefix = synthetic(f"chaos-{run_id}-")
+    check = await asyncio.to_thread(run_job, job_env(stack_env), "reconcile", "--grace", "0s",
+                                    "--producer-prefix", prefix)
+    summary = check.summary
 
     lines = [f"{'victim':<18} {'uploads':>7} {'decided':>7} {'dups':>5} {'killed@':>7} {'retries':>7} "
              f"{'up (s)':>7}  result"]
@@ -164,6 +173,10 @@ async def test_crash_matrix(stack_env, stack_config, repo_root):
         lines.append(f"{row.victim:<18} {len(row.stream.receipts):>7} {len(truth.verdicts) if truth else 0:>7} "
                      f"{dups:>5} {row.killed_at:>7} {row.stream.retries:>7} {row.recovered_s:>7.0f}  "
                      f"{'exact' if not row.problems else 'WRONG: ' + ' | '.join(row.problems)[:400]}")
+    lines.append(f"reconcile job over {prefix}*: {summary['counts']} -> "
+                 + ("agree" if summary["agree"] else f"DISAGREE {summary['disagreements']} {summary['lists']}"[:600]))
     print("\ncrash matrix (Cassandra, PostgreSQL and the stats API against the truth of the upload topic)\n"
           + "\n".join(lines))
     assert all(not row.problems for row in rows), "\n".join(lines)
+    expected_images = sum(len(row.truth.verdicts) for row in rows if row.truth)
+    assert check.status == 0 and summary["counts"]["rows"] == expected_images, "\n".join(lines)

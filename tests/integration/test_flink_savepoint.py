@@ -14,6 +14,8 @@ stack's own pipeline (4 of the TaskManager's 6 slots at parallelism 2).
 (Before issue 17 the first job used ``--near_bands=7`` and the resumed one re-banded the index
 to 4 bands. Near shards are chosen by band layout, so a band change now needs ``make
 flink-reset``: ``decide: near`` logs the band keys of another layout it finds.)
+The first job also has no deletion branch (the topology before issue 15's DELETE): the
+resumed ones add it, and the savepoint must still map.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ async def test_stop_with_savepoint_and_resume_at_another_parallelism_and_back(st
     cluster, session = open_session(stack_config.cassandra)
     resumed: list[str] = []
     try:
-        async with testing.pipeline_run(stack_env, bootstrap, [*args, f"--parallelism={LEGS[0]}"]) as run:
+        # the first job as before deletions existed (no deletion branch): the resumed ones add it,
+        # and must still map the savepoint (new operators start empty)
+        async with testing.pipeline_run(stack_env, bootstrap,
+                                        [*args, f"--parallelism={LEGS[0]}", "--deleted_topic="]) as run:
             planned = testing.renamed(
                 plan(seed=31, originals=60, exact_copies=22, near_copies=22, replays=6, malformed=4), f"sp{run.run_id}"
             )

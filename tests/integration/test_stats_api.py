@@ -448,6 +448,50 @@ async def test_images_with_their_status(stats: Stats) -> None:
     assert pending["status"] == "pending"
 
 
+async def test_image_lists_the_derivatives_of_its_content(stats: Stats) -> None:
+    ds = stats.ds
+    sha = uuid.uuid4().hex * 2  # content of this test only
+    live, deleted, plain_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    base = {k: v for k, v in ds.images[0].items() if k not in ("image_id", "producer", "sha256", "status")}
+    made = [  # (ladder, preset, format, width, height, size)
+        ("l1", "thumb", "webp", 256, 128, 2000), ("l1", "small", "jpeg", 1024, 512, 50000),
+        ("l1", "small", "avif", 1024, 512, 30000), ("l0", "thumb", "jpeg", 200, 100, 1500)]
+    async with stats.owner.acquire() as conn:
+        for image_id, producer, status, content in ((live, ds.a, "accepted", sha), (deleted, ds.b, "deleted", sha),
+                                                    (plain_id, ds.a, "accepted", uuid.uuid4().hex * 2)):
+            row = {**base, "image_id": image_id, "producer": producer, "sha256": content, "status": status}
+            await conn.execute(f"INSERT INTO public.images ({', '.join(row)}, cdc_op) "
+                               f"VALUES ({', '.join(f'${i}' for i in range(1, len(row) + 1))}, 'c')", *row.values())
+        await conn.executemany(
+            "INSERT INTO public.derivatives (sha256, ladder, preset, format, width, height, size, storage_key, "
+            "created_at, run_id, cdc_op) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), 'it', 'c')",
+            [(sha, *d[:6], f"derived/{d[0]}/{d[1]}/{sha[:2]}/{sha}.{d[2]}") for d in made])
+    try:
+        body = await stats.ok(f"/v1/images/{live}", stats.auth(ds.a))
+        # what docs/batch.md's analyst query gives, field for field and in its order
+        sketch = await stats.sql(
+            "SELECT d.preset, d.format, d.width, d.height, d.size, d.storage_key FROM analytics.images i "
+            "JOIN analytics.derivatives d ON d.sha256 = i.sha256 WHERE i.image_id = $1 "
+            "ORDER BY d.ladder, d.preset, d.format", live)
+        assert len(sketch) == len(made)
+        assert body["derivatives"] == [dict(r) for r in sketch]
+        assert body["derivatives"][0] == {"preset": "thumb", "format": "jpeg", "width": 200, "height": 100,
+                                          "size": 1500, "storage_key": f"derived/l0/thumb/{sha[:2]}/{sha}.jpeg"}
+        # the same content, deleted by its other producer: no derivatives listed for it
+        gone = await stats.ok(f"/v1/images/{deleted}", stats.auth(ds.b))
+        assert gone["status"] == "deleted" and gone["derivatives"] == []
+        # another producer's image with derivatives is still just "pending" (no leak)
+        hidden = await stats.ok(f"/v1/images/{live}", stats.auth(ds.b))
+        assert hidden == {"image_id": live, "status": "pending", "freshness": hidden["freshness"]}
+        # content without any derivatives: an empty list
+        plain = await stats.ok(f"/v1/images/{plain_id}", stats.auth(ds.a))
+        assert plain["derivatives"] == []
+        assert set(plain["freshness"]["tables"]) == {"images", "derivatives"}
+    finally:
+        async with stats.owner.acquire() as conn:
+            await conn.execute("DELETE FROM public.derivatives WHERE sha256 = $1", sha)
+
+
 async def test_every_answer_carries_freshness(stats: Stats) -> None:
     ds = stats.ds
     paths = ["/v1/stats/uploads", "/v1/stats/summary", "/v1/stats/top", "/v1/duplicates", f"/v1/usage/{ds.a}",

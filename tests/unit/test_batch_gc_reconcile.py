@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 from batch import gc, reconcile, reorganize
@@ -67,6 +68,28 @@ def test_reconcile_names_each_kind_of_disagreement() -> None:
     assert found(inv) == {"missing_object": 1, "event_without_row": 1, "row_without_event": 1,
                           "row_without_object": 1, "orphan_object": 1, "pg_missing": 1, "pg_mismatch": 1,
                           "pg_extra": 1, "derivative_without_object": 1}
+
+
+def test_reconcile_scoped_to_a_producer_prefix_judges_only_its_images() -> None:
+    """The crash matrix runs reconcile on a shared stack: only its own producers' images count."""
+    inv = agreeing()
+    for r in inv.rows.values():
+        r["producer"] = "synthetic-chaos-a"
+    for i, r in inv.pg_rows.items():
+        r["producer"] = "synthetic-chaos-a"
+    inv.events = [replace(e, producer="synthetic-chaos-a") for e in inv.events]
+    inv.events.append(event("other", 3, offset=2))  # another run's event, no row: not ours
+    inv.rows["o2"] = {**row("o2", 8, offset=5), "producer": "alice"}  # no object, no event: not ours
+    inv.objects[image_key(sha(6))] = obj(image_key(sha(6)))  # orphan: whose? not judged when scoped
+    assert found(inv) == {"missing_object": 1, "event_without_row": 1, "row_without_object": 1,
+                          "row_without_event": 1, "orphan_object": 1, "pg_missing": 1}
+    mine = inv.scoped(lambda p: p.startswith("synthetic-chaos-"))
+    assert set(mine.rows) == {"i1", "i2"} and len(mine.events) == 2 and set(mine.pg_rows or {}) == {"i1", "i2"}
+    assert reconcile.compare(mine, now=NOW, grace=GRACE, topic=TOPIC, orphans=False) == {
+        k: [] for k in reconcile.KINDS}
+    mine.rows["i1"]["status"] = "rejected"  # a real disagreement inside the scope still shows
+    result = reconcile.compare(mine, now=NOW, grace=GRACE, topic=TOPIC, orphans=False)
+    assert {k: len(v) for k, v in result.items() if v} == {"pg_mismatch": 1}
 
 
 def test_reconcile_rows_before_the_retained_log_need_no_event() -> None:

@@ -80,7 +80,8 @@ def test_production_source_produces_the_same_topics_and_row_shape():
 
 
 def test_postgres_tables_exist_for_every_replicated_table_with_its_cassandra_columns():
-    sql = (CONNECTORS / "postgres" / "10-replicated.sql").read_text()
+    # the pipeline's tables are in 10-replicated.sql, the batch service's in 30-batch.sql
+    sql = "\n".join(p.read_text() for p in sorted((CONNECTORS / "postgres").glob("*.sql")))
     cql_path = REPO / "flink_jobs" / "schema.cql"
     if not cql_path.exists():
         pytest.fail("flink_jobs/schema.cql is missing: the replicated tables mirror it")
@@ -93,6 +94,15 @@ def test_postgres_tables_exist_for_every_replicated_table_with_its_cassandra_col
         cass_cols = {ln.split()[0] for ln in cass.group(1).splitlines() if ln.strip() and not ln.strip().startswith("PRIMARY")}
         assert cass_cols <= pg_cols, (table, cass_cols - pg_cols)
         assert {"cdc_op", "cdc_ts", "cdc_applied_at"} <= pg_cols
+
+
+def test_freshness_lists_every_replicated_table():
+    sql = (CONNECTORS / "postgres" / "40-freshness.sql").read_text()
+    listed = re.search(r"FROM \(VALUES (.*?)\)\s+AS t\(table_name\)", sql, re.S)
+    assert listed, "analytics.freshness() lists its tables in one VALUES list"
+    assert re.findall(r"\('(\w+)'\)", listed.group(1)) == list(TABLES)
+    for table in TABLES:  # and reads each one's newest change
+        assert re.search(rf"SELECT '{table}', cdc_ts, cdc_applied_at FROM public\.{table}\b", sql), table
 
 
 def test_agent_component_is_declared_with_real_health_and_dependencies():

@@ -162,3 +162,94 @@ def test_after_a_restore_verdicts_below_the_topics_end_are_tagged_for_a_recheck(
     restored.watermark(4_000)
     assert calls == ["t"]
     assert {v["offset"]: bool(v.get("recheck")) for v in restored.verdicts()} == {99: True, 150: False}
+
+
+class KeyedRuntime:
+    """Keyed state as Flink scopes it: each descriptor's map is the current key's."""
+
+    def __init__(self):
+        self.key = None
+        self.states = {}  # (descriptor name, key) -> dict
+
+    def get_map_state(self, descriptor):
+        runtime, name = self, descriptor.get_name()
+
+        class Scoped(FakeMapState):
+            @property
+            def data(self):
+                return runtime.states.setdefault((name, runtime.key), {})
+
+            @data.setter
+            def data(self, value):
+                pass
+
+        return Scoped(None)
+
+
+class KeyedOperator:
+    """Decide over two keys (the dedup realms), timers registered per key like Flink's."""
+
+    def __init__(self):
+        from flink_jobs.functions import index_key
+
+        self.index_key = index_key
+        self.runtime = KeyedRuntime()
+        self.decide = Decide(DedupPolicy(), W, L)
+        self.decide.open(self.runtime)
+        self.registered = set()  # (key, timestamp)
+        self.watermark_at = LONG_MIN
+        self.out = []
+
+    def _ctx(self, key):
+        operator = self
+
+        class Timers:
+            def current_watermark(self):
+                return operator.watermark_at
+
+            def register_event_time_timer(self, ts):
+                operator.registered.add((key, ts))
+
+        class Ctx:
+            def get_current_key(self):
+                return key
+
+            def timer_service(self):
+                return Timers()
+
+        return Ctx()
+
+    def element(self, image):
+        key = self.runtime.key = self.index_key(image)
+        self.out.extend(self.decide.process_element(dict(image), self._ctx(key)))
+
+    def watermark(self, watermark):
+        self.watermark_at = watermark
+        for key, ts in sorted((k, t) for k, t in self.registered if t <= watermark):
+            self.registered.discard((key, ts))
+            self.runtime.key = key
+            self.out.extend(self.decide.on_timer(ts, self._ctx(key)))
+
+    def verdicts(self):
+        return {v["image_id"]: v for step in self.out for v in step["verdicts"]}
+
+
+def test_each_dedup_realm_gets_its_own_bucket_timer_and_index():
+    """The same picture from a synthetic producer and then a user in the same 200 ms bucket:
+    both are decided (a timer registered for one realm's key must not stand in for the
+    other's), each as the first of its realm; a second user copy is a duplicate of the user's."""
+    op = KeyedOperator()
+    hidden = {**_image(1, 1_000), "producer": "synthetic-bench-a"}
+    mine = {**_image(2, 1_050), "producer": "alice", "sha256": hidden["sha256"], "phash": hidden["phash"]}
+    again = {**_image(3, 1_100), "producer": "alice", "sha256": hidden["sha256"], "phash": hidden["phash"]}
+    for image in (hidden, mine, again):
+        op.element(image)
+    op.watermark(W)
+    verdicts = op.verdicts()
+    assert set(verdicts) == {hidden["image_id"], mine["image_id"], again["image_id"]}
+    assert verdicts[hidden["image_id"]]["status"] == verdicts[mine["image_id"]]["status"] == "accepted"
+    assert (verdicts[again["image_id"]]["status"], verdicts[again["image_id"]]["duplicate_of"]) == (
+        "duplicate", mine["image_id"])
+    # the index of each realm lives under its own key
+    assert {k for (name, k) in op.runtime.states if name == "exact" and op.runtime.states[(name, k)]} == {
+        "index", "index-synthetic"}

@@ -105,3 +105,30 @@ def test_use_switches_between_keys_loading_each_once():
     mirror.use(1)
     assert mirror.get("c") is None and mirror.get("b") == 2
     assert state.loads == [0, 1] and state.data[0] == {"a": 1, "c": 3}
+
+
+def test_mirrors_are_kept_per_key_so_alternating_keys_read_each_map_once():
+    maps = {"index": {"a": [1]}, "index-synthetic": {"s": [9]}}
+    current = ["index"]
+
+    class Keyed(FakeMapState):
+        @property
+        def data(self):
+            return maps[current[0]]
+
+        @data.setter
+        def data(self, value):
+            pass
+
+    state = Keyed()
+    mirror = MirroredMap(state)
+    for _ in range(3):
+        for key, present, absent in (("index", "a", "s"), ("index-synthetic", "s", "a")):
+            current[0] = key
+            mirror.use(key)
+            assert mirror.get(present) is not None and mirror.get(absent) is None and absent not in mirror
+    assert state.iterations == 2  # one load per key, not one per switch
+    current[0] = "index"
+    mirror.use("index")
+    mirror["b"] = [2]
+    assert maps["index"] == {"a": [1], "b": [2]} and "b" not in maps["index-synthetic"]

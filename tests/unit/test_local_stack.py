@@ -155,3 +155,26 @@ def test_components_do_not_inherit_jvm_overrides_or_a_pyflink_loopback_address(t
     env = ctx.base_env()
     assert "PYTHON_LOOPBACK_SERVER_ADDRESS" not in env and "JAVA_TOOL_OPTIONS" not in env
     assert env["IMGSTREAM_TEST_KEEP"] == "1"
+
+
+def test_a_zombie_postmasters_lock_file_is_cleared_and_a_live_ones_kept(tmp_path):
+    """The crash matrix's PostgreSQL victim: restarted before PID 1 reaped the SIGKILLed
+    postmaster, PostgreSQL refused ("lock file postmaster.pid already exists")."""
+    from components import postgres
+
+    lock = tmp_path / "postmaster.pid"
+    child = subprocess.Popen(["true"])  # exits at once; unreaped until wait(): a zombie
+    try:
+        until_sync(lambda: procs.is_zombie(child.pid), "the child to become a zombie", timeout=10, interval=0.05)
+        lock.write_text(f"{child.pid}\n/data\n")
+        assert postgres.clear_dead_lock(lock) and not lock.exists()
+    finally:
+        child.wait()
+    lock.write_text(f"{os.getpid()}\n/data\n")  # alive: never touched
+    assert not postgres.clear_dead_lock(lock) and lock.exists()
+    lock.write_text("garbage\n")
+    assert not postgres.clear_dead_lock(lock) and lock.exists()
+    lock.unlink()
+    assert not postgres.clear_dead_lock(lock)
+    ctx = component.Context(paths=component.Paths.for_repo(tmp_path), s3_secret="s", java="/bin/true")
+    assert {p.name for p in postgres.lock_files(ctx)} == {"postmaster.pid", ".s.PGSQL.5432.lock"}

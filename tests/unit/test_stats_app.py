@@ -196,9 +196,33 @@ async def test_image_of_another_producer_answers_like_an_unknown_id(api: Api) ->
     assert api.pool.data_calls()[0][1] == (IMAGE_ID, "alice")  # the database does the filtering
     status, body, headers = await api.get(f"/v1/images/{IMAGE_ID}", api.auth("bob"))
     assert status == 200 and body["status"] == "accepted" and body["producer"] == "bob"
-    assert headers["Cache-Control"] == "private, max-age=300"  # a verdict never changes
+    # an accepted image may still be deleted or gain derivatives: revalidated, never cached blind
+    assert headers["Cache-Control"] == "private, no-cache"
+    assert body["derivatives"] == []  # none made yet: an empty list, not a missing field
     status, body, _ = await api.get(f"/v1/images/{IMAGE_ID}", api.analyst())
     assert status == 200 and body["status"] == "accepted"
+
+
+async def test_image_lists_its_derivatives_and_a_deleted_image_is_final(api: Api) -> None:
+    made = [{"preset": "thumb", "format": "webp", "width": 256, "height": 171, "size": 5120,
+             "storage_key": "derived/l1/thumb/ab/x.webp", "ladder": "l1"},
+            {"preset": "small", "format": "jpeg", "width": 1024, "height": 683, "size": 90000,
+             "storage_key": "derived/l1/small/ab/x.jpg"}]
+    row = {c: None for c in ImageQuery.COLUMNS} | {"image_id": IMAGE_ID, "producer": "bob", "status": "accepted",
+                                                      "derivatives": json.dumps(made)}
+    api.pool.on("FROM analytics.images", [row])
+    status, body, headers = await api.get(f"/v1/images/{IMAGE_ID}", api.auth("bob"))
+    assert status == 200
+    # exactly the documented fields, in the database's order (ladder, preset, format)
+    assert body["derivatives"] == [{k: d[k] for k in ("preset", "format", "width", "height", "size", "storage_key")}
+                                   for d in made]
+    text = api.pool.data_calls()[0][0]
+    assert "analytics.derivatives" in text and "d.sha256 = i.sha256" in text
+    row.update(status="deleted", derivatives="[]")
+    status, body, headers = await api.get(f"/v1/images/{IMAGE_ID}", api.auth("bob"))
+    assert status == 200 and body["status"] == "deleted" and body["derivatives"] == []
+    assert headers["Cache-Control"] == "private, max-age=300"  # deleted is final
+    assert set(body["freshness"]["tables"]) == {"images", "derivatives"}
 
 
 async def test_unknown_image_is_pending_and_not_cacheable(api: Api) -> None:

@@ -28,7 +28,8 @@ NOW = datetime(2026, 11, 26, 12, 34, 56, tzinfo=timezone.utc)
 ANALYST = Scope(None)
 ALICE = Scope("alice")
 HOSTILE = "x'); DELETE FROM public.images; --"
-KNOWN_RELATIONS = {"analytics.upload_stats", "analytics.images", "analytics.duplicates", "analytics.freshness"}
+KNOWN_RELATIONS = {"analytics.upload_stats", "analytics.images", "analytics.duplicates", "analytics.freshness",
+                   "analytics.derivatives"}
 
 
 def utc(*args: int) -> datetime:

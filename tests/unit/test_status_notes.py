@@ -31,3 +31,27 @@ def test_status_lines_count_each_dead_letter_topic_and_flag_a_non_empty_one(tmp_
     assert "0 record(s)" in pipeline and "not empty" not in pipeline
     counts.pop("cdc.dlq")  # Kafka cannot answer: said so, never an exception
     assert any("cdc.dlq" in line and "unknown" in line for line in status_notes.lines(ctx))
+
+
+def test_kafka_down_leaves_no_half_started_client_behind(recwarn):
+    """`make status` with Kafka down printed "Unclosed AIOKafkaConsumer": a client whose start()
+    failed was never stopped. Port 1 on loopback refuses at once."""
+    import asyncio
+    import gc
+
+    import pytest
+
+    from imgstream.adapters.kafka import open_consumer, open_producer
+    from imgstream.config import KafkaConfig
+
+    down = KafkaConfig("127.0.0.1:1")
+
+    async def both():
+        for opener in (open_consumer, open_producer):
+            with pytest.raises(Exception, match="127.0.0.1"):
+                async with opener(down):
+                    raise AssertionError("started against a closed port")
+
+    asyncio.run(both())
+    gc.collect()
+    assert not [w for w in recwarn if "Unclosed" in str(w.message)]

@@ -2,7 +2,7 @@
 
 PostgreSQL receives the pipeline's Cassandra tables by change data capture; each replicated row
 carries the time its last change was written to Cassandra. ``analytics.freshness``
-(connectors/postgres/20-analytics.sql) gives, per table, the newest change applied and when
+(connectors/postgres/40-freshness.sql) gives, per replicated table, the newest change applied and when
 PostgreSQL applied it; for ``upload_stats`` the answer adds how far event time is final.
 """
 
@@ -21,7 +21,7 @@ FRESHNESS_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
     "top": ("upload_stats",),
     "usage": ("upload_stats", "images"),
     "duplicates": ("duplicates",),
-    "image": ("images",),
+    "image": ("images", "derivatives"),
 }
 
 
