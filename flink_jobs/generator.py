@@ -176,7 +176,9 @@ def truth(events: Iterable[Planned], policy: DedupPolicy | None = None) -> Truth
     realms: dict[str, Deduplicator] = {}
     for c in cleaned:
         realm = dedup_realm(c.event.producer)
-        dedup = realms.get(realm) or realms.setdefault(realm, Deduplicator(policy))
+        dedup = realms.get(realm)
+        if dedup is None:
+            dedup = realms[realm] = Deduplicator(policy)
         verdict = dedup.process(image_ref(c))
         if verdict is not None:
             result.verdicts[c.event.image_id] = verdict

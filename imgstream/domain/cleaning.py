@@ -172,6 +172,22 @@ def normalise(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _json_value(raw: bytes | str | None) -> Any:
+    """The JSON value of one raw topic value: raises :class:`InvalidEvent` (reason empty, too
+    large or not JSON) for what cannot be one. The first step of every topic's cleaning."""
+    if raw is None or len(raw) == 0:
+        raise InvalidEvent("empty value (tombstone or empty message)", reason=REASON_EMPTY)
+    body = raw.encode() if isinstance(raw, str) else bytes(raw)
+    if len(body) > MAX_EVENT_BYTES:
+        raise InvalidEvent(
+            f"value of {len(body)} bytes is over MAX_EVENT_BYTES={MAX_EVENT_BYTES}", reason=REASON_TOO_LARGE
+        )
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent(f"not JSON: {exc}", reason=REASON_NOT_JSON) from None
+
+
 def clean(
     raw: bytes | str | None,
     source: Source = Source(),
@@ -182,17 +198,7 @@ def clean(
     seen = seen_at or datetime.now(timezone.utc)
     data: Any = None
     try:
-        if raw is None or len(raw) == 0:
-            raise InvalidEvent("empty value (tombstone or empty message)", reason=REASON_EMPTY)
-        body = raw.encode() if isinstance(raw, str) else bytes(raw)
-        if len(body) > MAX_EVENT_BYTES:
-            raise InvalidEvent(
-                f"value of {len(body)} bytes is over MAX_EVENT_BYTES={MAX_EVENT_BYTES}", reason=REASON_TOO_LARGE
-            )
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidEvent(f"not JSON: {exc}", reason=REASON_NOT_JSON) from None
+        data = _json_value(raw)
         if isinstance(data, dict) and data.get("event_type") == HEARTBEAT_TYPE:
             return _heartbeat(data, source)
         if isinstance(data, dict):
@@ -214,17 +220,7 @@ def clean_deletion(raw: bytes | str | None, source: Source = Source(TOPIC_DELETE
     seen = seen_at or datetime.now(timezone.utc)
     data: Any = None
     try:
-        if raw is None or len(raw) == 0:
-            raise InvalidEvent("empty value (tombstone or empty message)", reason=REASON_EMPTY)
-        body = raw.encode() if isinstance(raw, str) else bytes(raw)
-        if len(body) > MAX_EVENT_BYTES:
-            raise InvalidEvent(
-                f"value of {len(body)} bytes is over MAX_EVENT_BYTES={MAX_EVENT_BYTES}", reason=REASON_TOO_LARGE
-            )
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidEvent(f"not JSON: {exc}", reason=REASON_NOT_JSON) from None
+        data = _json_value(raw)
         if isinstance(data, dict):
             data = normalise(data)
         return ImageDeleted.from_dict(validate_deleted(data))

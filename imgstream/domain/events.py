@@ -132,18 +132,25 @@ class ImageDeleted:
 
 def validate_deleted(data: Any) -> dict[str, Any]:
     """Validate a decoded ``image.deleted`` event; raise :class:`InvalidEvent` with the reason."""
+    return _validated(data, _deleted_checker, "requested_at")
+
+
+def _validated(data: Any, checker: Callable[[int], Callable[[Any], SchemaError | None]], time_field: str
+               ) -> dict[str, Any]:
+    """``data`` if it is an object of the known schema version that ``checker(version)`` accepts
+    and whose ``time_field`` parses; else :class:`InvalidEvent` with the reason (every event type)."""
     if not isinstance(data, dict):
         raise InvalidEvent("event is not a JSON object", reason="not_an_object")
     version = data.get("schema_version")
     if isinstance(version, bool) or version != SCHEMA_VERSION:
         raise InvalidEvent(f"unknown schema_version {version!r}", reason="unknown_version")
-    error = _deleted_checker(SCHEMA_VERSION)(data)
+    error = checker(SCHEMA_VERSION)(data)
     if error is not None:
         raise InvalidEvent(f"{error.field}: {error.message}", reason="schema", field=error.field)
     try:
-        parse_time(data["requested_at"])
+        parse_time(data[time_field])
     except ValueError as exc:
-        raise InvalidEvent(f"requested_at: {exc}", reason="schema", field="requested_at") from None
+        raise InvalidEvent(f"{time_field}: {exc}", reason="schema", field=time_field) from None
     return data
 
 
@@ -154,19 +161,7 @@ def _deleted_checker(version: int) -> Callable[[Any], SchemaError | None]:
 
 def validate(data: Any) -> dict[str, Any]:
     """Validate a decoded event against its schema version; raise :class:`InvalidEvent` with the reason."""
-    if not isinstance(data, dict):
-        raise InvalidEvent("event is not a JSON object", reason="not_an_object")
-    version = data.get("schema_version")
-    if isinstance(version, bool) or version != SCHEMA_VERSION:
-        raise InvalidEvent(f"unknown schema_version {version!r}", reason="unknown_version")
-    error = _checker(SCHEMA_VERSION)(data)
-    if error is not None:
-        raise InvalidEvent(f"{error.field}: {error.message}", reason="schema", field=error.field)
-    try:
-        parse_time(data["received_at"])
-    except ValueError as exc:
-        raise InvalidEvent(f"received_at: {exc}", reason="schema", field="received_at") from None
-    return data
+    return _validated(data, _checker, "received_at")
 
 
 @lru_cache(maxsize=None)

@@ -6,11 +6,8 @@ deletion (another producer) and an unknown id write nothing, a bad value is a de
 from __future__ import annotations
 
 import json
-import os
 import uuid
-from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Iterator
 
 import pytest
 
@@ -18,21 +15,9 @@ from imgstream.adapters.cassandra import open_session
 from imgstream.config import StackConfig
 from imgstream.domain.events import ImageDeleted
 from imgstream.domain.producers import synthetic
+from tests.unit.test_flink_pipeline import host_process_restored  # the loopback worker's env/cwd undone
 
 pytestmark = pytest.mark.slow
-
-
-@contextmanager
-def host_process_restored() -> Iterator[None]:
-    """PyFlink's loopback worker writes into os.environ and may chdir: undo both (see
-    tests/unit/test_flink_pipeline.py)."""
-    environ, cwd = dict(os.environ), os.getcwd()
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
-        os.chdir(cwd)
 
 
 def test_deletion_branch_on_real_cassandra(stack_config: StackConfig) -> None:

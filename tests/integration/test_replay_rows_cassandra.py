@@ -43,7 +43,8 @@ def test_a_replayed_verdict_removes_the_rows_of_the_old_one(stack_config: StackC
         replay = [_verdict(late, producer, T + 1_000), _verdict(e, producer, T + 1_500),
                   _verdict(o, producer, T + 2_000, "duplicate", late)]  # fmt: skip
         previous = writer.previous([v["image_id"] for v in replay])
-        assert previous[late] == {"duplicate_of": o, "lateness": "late"} and previous[e]["lateness"] == "too_late"
+        assert previous[late] == {"producer": producer, "status": "duplicate", "duplicate_of": o, "lateness": "late"}
+        assert previous[e]["lateness"] == "too_late"
         deletes = [w for v in replay for w in superseded_writes(v, previous.get(v["image_id"]), W)]
         writer.write(deletes + step_writes({"verdicts": replay, "windows": []}, W))
 
