@@ -17,6 +17,10 @@ the trees (small, large, small, large, ...) so that the noise of a shared machin
 A tree is a checkout (``git worktree add`` or ``git archive main | tar -x -C DIR``): its
 ``flink_jobs`` and ``imgstream`` are imported and shipped to the workers. ``--job-arg`` passes
 ``--key=value`` settings to every tree's ``PipelineConfig``; ``--flink KEY=VALUE`` raw Flink settings.
+A tree may carry settings of its own after ``::`` (comma-separated), so one tree can run side by
+side in two configurations:
+
+    python bench/pipeline_cpu.py --tree /tmp/main-snapshot --tree . --tree .::--dedup_shards=4
 """
 
 from __future__ import annotations
@@ -126,6 +130,12 @@ def run(tree: Path, events: int, parallelism: int, job_args: list[str], flink: l
     return json.loads(lines[-1])
 
 
+def _variant(spec: str) -> tuple[str, Path, list[str]]:
+    """``PATH`` or ``PATH::--k=v,--k2=v2``: the name shown, the tree and its own job args."""
+    path, _, own = spec.partition("::")
+    return spec, Path(path).resolve(), [a for a in own.split(",") if a]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", action="append", default=[], help="source tree (repeatable; default: this one)")
@@ -140,13 +150,13 @@ def main() -> None:
     if args.child:
         child(args.events, args.parallelism, args.job_arg, dict(f.split("=", 1) for f in args.flink))
         return
-    trees = [Path(t).resolve() for t in args.tree] or [HERE.parents[1]]
+    trees = [_variant(t) for t in args.tree] or [(str(HERE.parents[1]), HERE.parents[1], [])]
     small, large = (int(s) for s in args.sizes.split(","))
-    results: dict[Path, list[tuple[dict, dict]]] = {tree: [] for tree in trees}
+    results: dict[str, list[tuple[dict, dict]]] = {name: [] for name, _, _ in trees}
     for round_ in range(args.rounds):
-        for tree in trees:
-            a = run(tree, small, args.parallelism, args.job_arg, args.flink)
-            b = run(tree, large, args.parallelism, args.job_arg, args.flink)
+        for tree, path, own_args in trees:
+            a = run(path, small, args.parallelism, args.job_arg + own_args, args.flink)
+            b = run(path, large, args.parallelism, args.job_arg + own_args, args.flink)
             results[tree].append((a, b))
             slope = (b["cpu_s"] - a["cpu_s"]) / (b["events"] - a["events"]) * 1000
             jvm = (b["jvm_s"] - a["jvm_s"]) / (b["events"] - a["events"]) * 1000
