@@ -1,6 +1,6 @@
 """Throughput of the pipeline job vs a pass-through job, measured side by side in one run.
 
-All jobs run on the local session cluster, parallelism 1, reading the same pre-filled topic
+All jobs run on the local session cluster at ``--parallelism`` (default 1), reading the same pre-filled topic
 in bounded mode (they stop at the offsets current at start). Two pass-throughs copy records
 Kafka -> Kafka: one all in the JVM (Flink SQL), one through a Python identity map (the
 JVM <-> Python bridge every PyFlink operator pays); the pipeline cleans, drops replays,
@@ -13,7 +13,14 @@ latency (received_at -> images row written) of a live paced stream, p50/p99. For
 CPU every stack component used while it ran, per event (``bench/cpu_budget.py``): on a machine
 with few cores that, not the job alone, bounds the events/s.
 
-    .venv/bin/python bench/flink_throughput.py [--events=20000] [--live-seconds=30] [--live-rate=50]
+    .venv/bin/python bench/flink_throughput.py [--events=20000] [--live-seconds=30] [--live-rate=50] [--parallelism=2]
+
+Slots: the pipeline at parallelism ``p`` takes ``2p`` task slots (``clean`` + writer, and
+``decide``'s slot group), the pass-throughs ``p``. The local TaskManager has 6 and the stack's own
+pipeline takes 4 at its parallelism 2, so a run at ``p > 1`` needs the stack's pipeline stopped first
+(``python -m flink_jobs.submit savepoint``; ``make up`` resumes it), or ``--job-arg=--decide_slot_group=``
+(one slot group: ``p`` slots, decide sharing clean's Python workers). The bench checks the free
+slots before it starts and says so.
 """
 
 from __future__ import annotations
@@ -118,8 +125,25 @@ def cassandra_span(config: StackConfig, image_ids: list[str]) -> tuple[float, in
     return (max(stamps) - min(stamps)).total_seconds(), len(stamps)
 
 
-async def throughput(config: StackConfig, env: dict[str, str], events: int, extra: list[str]) -> None:
+def slots_needed(parallelism: int, extra: list[str]) -> int:
+    """Task slots the pipeline job takes: one per subtask per slot group (see the module doc)."""
+    shared = any(arg.startswith("--decide_slot_group=") and arg.endswith("=") for arg in extra)
+    return parallelism if shared else 2 * parallelism
+
+
+def check_slots(rest: str, parallelism: int, extra: list[str]) -> None:
+    """Refuse to start when the cluster cannot run the pipeline job (it would wait for slots)."""
+    free, needed = _get(rest, "/overview")["slots-available"], slots_needed(parallelism, extra)
+    if free < needed:
+        raise SystemExit(f"the pipeline at parallelism {parallelism} needs {needed} free task slots, the cluster has "
+                         f"{free}: stop the stack's pipeline first (python -m flink_jobs.submit savepoint; make up "
+                         "resumes it) or pass --job-arg=--decide_slot_group=")
+
+
+async def throughput(config: StackConfig, env: dict[str, str], events: int, extra: list[str],
+                     parallelism: int = 1) -> None:
     bootstrap, rest = config.kafka.bootstrap_servers, config.flink_rest
+    check_slots(rest, parallelism, extra)
     run = uuid.uuid4().hex[:8]
     # synthetic topic names: an unreadable event there is attributed to `synthetic-unknown`
     source, sink, dlq = synthetic(f"bench-in-{run}"), synthetic(f"bench-out-{run}"), synthetic(f"bench-dlq-{run}")
@@ -137,7 +161,7 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         t0 = time.monotonic()
         sent = await testing.produce(bootstrap, source, [p.value for p in planned], timestamps=[p.sent_at for p in planned])
         print(f"produced {sent} events in {time.monotonic() - t0:.1f}s", flush=True)
-        common = [f"--topic={source}", "--startup_mode=earliest-offset", "--bounded=1", "--parallelism=1"]
+        common = [f"--topic={source}", "--startup_mode=earliest-offset", "--bounded=1", f"--parallelism={parallelism}"]
         timings, cpu = {}, {}
         jobs = {
             label: ("passthrough", [*common, f"--sink_topic={sink}-{label}", f"--python={python}",
@@ -172,9 +196,9 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         await delete_topics(config.kafka, [source, f"{sink}-jvm", f"{sink}-python", dlq])
 
 
-async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: int) -> None:
+async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: int, parallelism: int = 1) -> None:
     bootstrap = config.kafka.bootstrap_servers
-    args = ["--checkpoint_interval_ms=10000"]
+    args = ["--checkpoint_interval_ms=10000", f"--parallelism={parallelism}"]
     async with testing.pipeline_run(env, bootstrap, args) as run, testing.heartbeats(bootstrap, run.topic):
         def checkpointed() -> bool:
             return _get(config.flink_rest, f"/jobs/{run.job_id}/checkpoints")["counts"]["completed"] >= 1
@@ -213,15 +237,16 @@ def main() -> None:
     parser.add_argument("--live-seconds", type=int, default=30)
     parser.add_argument("--live-rate", type=int, default=50)
     parser.add_argument("--job-arg", action="append", default=[], help="extra --key=value for the pipeline job")
+    parser.add_argument("--parallelism", type=int, default=1, help="of every job (the pipeline takes 2x in slots)")
     args = parser.parse_args()
     env = submit.stack_env()
     config = StackConfig.from_env(env)
     # every producer is synthetic; their rows are purged when the run ends (or at the next start)
     with testing.synthetic_run(env, "flink_throughput"):
         if args.events > 0:
-            asyncio.run(throughput(config, env, args.events, args.job_arg))
+            asyncio.run(throughput(config, env, args.events, args.job_arg, args.parallelism))
         if args.live_seconds > 0:
-            asyncio.run(latency(config, env, args.live_seconds, args.live_rate))
+            asyncio.run(latency(config, env, args.live_seconds, args.live_rate, args.parallelism))
 
 
 if __name__ == "__main__":

@@ -175,7 +175,9 @@ def _pending_key(image: dict[str, Any]) -> str:
 
 
 class Decide(KeyedProcessFunction):
-    """Decides every image and counts every window, keyed by :func:`index_key`.
+    """Decides every image and counts every window, keyed by :func:`index_key`: the single-index
+    operator of the pipeline before issue 17. ``build()`` now wires the sharded stages of
+    :mod:`flink_jobs.sharded`, which reuse its helpers and keep its crash-correctness rules.
 
     * **Order.** An image ahead of the watermark waits in ``pending`` until the watermark
       passes its 200 ms bucket (the first bucket timer of a watermark advance decides every

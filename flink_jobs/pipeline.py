@@ -1,14 +1,17 @@
 """The imgstream pipeline job: clean -> decide (replay drop, exact/near dedup, windows) -> Cassandra.
 
-Topology (operator names as shown in the Flink web UI; ``[key]`` = keyed by)::
+Topology (operator names as shown in the Flink web UI; ``[key]`` = keyed by; every operator at
+the job's parallelism)::
 
     source: Kafka images.uploaded (per-partition watermarks on received_at, in the JVM)
       -> clean ---------------------------------------> kafka-dead-letters (images.dlq)
          |  (images, and rejected events as verdicts)
-         -> [index] decide: replay drop, exact and near dedup in event-time order,
-                    upload-stats windows; one record per step
-              -> cassandra: write steps (images, duplicates, late_events, upload_stats;
-                 in clean's Python worker) -> results (discarded; tests collect them)
+         -> [exact shard] decide: exact - replay drop + exact dedup, in decision order
+              |-- near ops --> [near shard] decide: near - probe + register band keys
+              v                      | best matches
+            [window shard] decide: verdicts, windows <-'  (verdicts, upload-stats windows;
+                   one record per step) -> cassandra: write steps (in clean's Python workers)
+                   -> results (discarded; tests collect them)
 
     source: Kafka images.deleted (uid source-deletions)
       -> cassandra: apply deletions (uid apply-deletions; the image's status becomes deleted)
@@ -17,13 +20,13 @@ Topology (operator names as shown in the Flink web UI; ``[key]`` = keyed by)::
 The deletion branch shares nothing with the upload branch (no state, no union): adding it left
 every uid and state of the upload branch as it was, so a savepoint taken before it still maps.
 
-The dedup index is one keyed partition on purpose: "duplicate" means "matches any earlier
-image", so every image is compared against one index (banded lookups, not a scan). The
-windows live in the same operator because each hop between Python operators is a JVM round
-trip per record, which bounded the earlier multi-operator designs (docs/flink-jobs.md has the
-numbers); the writes cross one hop per *step*, to run in another worker than deciding. Its
-state is Flink ``MapState`` mirrored in the Python worker (see ``flink_jobs.mirror``): a
-decision costs no round trip to the JVM.
+Each ``decide`` stage holds ``1/N`` of the state at parallelism ``N`` (shards: SHA-256 for
+replay and exact, band keys for near, (producer, window) for windows), and applies it in the
+decision order every stage agrees on, so the verdicts equal the single-index reference
+(``imgstream.domain.sharding``; ``flink_jobs.sharded``). Each hop between Python operators is a
+JVM round trip per record, so past ``decide: exact``'s input the stages exchange one batch per
+step and key pair (``flink_jobs.sharded``), not a record per image (and per near shard). State is Flink ``MapState`` mirrored per key in the Python worker
+(see ``flink_jobs.mirror``): a decision costs no round trip to the JVM.
 
 ``build`` wires everything from a raw stream and returns the output streams; ``attach_sinks``
 adds the production sinks; ``main`` reads config, builds the Kafka source and runs.
@@ -54,7 +57,8 @@ from imgstream.adapters.kafka import TopicSpec, ensure_topics
 
 from flink_jobs.cassandra_sink import CassandraWriter
 from flink_jobs.config import PipelineConfig, connector_jars
-from flink_jobs.functions import DLQ_TAG, ApplyDeletions, CleanFunction, Decide, WriteSteps, index_key
+from flink_jobs.functions import DLQ_TAG, ApplyDeletions, CleanFunction, WriteSteps
+from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows, exact_shard_of, near_shard_key, window_shard_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DISCARDING_SINK = "org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink"
@@ -93,16 +97,32 @@ def build(
     Cassandra out (a test collects ``results`` instead). ``deletions`` (raw values of the
     deletion topic, strings) adds the branch that applies them (only with ``write``)."""
     cleaned = raw.process(CleanFunction(config.clock_skew_tolerance_ms)).name("clean").uid("clean")
-    decide = Decide(config.dedup(), config.window_ms, config.allowed_lateness_ms, config.kafka, config.topic,
-                    config.recheck_written)  # fmt: skip
+    policy, plan = config.dedup(), config.shard_plan()
+    exact = (
+        cleaned.key_by(exact_shard_of(plan), key_type=Types.INT())
+        .process(DecideExact(policy, plan, config.window_ms, config.allowed_lateness_ms))
+        .name("decide: exact")
+        .uid("decide-exact")
+    )
+    near = (
+        exact.get_side_output(NEAR_TAG)
+        .key_by(near_shard_key, key_type=Types.INT())
+        .process(DecideNear(policy))
+        .name("decide: near")
+        .uid("decide-near")
+    )
+    windows = DecideWindows(config.window_ms, config.allowed_lateness_ms, config.kafka, config.topic,
+                            config.recheck_written)  # fmt: skip
     results = (
-        cleaned.key_by(index_key, key_type=Types.STRING())
-        .process(decide)
-        .name("decide: dedup, windows")
-        .uid("decide")
+        exact.union(near)
+        .key_by(window_shard_key, key_type=Types.INT())
+        .process(windows)
+        .name("decide: verdicts, windows")
+        .uid("decide-windows")
     )
     if config.decide_slot_group:
-        results = results.slot_sharing_group(config.decide_slot_group)
+        for stage in (exact, near, results):
+            stage.slot_sharing_group(config.decide_slot_group)
     if write:
         writer = CassandraWriter(
             config.cassandra, config.sink_capacity, config.sink_timeout_ms / 1000, config.sink_batch_size
@@ -278,6 +298,7 @@ def environment(
         conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(config.parallelism)
+    env.set_max_parallelism(config.max_parallelism)
     for package in ("imgstream", "flink_jobs"):
         # ship the packages to the Python workers (the CLI's -pyfs does the same)
         if (REPO_ROOT / package / "__init__.py").is_file():

@@ -67,6 +67,19 @@ RESUME_ATTEMPTS = 3
 INCOMPATIBLE = "Cannot map"
 #: What an operator runs to start the pipeline with empty state, named in every refusal.
 RESET_COMMAND = "make flink-reset"
+#: Parallelism of the stack's pipeline (``up``, ``reset``, ``redeploy``, ``resume``; issue 17):
+#: two slot groups (clean + writer, decide) x 2 = 4 of the TaskManager's 6 slots, which leaves
+#: 2 for a test's or a bench's own job at parallelism 1. ``--parallelism=N`` or
+#: ``IMGSTREAM_FLINK_PARALLELISM`` overrides it; a savepoint restores at any parallelism up to
+#: ``PipelineConfig.max_parallelism``.
+STACK_PARALLELISM = 2
+
+
+def stack_args(args: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """``args`` with the stack pipeline's parallelism unless the arguments or the environment set one."""
+    if any(a.startswith("--parallelism=") for a in args) or env.get("IMGSTREAM_FLINK_PARALLELISM"):
+        return list(args)
+    return [f"--parallelism={STACK_PARALLELISM}", *args]
 
 
 def _rest(env: Mapping[str, str]) -> str:
@@ -295,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     env = stack_env()
     positional = [a for a in rest if not a.startswith("--")]
     options = [a for a in rest if a.startswith("--")]
+    if command in ("up", "reset", "redeploy", "resume"):  # the stack's own pipeline
+        options = stack_args(options, env)
     if command == "run":
         run(positional[0] if positional else "pipeline", options, env)
     elif command == "savepoint":

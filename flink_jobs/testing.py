@@ -27,7 +27,7 @@ from imgstream.domain.producers import SYNTHETIC_PREFIX, is_synthetic, synthetic
 from imgstream.domain.timefmt import parse_time
 from imgstream.polling import until
 
-from flink_jobs import submit
+from flink_jobs import heartbeat, submit
 from flink_jobs.generator import Planned
 
 #: How long a test waits for the pipeline's results: a cold job start plus a few windows on a
@@ -94,11 +94,9 @@ def synthetic_run(env: Mapping[str, str], what: str) -> Iterator[None]:
 
 
 @asynccontextmanager
-async def heartbeats(bootstrap: str, topic: str, interval_ms: int = 1_000) -> AsyncIterator[None]:
+async def heartbeats(bootstrap: str, topic: str, interval_ms: int = heartbeat.DEFAULT_INTERVAL_MS) -> AsyncIterator[None]:
     """Run heartbeats into ``topic`` for the duration of the block (what the stack's heartbeat
     process does for ``images.uploaded``)."""
-    from flink_jobs import heartbeat
-
     stop = asyncio.Event()
     task = asyncio.create_task(heartbeat.run(KafkaConfig(bootstrap_servers=bootstrap), topic, interval_ms, stop,
                                              origin="test"))

@@ -348,6 +348,16 @@ def register_candidate(
     return kept
 
 
+NeedsNear = Enum("NeedsNear", "NEEDS_NEAR")
+#: :meth:`Deduplicator.exact_step`'s answer for an image that goes on to the near index.
+NEEDS_NEAR = NeedsNear.NEEDS_NEAR
+
+
+def near_verdict(image: ImageRef, match: NearMatch | None) -> Verdict:
+    """The verdict of an image that passed the exact step, given its best near match."""
+    return Verdict.accepted(image.image_id) if match is None else Verdict.near(image.image_id, match.original, match.distance)
+
+
 # --- the deduplicator: replay drop, exact and near dedup over one store ---------------------
 
 
@@ -380,6 +390,17 @@ class Deduplicator:
         self.bands: MutableMapping[str, list[list[Any]]] = {} if bands is None else bands
 
     def process(self, image: ImageRef) -> Verdict | None:
+        """The verdict of the next image in decision order (``None``: a replay, dropped)."""
+        verdict = self.exact_step(image)
+        if verdict is not NEEDS_NEAR:
+            return verdict
+        plan = self.policy.band_plan
+        return near_verdict(image, self.near_step(image, plan.probe_keys(image.phash), plan.keys(image.phash)))
+
+    def exact_step(self, image: ImageRef) -> "Verdict | None | NeedsNear":
+        """Replay drop and exact dedup: ``None`` (a replay, dropped), an exact duplicate's
+        verdict, or :data:`NEEDS_NEAR`. Touches ``replays`` and ``exact`` only under the
+        image's ``image_id`` and ``sha256`` (so a shard of SHA-256s decides it alone)."""
         policy = self.policy
         replay, mark = replay_decision(self.replays.get(image.image_id), image, policy.replay_ttl_ms)
         self.replays[image.image_id] = mark
@@ -398,20 +419,25 @@ class Deduplicator:
         self.exact[image.sha256] = [exact.first_global.to_list(), {**own, image.producer: exact.first_own.to_list()}]
         if exact.original is not None:
             return Verdict.exact(image.image_id, exact.original.image_id)
-        bands, plan = self.bands, policy.band_plan
+        return NEEDS_NEAR
+
+    def near_step(self, image: ImageRef, probe_keys: Iterable[str], register_keys: Iterable[str]) -> NearMatch | None:
+        """The closest earlier candidate under ``probe_keys`` (``None``: none, or the producer
+        opted out), then ``image`` registered under ``register_keys``. A shard passes the keys
+        it owns; the :func:`best_match` of the shards' answers is the whole index's."""
+        policy, bands = self.policy, self.bands
+        producer_policy = policy.for_producer(image.producer)
         match = None
         if producer_policy.near:
             # the stored lists are compared as they are; only the close ones become Seen
             phash, limit = image.phash, policy.near_max_distance
-            close = [c for key in plan.probe_keys(phash) for c in bands.get(key, ()) if (c[_PHASH] ^ phash).bit_count() <= limit]
+            close = [c for key in probe_keys for c in bands.get(key, ()) if (c[_PHASH] ^ phash).bit_count() <= limit]
             match = near_match(image, map(Seen._make, close), producer_policy.scope, limit)
-        for key in plan.keys(image.phash):
+        for key in register_keys:
             candidates = list(map(Seen._make, bands.get(key, ())))
             kept = register_candidate(candidates, image, ttl_ms=policy.near_ttl_ms, cap=policy.max_band_candidates)
             bands[key] = [c.to_list() for c in kept]
-        if match is None:
-            return Verdict.accepted(image.image_id)
-        return Verdict.near(image.image_id, match.original, match.distance)
+        return match
 
     def reband(self) -> int:
         """Move candidates stored under another band layout to this policy's; returns how many

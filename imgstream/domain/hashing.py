@@ -234,6 +234,25 @@ class BandPlan:
             for flip in masks
         ]
 
+    def band_probes(self, value: HashLike) -> list[tuple[int, int, str]]:
+        """``(band index, band value, key)`` of every key :meth:`probe_keys` returns, in its
+        order: what a sharded index needs to route each key to the shard owning it."""
+        h = parse_hash(value)
+        return [
+            (index, band ^ flip, prefix + digits[band ^ flip])
+            for index, ((prefix, shift, mask, width), masks) in enumerate(zip(self._formats, self._masks))
+            for band, digits in (((h >> shift) & mask, hex_digits(width)),)
+            for flip in masks
+        ]
+
+    def band_keys(self, value: HashLike) -> list[tuple[int, int, str]]:
+        """``(band index, band value, key)`` of every key :meth:`keys` returns."""
+        h = parse_hash(value)
+        return [
+            (index, (h >> shift) & mask, prefix + hex_digits(width)[(h >> shift) & mask])
+            for index, (prefix, shift, mask, width) in enumerate(self._formats)
+        ]
+
     def owns(self, key: str) -> bool:
         """Whether ``key`` is a key of this plan's layout (not of another band count)."""
         return key[: key.find(":") + 1] in self._prefixes

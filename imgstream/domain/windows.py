@@ -487,6 +487,14 @@ class WindowBook:
 
 
 def _row(producer: str, content_type: str, state: WindowState) -> dict[str, Any]:
-    row = state.result()
-    row.update(producer=producer, content_type=content_type)
-    return row
+    return {**state.result(), "producer": producer, "content_type": content_type}
+
+
+def coalesce(versions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last version of each window among ``versions``: a step may revise a window once per late
+    event, and every version is the whole row, so the last alone leaves the same table."""
+    last: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
+    for v in versions:
+        last.pop(key := (v["window_start"], v["producer"], v["content_type"]), None)  # ordered by last change
+        last[key] = v
+    return list(last.values())

@@ -26,8 +26,8 @@ AGENT_HTTP_PORT = 8084
 #: The agent reads commit-log segments and keeps one queue; 512 MiB is plenty and the machine is shared.
 AGENT_HEAP = "512m"
 #: How often the agent polls cdc_raw and the segment's _cdc.idx (ms). Latency ~ commit-log sync
-#: period (2 s) + this.
-AGENT_POLL_MS = 500
+#: period (1 s) + this.
+AGENT_POLL_MS = 250
 #: How long creating the table topics waits for Kafka to accept connections.
 TOPICS_DEADLINE_S = 180.0
 

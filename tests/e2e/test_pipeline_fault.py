@@ -26,6 +26,9 @@ from imgstream.polling import until
 pytestmark = pytest.mark.slow
 
 WINDOW_MS = 60_000
+#: The job's parallelism (issue 17: the sharded decide stages restore their key groups onto
+#: 2 subtasks each); one slot group, so its 2 slots fit beside the stack's own pipeline.
+PARALLELISM = 2
 
 
 def _start_ticks(pid: int) -> int:
@@ -65,6 +68,11 @@ def completed_checkpoints(rest: str, job_id: str) -> int:
         return int(json.loads(resp.read())["counts"]["completed"])
 
 
+def vertex_parallelism(rest: str, job_id: str) -> dict[str, int]:
+    with urllib.request.urlopen(f"{rest}/jobs/{job_id}", timeout=10) as resp:
+        return {v["name"]: int(v["parallelism"]) for v in json.loads(resp.read())["vertices"]}
+
+
 def job_state(rest: str, job_id: str) -> str:
     with urllib.request.urlopen(f"{rest}/jobs/{job_id}", timeout=10) as resp:
         return json.loads(resp.read())["state"]
@@ -75,12 +83,16 @@ async def test_taskmanager_kill_loses_and_double_counts_nothing(stack_config, st
     args = [
         "--checkpoint_interval_ms=2000", "--out_of_orderness_ms=2000",
         "--allowed_lateness_ms=20000", f"--window_ms={WINDOW_MS}",
+        f"--parallelism={PARALLELISM}", "--decide_slot_group=",
     ]  # fmt: skip
     cluster, session = open_session(stack_config.cassandra)
     try:
         async with testing.pipeline_run(stack_env, bootstrap, args) as run, testing.heartbeats(bootstrap, run.topic):
             await until(lambda: asyncio.to_thread(lambda: completed_checkpoints(rest, run.job_id) >= 1),
                         "the job to run and checkpoint", timeout=testing.DEADLINE_S, interval=testing.CHECK_EVERY_S)
+            vertices = vertex_parallelism(rest, run.job_id)
+            decide = {name: p for name, p in vertices.items() if "decide" in name}
+            assert decide and set(decide.values()) == {PARALLELISM}, vertices
             # event time tracks the send time (8/s), a little ahead, as the gateway's would; the
             # heartbeats flowing alongside then never make a stream event late
             now_ms = int(time.time() * 1000)

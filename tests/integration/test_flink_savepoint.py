@@ -1,12 +1,21 @@
-"""Upgrade path: stop the pipeline with a savepoint, resume from it, and lose nothing.
+"""Upgrade path: stop the pipeline with a savepoint, resume from it at another parallelism, and
+lose nothing.
 
-Half of a known stream goes in before the stop, half after the resume; originals from the
-first half must still be known to dedup after it (state came back from the savepoint), and the
-final rows must equal the truth. The first job keeps its near-duplicate index in 7 narrow bands
-(``--near_bands=7``, the layout of earlier versions), the resumed one in the default 4: it must
-re-band the restored index, or the second half's near copies of first-half originals (7 of
-them in this plan) would come out ``accepted``. The first job also has no deletion branch (the
-topology before issue 15's DELETE): the resumed one adds it, and the savepoint must still map.
+A third of a known stream goes in before the stop, a third after a resume, the rest after a
+second resume; originals from the first parts must still be known to dedup after it (state
+came back from the savepoint), and the final rows must equal the truth. The first job runs at
+parallelism 1, the resumed one at 2, the last at 1 again (issue 17): the decide stages' keyed
+state is redistributed by key group (max parallelism 120 in all), so each subtask resumes with
+its shards' part of the index, the pending images and the open windows; the later parts' exact
+and near copies of earlier originals find them.
+The resumed job shares one slot group (``--decide_slot_group=``: 2 slots) so it fits beside the
+stack's own pipeline (4 of the TaskManager's 6 slots at parallelism 2).
+
+(Before issue 17 the first job used ``--near_bands=7`` and the resumed one re-banded the index
+to 4 bands. Near shards are chosen by band layout, so a band change now needs ``make
+flink-reset``: ``decide: near`` logs the band keys of another layout it finds.)
+The first job also has no deletion branch (the topology before issue 15's DELETE): the
+resumed ones add it, and the savepoint must still map.
 """
 
 from __future__ import annotations
@@ -19,50 +28,56 @@ from imgstream.adapters.cassandra import open_session
 from imgstream.polling import until
 
 WINDOW_MS = 60_000
-#: Band count of the first job's index: d + 1 bands, as before multi-index hashing.
-OLD_BANDS = 7
+#: Parallelism of each leg: the first job, the one resumed from its savepoint, and the one
+#: resumed from that one's ("and back": key groups gathered again into one subtask).
+LEGS = (1, 2, 1)
 
 
-async def test_stop_with_savepoint_and_resume(stack_config, stack_env):
+async def test_stop_with_savepoint_and_resume_at_another_parallelism_and_back(stack_config, stack_env):
     bootstrap = stack_config.kafka.bootstrap_servers
     args = ["--checkpoint_interval_ms=2000", "--out_of_orderness_ms=1000", f"--window_ms={WINDOW_MS}",
             "--allowed_lateness_ms=10000"]  # fmt: skip
     cluster, session = open_session(stack_config.cassandra)
-    resumed = ""
+    resumed: list[str] = []
     try:
-        # the first job as before deletions existed (no deletion branch): the resumed one adds it,
+        # the first job as before deletions existed (no deletion branch): the resumed ones add it,
         # and must still map the savepoint (new operators start empty)
         async with testing.pipeline_run(stack_env, bootstrap,
-                                        [*args, f"--near_bands={OLD_BANDS}", "--deleted_topic="]) as run:
+                                        [*args, f"--parallelism={LEGS[0]}", "--deleted_topic="]) as run:
             planned = testing.renamed(
-                plan(seed=31, originals=40, exact_copies=15, near_copies=15, replays=5, malformed=3), f"sp{run.run_id}"
+                plan(seed=31, originals=60, exact_copies=22, near_copies=22, replays=6, malformed=4), f"sp{run.run_id}"
             )
             expected = truth(planned)
-            half = len(planned) // 2
-            first_ids = {p.image_id for p in planned[:half] if p.image_id in expected.verdicts}
+            cut = len(planned) // len(LEGS)
+            parts = [planned[:cut], planned[cut:2 * cut], planned[2 * cut:]]
             select = session.prepare(testing.VERDICT_COLUMNS)
-            await testing.produce(bootstrap, run.topic, [p.value for p in planned[:half]])
-            # the first half is decided once the watermark passes it: wait for most of its rows
-            def most_rows() -> bool:
-                return sum(session.execute(select, (i,)).one() is not None for i in first_ids) >= len(first_ids) - 3
+            for leg, part in enumerate(parts):
+                await testing.produce(bootstrap, run.topic, [p.value for p in part])
+                if leg == len(parts) - 1:
+                    break
+                ids = {p.image_id for p in part if p.image_id in expected.verdicts}
 
-            await until(lambda: asyncio.to_thread(most_rows), "the first half's rows", timeout=testing.DEADLINE_S,
-                        interval=testing.CHECK_EVERY_S)
-            location = await asyncio.to_thread(submit.stop_with_savepoint, run.job_name, stack_env)
-            assert location.startswith("file:")
-            job_args = [
-                f"--topic={run.topic}", f"--dlq_topic={run.dlq_topic}", f"--deleted_topic={run.deleted_topic}",
-                f"--group_id=it-{run.run_id}", f"--job_name={run.job_name}", "--startup_mode=earliest-offset", *args,
-            ]  # fmt: skip
-            resumed = await asyncio.to_thread(submit.run, "pipeline", job_args, stack_env, location)
-            assert resumed != run.job_id
-            await testing.produce(bootstrap, run.topic, [p.value for p in planned[half:]])
+                # a part is decided once the watermark passes it: wait for most of its rows
+                def most_rows(ids: set[str] = ids) -> bool:
+                    return sum(session.execute(select, (i,)).one() is not None for i in ids) >= len(ids) - 3
+
+                await until(lambda: asyncio.to_thread(most_rows), f"part {leg + 1}'s rows", timeout=testing.DEADLINE_S,
+                            interval=testing.CHECK_EVERY_S)
+                location = await asyncio.to_thread(submit.stop_with_savepoint, run.job_name, stack_env)
+                assert location.startswith("file:")
+                job_args = [
+                    f"--topic={run.topic}", f"--dlq_topic={run.dlq_topic}", f"--group_id=it-{run.run_id}",
+                    f"--job_name={run.job_name}", "--startup_mode=earliest-offset", *args,
+                    f"--parallelism={LEGS[leg + 1]}", "--decide_slot_group=",
+                ]  # fmt: skip
+                resumed.append(await asyncio.to_thread(submit.run, "pipeline", job_args, stack_env, location))
+                assert resumed[-1] not in (run.job_id, *resumed[:-1])
             async with testing.heartbeats(bootstrap, run.topic):
-                await testing.expect_verdicts(session, expected, "every image row after the resume")
+                await testing.expect_verdicts(session, expected, "every image row after the resumes")
                 await testing.expect_final_windows(session, expected, WINDOW_MS, "final windows")
             letters = await testing.read_committed(bootstrap, run.dlq_topic, expected.malformed + 1, deadline_s=20)
             assert len(letters) == expected.malformed
     finally:
-        if resumed:
-            await asyncio.to_thread(submit.cancel, resumed, stack_env)
+        if resumed:  # the earlier jobs stopped with their savepoints
+            await asyncio.to_thread(submit.cancel, resumed[-1], stack_env)
         cluster.shutdown()

@@ -14,3 +14,11 @@ def test_task_times_reads_the_accumulated_metrics_of_every_task():
     assert lines[0].split() == ["busy", "95.0s", "backpressured", "24.0s", "idle", "1.5s", "Source:", "raw", "->", "clean"]
     assert "busy   92.3s" in lines[1]  # a task without the other metrics counts them 0
     assert "backpressured    0.0s" in lines[1] and lines[1].endswith("decide: dedup, windows")
+
+
+def test_the_pipeline_takes_two_slots_per_subtask_unless_decide_shares_cleans_group():
+    from bench.flink_throughput import slots_needed
+
+    assert slots_needed(1, []) == 2
+    assert slots_needed(2, ["--checkpoint_interval_ms=1"]) == 4
+    assert slots_needed(2, ["--decide_slot_group="]) == 2

@@ -52,7 +52,7 @@ def test_job_settings_that_keep_the_python_workers_busy():
 
     conf = flink_configuration(PipelineConfig.from_env({}, ["--parallelism=3"]), jars=[])
     assert conf.get_string("python.fn-execution.bundle.size", "") == "100000"  # PyFlink's is 1,000
-    assert conf.get_string("pipeline.auto-watermark-interval", "") == "1000 ms"
+    assert conf.get_string("pipeline.auto-watermark-interval", "") == "500 ms"
     assert conf.get_string("taskmanager.numberOfTaskSlots", "") == "6"  # a mini-cluster fits both groups
     shared = flink_configuration(PipelineConfig.from_env({}, ["--decide_slot_group="]), jars=[])
     assert shared.get_string("taskmanager.numberOfTaskSlots", "unset") == "unset"
@@ -172,3 +172,18 @@ def test_a_step_is_written_verdicts_first_then_window_versions_in_order():
     assert recorder.calls == [[name for name, _ in writes]]
     WriteSteps(recorder, 60_000).flat_map({"verdicts": [], "windows": []})
     assert recorder.calls[-1] == []
+
+
+def test_the_stack_pipeline_runs_at_parallelism_2_unless_told_otherwise():
+    from flink_jobs.submit import STACK_PARALLELISM, stack_args
+
+    assert STACK_PARALLELISM == 2
+    assert stack_args(["--bounded=1"], {}) == ["--parallelism=2", "--bounded=1"]
+    assert stack_args(["--parallelism=4"], {}) == ["--parallelism=4"]
+    assert stack_args([], {"IMGSTREAM_FLINK_PARALLELISM": "3"}) == []
+    config = PipelineConfig.from_env({}, stack_args([], {}))
+    assert (config.parallelism, config.max_parallelism) == (2, 120)
+    with pytest.raises(ValueError, match="parallelism"):
+        PipelineConfig(parallelism=121)
+    with pytest.raises(ValueError, match="near_split_bits"):
+        PipelineConfig.from_env({}, ["--near_split_bits=9"])

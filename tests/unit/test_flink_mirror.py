@@ -73,6 +73,40 @@ def test_views_and_get_follow_writes_without_reading_the_state_again():
     assert state.iterations == 1 and state.data == {"b": [2]}
 
 
+class KeyedFakeMapState:
+    """MapState scoped by a current key, as Flink's is: each key's map is loaded once."""
+
+    def __init__(self, data):
+        self.data, self.key, self.loads = data, None, []
+
+    def items(self):
+        self.loads.append(self.key)
+        return list(self.data.setdefault(self.key, {}).items())
+
+    def put(self, key, value):
+        self.data.setdefault(self.key, {})[key] = value
+
+    def remove(self, key):
+        del self.data[self.key][key]
+
+
+def test_use_switches_between_keys_loading_each_once():
+    state = KeyedFakeMapState({0: {"a": 1}, 1: {"b": 2}})
+    mirror = MirroredMap(state)
+    for _ in range(3):
+        for key in (0, 1):
+            state.key = key
+            mirror.use(key)
+            assert dict(mirror.items()) == state.data[key]
+    state.key = 0
+    mirror.use(0)
+    mirror["c"] = 3
+    state.key = 1
+    mirror.use(1)
+    assert mirror.get("c") is None and mirror.get("b") == 2
+    assert state.loads == [0, 1] and state.data[0] == {"a": 1, "c": 3}
+
+
 def test_mirrors_are_kept_per_key_so_alternating_keys_read_each_map_once():
     maps = {"index": {"a": [1]}, "index-synthetic": {"s": [9]}}
     current = ["index"]

@@ -155,3 +155,45 @@ def test_dedup_realms_keep_synthetic_images_out_of_a_users_duplicates():
     for image_id, (status, original) in got.items():
         if original is not None:
             assert producer[original].startswith("synthetic-") == producer[image_id].startswith("synthetic-")
+
+
+def _verdict_rows(out):
+    # every field but the arrival watermark (how far the watermark was when an event arrived)
+    return sorted(json.dumps({k: v for k, v in verdict.items() if k != "watermark"}, sort_keys=True)
+                  for verdict in out["verdict"])
+
+
+def _window_rows(out):
+    return sorted(json.dumps(w, sort_keys=True) for w in out["window"])
+
+
+@pytest.mark.parametrize("parallelism", [2, 4])
+def test_parallelism_2_and_4_give_the_outputs_of_parallelism_1(scenario, parallelism):
+    """Issue 17: decide's stages at parallelism N, each subtask holding its shards' state:
+    the same verdicts (and lateness), window versions and dead letters as one subtask."""
+    planned, expected, one = scenario
+    out = run_pipeline(planned, parallelism=parallelism)
+    assert _verdict_rows(out) == _verdict_rows(one)
+    assert not any(v.get("recheck") for v in one["verdict"] + out["verdict"])  # a fresh job re-checks nothing
+    assert _window_rows(out) == _window_rows(one)
+    assert sorted(d["offset"] for d in out["dlq"]) == sorted(d["offset"] for d in one["dlq"])
+
+
+def test_every_operator_is_named_with_its_parallelism_and_max_parallelism():
+    from flink_jobs.config import PipelineConfig
+    from flink_jobs.pipeline import attach_sinks, build, environment
+    from pyflink.common import Row, Types
+
+    with host_process_restored():
+        config = PipelineConfig(parallelism=3)
+        env, t_env = environment(config, jars=[])
+        raw = env.from_collection([Row(b"{}", "t", 0, 0)], type_info=Types.ROW_NAMED(
+            ["value", "topic", "partition", "offset"],
+            [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG()]))
+        build(env, t_env, raw, config, write=False)
+        plan = json.loads(env.get_execution_plan())
+        assert env.get_max_parallelism() == 120
+    nodes = {n["contents"]: n["parallelism"] for n in plan["nodes"]}
+    for name in ("clean", "decide: exact", "decide: near", "decide: verdicts, windows"):
+        assert any(name in contents for contents in nodes), (name, nodes)
+        assert all(p == 3 for contents, p in nodes.items() if name in contents)

@@ -341,3 +341,57 @@ def test_window_book_restored_without_a_watermark_continues_like_one_that_never_
         return out
 
     assert run(cut) == run(None)
+
+
+# --- issue 17: windows sharded by (producer, window), revisions coalesced per step ---------
+
+
+@given(arrivals, st.integers(1, 8))
+def test_window_books_sharded_by_producer_and_window_end_in_the_rows_of_one_book(events, shards):
+    """Each shard's book sees only its windows' verdicts and advances with the same watermark:
+    the final rows are those of one book over everything, and coalescing each step's versions
+    leaves the same final table with at most one row per window and step."""
+    from imgstream.domain.sharding import ShardPlan
+    from imgstream.domain.hashing import BandPlan
+    from imgstream.domain.windows import coalesce
+
+    plan = ShardPlan(BandPlan.for_distance(6), shards=shards)
+
+    def run(sharded):
+        books = {}
+        written, steps, watermark = [], [], -1
+        for ts, producer, step in events:
+            key = plan.window_shard(producer, window_start(ts, W), "image/png") if sharded else 0
+            book = books.setdefault(key, WindowBook(W, L, {}))
+            lateness = book.classify(ts, watermark)
+            version = book.add(_verdict(ts, producer), lateness, watermark)
+            out = [version] if version else []
+            watermark += step
+            for b in books.values():
+                out.extend(b.advance(watermark))
+            steps.append(out)
+        steps.append([r for b in books.values() for r in b.advance(10**12)])
+        table = {}
+        for out in steps:
+            versions = coalesce(out) if sharded else out
+            written.extend(versions)
+            for row in versions:
+                table[(row["window_start"], row["producer"])] = row
+        return table, written
+
+    one, every = run(False)
+    table, coalesced = run(True)
+    assert table == one
+    assert len(coalesced) <= len(every)
+
+
+def test_coalesce_keeps_the_last_version_of_each_window():
+    from imgstream.domain.windows import coalesce
+
+    rows = [
+        {"window_start": 0, "producer": "p", "content_type": "a", "revision": 2},
+        {"window_start": 0, "producer": "q", "content_type": "a", "revision": 1},
+        {"window_start": 0, "producer": "p", "content_type": "a", "revision": 3},
+    ]
+    assert [(r["producer"], r["revision"]) for r in coalesce(rows)] == [("q", 1), ("p", 3)]
+    assert coalesce([]) == []

@@ -1,0 +1,421 @@
+"""The deciding operators of the sharded pipeline (issue 17): dedup and windows at any parallelism.
+
+Three keyed operators, each keyed by a *shard* (an ``int``, :class:`~imgstream.domain.sharding.ShardPlan`),
+so each subtask holds the state of its shards only - ``1/N`` of the index at parallelism ``N``::
+
+    clean -> [exact shard]  decide: exact    replay drop + exact dedup (keyed by SHA-256's shard)
+               |  exact duplicates, rejected events, and images that need the near index
+               |  '--> near ops (side output): one per near shard the image visits
+               |        -> [near shard] decide: near   probe + register, best match per shard
+               v                 |  matches (only when one is found)
+          [window shard] decide: verdicts, windows   <-'
+               the best match per image -> verdict; windows of (producer, window) shards;
+               one step per key and watermark advance -> cassandra: write steps
+
+**Order.** Every stage holds what it receives in ``pending`` until the watermark passes its
+200 ms bucket, then takes the whole due buckets sorted by order key
+(:func:`~imgstream.domain.sharding.order_key`, set once by ``decide: exact`` on arrival). A stage
+forwards a watermark only after the timers it fires, so when a stage sees watermark ``W``, every
+item of a bucket ending at or before ``W`` has reached it: each key applies its operations in
+decision order, and the verdicts equal the single index's (``imgstream.domain.sharding``).
+
+**Batches.** Past ``decide: exact``'s input, records are batches: each step of a stage (one key,
+one watermark advance) sends each key of the next stage one ``[shard, source, items]`` record,
+so the hops cost a round trip per step and key pair, not per image (and 8 per image to the near
+shards); an image and its matches meet in the verdict stage's ``pending`` under one key.
+
+Each operator's state is ``MapState`` mirrored per key in the worker (``MirroredMap.use``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from operator import itemgetter
+from typing import Any, Callable, Iterable
+
+from pyflink.common import Types
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor
+
+from imgstream.adapters.kafka import end_offsets
+from imgstream.config import KafkaConfig
+from imgstream.domain.dedup import NEEDS_NEAR, STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, NearMatch, best_match, near_verdict
+from imgstream.domain.producers import SYNTHETIC_REALM, USER_REALM, dedup_realm
+from imgstream.domain.sharding import ShardPlan, due_of, order_key, pending_key
+from imgstream.domain.windows import Lateness, WindowBook, coalesce, window_start
+
+from flink_jobs.cassandra_sink import maybe_written
+from flink_jobs.functions import ORDER_BUCKET_MS, PRUNE_EVERY_MS, PRUNE_SLACK_MS, RECHECK, _ref, _ttl, with_lateness
+from flink_jobs.mirror import MirroredMap
+
+log = logging.getLogger(__name__)
+_first = itemgetter(0)
+
+#: ``decide: exact``'s side output: one op per near shard an image visits.
+NEAR_TAG = OutputTag("near-ops", Types.PICKLED_BYTE_ARRAY())
+#: Field of an image that waits for its near matches in ``decide: verdicts, windows``.
+NEEDS_NEAR_FIELD = "needs_near"
+
+
+#: The dedup realms (:func:`~imgstream.domain.producers.dedup_realm`): each stage keeps one
+#: index per realm, so a synthetic image is never the original of a user's upload (issue 20).
+REALMS = (USER_REALM, SYNTHETIC_REALM)
+
+
+def realm_state(name: str, realm: str) -> str:
+    """The state name of index ``name`` in ``realm`` (the user realm keeps the plain name)."""
+    return name if realm == USER_REALM else f"{name}-{realm}"
+
+
+def bucket_limit(watermark: int) -> int:
+    """The last due time a stage may take at ``watermark``: the end of the last whole 200 ms
+    bucket at or before it (an item due later may still be on its way from the stage before)."""
+    return watermark - (watermark + 1) % ORDER_BUCKET_MS
+
+
+def bucket_end(due: int) -> int:
+    """The timer of the bucket holding ``due``."""
+    return due - due % ORDER_BUCKET_MS + ORDER_BUCKET_MS - 1
+
+
+def exact_shard_of(plan: ShardPlan) -> Callable[[dict[str, Any]], int]:
+    """``decide: exact``'s key: the shard of the SHA-256 (of the id for a rejected event)."""
+    return lambda image: plan.exact_shard(image.get("sha256") or str(image.get("image_id") or ""))
+
+
+def window_shard_key(batch: Any) -> int:
+    """``decide: verdicts, windows``' key: the first field of a batch (``[shard, items]``)."""
+    return int(batch[0])
+
+
+def near_shard_key(batch: Any) -> int:
+    """``decide: near``'s key: the first field of a batch of near ops (``[shard, ops]``)."""
+    return int(batch[0])
+
+
+def batches(items: Iterable[tuple[int, Any]]) -> list[list[Any]]:
+    """``(shard, item)`` pairs as one ``[shard, [items...]]`` record per shard, items kept in
+    their order: what one step of a stage sends to each key of the next."""
+    grouped: dict[int, list[Any]] = {}
+    for shard, item in items:
+        grouped.setdefault(shard, []).append(item)
+    return [[shard, group] for shard, group in grouped.items()]
+
+
+class OrderedStage(KeyedProcessFunction):
+    """Holds items until the watermark passes their bucket, then hands whole due buckets to
+    :meth:`step` in order-key order; state per key (shard), mirrored per key.
+
+    Items are ``(pending key, payload)`` tuples and arrive in *batches*: a stage's step sends
+    each key of the next stage one record with all its items of that step (sorted), and the
+    next stage holds it as one ``pending`` entry, under its first item's key and its source
+    (``first#source``: unique, and due with its first item). Taking due items splits a batch
+    at the limit and holds the rest again. One record and one state entry per step and key
+    pair instead of one per item: each record between Python operators is a JVM round trip
+    with its own pickling, and each state entry a write and a delete."""
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.runtime = runtime_context
+        self.mirrors: list[MirroredMap] = []
+        self.pending = self.mirrored("pending")
+        self.key: Any = None
+        self.timers: set[tuple[Any, int]] = set()  # registered in this attempt
+        self.due_timer: dict[Any, int] = {}  # per key: the earliest timer registered for pending items
+        self.decided_to: dict[Any, int] = {}  # per key: nothing pending is due at or before it
+        self.pruned_at: dict[Any, int] = {}
+        self.setup(runtime_context)
+
+    def setup(self, runtime_context: RuntimeContext) -> None:
+        """Subclasses open their state here."""
+
+    def mirrored(self, name: str, ttl_ms: int = 0) -> MirroredMap:
+        descriptor = MapStateDescriptor(name, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+        if ttl_ms:
+            _ttl(descriptor, ttl_ms)
+        mirror = MirroredMap(self.runtime.get_map_state(descriptor))
+        self.mirrors.append(mirror)
+        return mirror
+
+    def use_key(self, key: Any) -> None:
+        if key != self.key:
+            for mirror in self.mirrors:
+                mirror.use(key)
+            self.key = key
+            self.switched(key)
+
+    def switched(self, key: Any) -> None:
+        """Called when the current key changes (subclasses reset per-key caches)."""
+
+    def hold(self, items: list[Any], source: str, ctx: Any) -> None:
+        """Keep ``items`` (sorted ``(pk, payload)`` tuples from ``source``) until they are due."""
+        if not items:
+            return
+        first = items[0][0]
+        self.pending[first if not source else f"{first}#{source}"] = items
+        self.wake(ctx, bucket_end(due_of(first)))
+        decided = self.decided_to.get(self.key)
+        if decided is not None and due_of(first) <= decided:
+            del self.decided_to[self.key]  # an item behind the last step (after a restore)
+
+    def wake(self, ctx: Any, at: int) -> None:
+        """Have a timer fire for the current key at or before ``at``. One timer per key waits
+        for its pending items (the earliest bucket end), not one per bucket: a registration is
+        a record to the JVM and a firing one back, and a key meets items of many buckets. The
+        firing takes every due bucket and registers the next (:meth:`on_timer`). After a
+        restore the checkpointed timers cover the restored items; this attempt's first hold
+        per key registers again (harmless)."""
+        current = self.due_timer.get(self.key)
+        if current is None or at < current:
+            self.timer(ctx, at)
+            self.due_timer[self.key] = at
+
+    def timer(self, ctx: Any, timestamp: int) -> None:
+        if (self.key, timestamp) not in self.timers:
+            ctx.timer_service().register_event_time_timer(timestamp)
+            self.timers.add((self.key, timestamp))
+
+    def take_due(self, watermark: int, ctx: Any) -> list[Any]:
+        """Pending items of the whole buckets at or before ``watermark``, in order, removed
+        (the rest of a batch that reaches past them is held again)."""
+        limit = bucket_limit(watermark)
+        decided = self.decided_to.get(self.key)
+        if decided is not None and limit <= decided:
+            return []
+        taken: list[Any] = []
+        rests = []
+        for key in [key for key in self.pending if due_of(key) <= limit]:
+            items = self.pending[key]
+            del self.pending[key]
+            cut = len(items)
+            while due_of(items[cut - 1][0]) > limit:
+                cut -= 1
+            taken.extend(items[:cut])
+            if cut < len(items):
+                rests.append((items[cut:], key.partition("#")[2]))
+        self.decided_to[self.key] = limit
+        for rest, source in rests:
+            self.hold(rest, source, ctx)
+        taken.sort(key=_first)
+        return taken
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable[Any]:
+        self.use_key(ctx.get_current_key())
+        self.timers.discard((self.key, timestamp))
+        if self.due_timer.get(self.key) == timestamp:
+            del self.due_timer[self.key]
+        watermark = max(timestamp, ctx.timer_service().current_watermark())
+        yield from self.step(self.take_due(watermark, ctx), timestamp, ctx)
+        if self.key not in self.due_timer and len(self.pending):
+            self.wake(ctx, bucket_end(min(due_of(key) for key in self.pending)))
+        last = self.pruned_at.get(self.key)
+        if last is None or timestamp - last >= PRUNE_EVERY_MS:
+            self.prune(timestamp - PRUNE_SLACK_MS)
+            self.pruned_at[self.key] = timestamp
+
+    def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def prune(self, now: int) -> None:
+        """Drop state no image at event time ``now`` or later can use."""
+
+
+class DecideExact(OrderedStage):
+    """``decide: exact``: positions each event in decision order on arrival (its order key and
+    lateness against this subtask's watermark), then decides replay drop and exact dedup per
+    SHA-256 shard. Exact duplicates and rejected events go on as verdicts; an image that needs
+    the near index goes on marked :data:`NEEDS_NEAR_FIELD`, and one op per near shard it
+    visits leaves on :data:`NEAR_TAG`."""
+
+    def __init__(self, policy: DedupPolicy, plan: ShardPlan, window_ms: int, allowed_lateness_ms: int) -> None:
+        if window_ms % ORDER_BUCKET_MS or allowed_lateness_ms % ORDER_BUCKET_MS:
+            # every window deadline must be a bucket end, so a window never fires in the middle
+            # of a bucket an image of it is still travelling in
+            raise ValueError(f"window_ms and allowed_lateness_ms must be multiples of {ORDER_BUCKET_MS}")
+        self.policy = policy
+        self.plan = plan
+        self.window_ms = window_ms
+        self.allowed_lateness_ms = allowed_lateness_ms
+
+    def setup(self, runtime_context: RuntimeContext) -> None:
+        policy = self.policy
+        self.dedups = {
+            realm: Deduplicator(policy, replays=self.mirrored(realm_state("replays", realm), policy.replay_ttl_ms),
+                                exact=self.mirrored(realm_state("exact", realm), policy.exact_ttl_ms), bands={})
+            for realm in REALMS
+        }  # fmt: skip
+
+    def process_element(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
+        self.use_key(ctx.get_current_key())
+        watermark = ctx.timer_service().current_watermark()
+        ts, image_id = int(image["event_time"]), str(image.get("image_id") or "")
+        image = with_lateness(image, watermark, self.window_ms, self.allowed_lateness_ms)
+        order = order_key(ts, image_id, watermark)
+        self.hold([(pending_key(order, image["partition"], image["offset"]), image)], "", ctx)
+        return ()
+
+    def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
+        to_windows: list[tuple[int, Any]] = []
+        to_near: list[tuple[int, Any]] = []
+        for pk, image in items:
+            wshard = self.plan.window_shard(str(image.get("producer")), window_start(int(image["event_time"]),
+                                            self.window_ms), str(image.get("content_type")))  # fmt: skip
+            if image.get("status") == STATUS_REJECTED:  # never meets the index
+                to_windows.append((wshard, (pk, image)))
+                continue
+            ref = _ref(image)
+            verdict = self.dedups[dedup_realm(ref.producer)].exact_step(ref)
+            if verdict is None:  # a replay, dropped
+                continue
+            if verdict is NEEDS_NEAR:
+                image[NEEDS_NEAR_FIELD] = True
+                to_windows.append((wshard, (pk, image)))
+                for shard, route in self.plan.near_routes(ref.phash).items():
+                    to_near.append((shard, (pk, wshard, ref.image_id, ref.producer, ref.phash, ref.event_time,
+                                            route.probe_keys, route.register_keys)))  # fmt: skip
+                continue
+            to_windows.append((wshard, (pk, {**image, **verdict.to_dict()})))
+        source = f"e{self.key}"
+        for batch in batches(to_near):
+            yield NEAR_TAG, [batch[0], source, batch[1]]
+        for batch in batches(to_windows):
+            yield [batch[0], source, batch[1]]
+
+    def prune(self, now: int) -> None:
+        for dedup in self.dedups.values():
+            dedup.prune(now)
+
+
+class DecideNear(OrderedStage):
+    """``decide: near``: the band keys of one near shard. Per image (in decision order) the
+    closest earlier candidate under the probe keys it owns, then the image registered under
+    the registration keys it owns; per step, one batch of ``(pk, match)`` per window shard of
+    the images that found one (none: the verdict stage reads no match as "accepted")."""
+
+    def __init__(self, policy: DedupPolicy) -> None:
+        self.policy = policy
+
+    def setup(self, runtime_context: RuntimeContext) -> None:
+        policy = self.policy
+        self.dedups = {
+            realm: Deduplicator(policy, replays={}, exact={},
+                                bands=self.mirrored(realm_state("bands", realm), policy.near_ttl_ms))
+            for realm in REALMS
+        }  # fmt: skip
+        self.checked: set[Any] = set()
+
+    def switched(self, key: Any) -> None:
+        if key not in self.checked:
+            self.checked.add(key)
+            plan = self.policy.band_plan
+            foreign = sum(1 for dedup in self.dedups.values() for k in dedup.bands if not plan.owns(k))
+            if foreign:  # near shards own band keys by layout: other bands need a fresh index
+                log.warning("near shard %r holds %d band keys of another layout (near_bands changed?): they are "
+                            "not searched; start the job on fresh state (make flink-reset)", key, foreign)
+
+    def process_element(self, batch: list[Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
+        self.use_key(ctx.get_current_key())
+        self.hold(batch[2], batch[1], ctx)
+        return ()
+
+    def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
+        matches = []
+        for pk, wshard, image_id, producer, phash, event_time, probe_keys, register_keys in items:
+            ref = ImageRef(image_id, producer, "", phash, event_time)
+            match = self.dedups[dedup_realm(producer)].near_step(ref, probe_keys, register_keys)
+            if match is not None:
+                matches.append((wshard, (pk, match.to_list())))
+        source = f"n{self.key}"
+        for batch in batches(matches):
+            yield [batch[0], source, batch[1]]
+
+    def prune(self, now: int) -> None:
+        for dedup in self.dedups.values():
+            dedup.prune(now)
+
+
+class DecideWindows(OrderedStage):
+    """``decide: verdicts, windows``: per window shard ((producer, window start) pairs), the
+    verdict of each image that needed the near index (the best of its shards' matches), then
+    the upload-stats windows (:class:`WindowBook`) exactly as the single-index ``Decide``
+    counted them: lateness from ``decide: exact``'s arrival watermark, never below the shard's
+    finalised-through point (kept in ``progress``: a restore starts without a watermark); the
+    window versions of a step coalesced (one row per window and step). One record per step:
+    ``{"verdicts": [...], "windows": [...]}``, which ``WriteSteps`` writes.
+
+    **Replays.** On restored state (or with ``recheck_all``) the upload topic's end offsets
+    are read once; verdicts of events below them are tagged ``recheck`` (see ``Decide``).
+    """
+
+    def __init__(self, window_ms: int, allowed_lateness_ms: int, kafka: KafkaConfig | None = None,
+                 topic: str = "", recheck_all: bool = False) -> None:  # fmt: skip
+        self.window_ms = window_ms
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.kafka = kafka
+        self.topic = topic
+        self.recheck_all = recheck_all
+
+    def setup(self, runtime_context: RuntimeContext) -> None:
+        windows = self.mirrored("windows")
+        progress = self.mirrored("progress")
+        self.book = WindowBook(self.window_ms, self.allowed_lateness_ms, windows, progress)
+        self.horizon: dict[int, int] | None = None
+        self.touched: set[Any] = set()  # keys met in this attempt
+        attempt = getattr(runtime_context, "get_attempt_number", lambda: 0)()
+        self.restarted = bool(attempt)  # a failover: this attempt replays what the last one may have written
+
+    def switched(self, key: Any) -> None:
+        self.book.reset()
+        if self.horizon is None and key not in self.touched:
+            # state found under a key at its first touch in this attempt was restored (a key
+            # met again later holds what this attempt wrote: no reason to re-check anything)
+            self.touched.add(key)
+            restored = self.restarted or any(len(mirror) for mirror in self.mirrors)
+            if restored or self.recheck_all:
+                self.horizon = self.replay_horizon()
+
+    def replay_horizon(self) -> dict[int, int]:
+        """The upload topic's end offsets now (see ``Decide.replay_horizon``)."""
+        if self.kafka is None or not self.topic:
+            return {}
+        horizon = asyncio.run(end_offsets(self.kafka, self.topic))
+        log.info("events of %s below offsets %s may be replays: their earlier rows are checked", self.topic, horizon)
+        return horizon
+
+    def process_element(self, batch: list[Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
+        self.use_key(ctx.get_current_key())
+        self.hold(batch[2], batch[1], ctx)
+        return ()
+
+    def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
+        # an image and its near shards' matches share a pending key, so one step holds them all
+        best: dict[str, NearMatch | None] = {}
+        for pk, payload in items:
+            if not isinstance(payload, dict):
+                best[pk] = best_match(best.get(pk), NearMatch.from_list(payload))
+        verdicts = []
+        for pk, image in items:
+            if not isinstance(image, dict):
+                continue
+            if image.pop(NEEDS_NEAR_FIELD, False):
+                image.update(near_verdict(_ref(image), best.get(pk)).to_dict())
+            if self.horizon and maybe_written(image, self.topic, self.horizon):
+                image[RECHECK] = True
+            verdicts.append(image)
+        windows = []
+        for verdict in verdicts:
+            # lateness as decide: exact saw it on arrival, never below this shard's finalised point
+            arrived_at = self.book.effective_watermark(int(verdict["watermark"]))
+            lateness = self.book.classify(int(verdict["event_time"]), arrived_at)
+            verdict.update(lateness=lateness.value, watermark=arrived_at)
+            version = self.book.add(verdict, lateness, arrived_at)
+            if version is not None:
+                windows.append(version)
+            if lateness is not Lateness.TOO_LATE:
+                for deadline in self.book.deadlines(int(verdict["event_time"])):
+                    if deadline > arrived_at:
+                        self.timer(ctx, deadline)
+        windows.extend(self.book.advance(timestamp))
+        self.book.flush()
+        if verdicts or windows:
+            yield {"verdicts": verdicts, "windows": coalesce(windows)}

@@ -1,0 +1,333 @@
+"""The sharded deciding operators (issue 17) without a Flink runtime: fake keyed state per
+shard key, timers and watermarks, the three stages wired as build() wires them. A "restore" is
+a new set of operators over a copy of the state and the timers (what a checkpoint holds),
+whose watermark is Long.MIN_VALUE until the next one arrives."""
+
+import copy
+import json
+import random
+
+import pytest
+
+from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows, exact_shard_of, near_shard_key, window_shard_key
+from imgstream.domain.dedup import DedupPolicy
+from imgstream.domain.hashing import format_hash
+from imgstream.domain.sharding import ShardPlan
+
+W, L = 60_000, 120_000
+LONG_MIN = -(2**63)
+
+
+class KeyedState:
+    """MapState of one descriptor, scoped by the runtime's current key."""
+
+    def __init__(self, runtime, name):
+        self.runtime, self.name = runtime, name
+
+    def _data(self):
+        return self.runtime.states.setdefault(self.name, {}).setdefault(self.runtime.key, {})
+
+    def items(self):
+        return list(self._data().items())
+
+    def put(self, key, value):
+        self._data()[key] = value
+
+    def remove(self, key):
+        del self._data()[key]
+
+
+class Runtime:
+    def __init__(self, states=None, timers=None):
+        self.states = states if states is not None else {}
+        self.timers = timers if timers is not None else set()  # (key, ts)
+        self.key = None
+        self.watermark = LONG_MIN
+
+    def get_map_state(self, descriptor):
+        return KeyedState(self, descriptor.get_name())
+
+    # the context of process_element / on_timer
+    def get_current_key(self):
+        return self.key
+
+    def timer_service(self):
+        return self
+
+    def current_watermark(self):
+        return self.watermark
+
+    def register_event_time_timer(self, ts):
+        self.timers.add((self.key, ts))
+
+
+STAGES = ("exact", "near", "windows")
+
+
+class Stages:
+    """decide: exact -> decide: near -> decide: verdicts, windows, wired like build(), each
+    stage at ``parallelism`` subtasks (key ``k`` on subtask ``k % parallelism``; a subtask
+    sees only its keys' state and timers, as after Flink redistributes key groups)."""
+
+    def __init__(self, shards=4, checkpoint=None, kafka=None, topic="", parallelism=1):
+        policy = DedupPolicy()
+        self.plan = ShardPlan.for_policy(policy, shards=shards)
+        self.parallelism = parallelism
+        saved = checkpoint or {}
+        self.runtimes, self.ops = {}, {}
+        for name in STAGES:
+            states, timers = saved.get(name, ({}, set()))
+            self.runtimes[name] = [
+                Runtime(states, {(k, t) for k, t in timers if k % parallelism == i}) for i in range(parallelism)
+            ]
+            self.ops[name] = []
+            for runtime in self.runtimes[name]:
+                op = {"exact": lambda: DecideExact(policy, self.plan, W, L), "near": lambda: DecideNear(policy),
+                      "windows": lambda: DecideWindows(W, L, kafka, topic)}[name]()  # fmt: skip
+                op.open(runtime)
+                self.ops[name].append(op)
+        self.steps = []
+
+    def checkpoint(self):
+        out = {}
+        for name, runtimes in self.runtimes.items():
+            out[name] = (copy.deepcopy(runtimes[0].states), set().union(*(r.timers for r in runtimes)))
+        return out
+
+    def _deliver(self, name, key, item):
+        i = key % self.parallelism
+        runtime = self.runtimes[name][i]
+        runtime.key = key
+        for record in self.ops[name][i].process_element(item, runtime) or ():
+            self._route(name, record)
+
+    def _route(self, name, record):
+        if name == "exact":
+            if isinstance(record, tuple) and record[0] is NEAR_TAG:
+                self._deliver("near", near_shard_key(record[1]), record[1])
+            else:
+                self._deliver("windows", window_shard_key(record), record)
+        elif name == "near":
+            self._deliver("windows", window_shard_key(record), record)
+        else:
+            self.steps.append(record)
+
+    def element(self, image):
+        self._deliver("exact", exact_shard_of(self.plan)(image), dict(image))
+
+    def watermark(self, watermark):
+        for name in STAGES:  # each stage forwards the watermark after its timers
+            for op, runtime in zip(self.ops[name], self.runtimes[name]):
+                runtime.watermark = watermark
+                while True:
+                    due = sorted((ts, key) for key, ts in runtime.timers if ts <= watermark)
+                    if not due:
+                        break
+                    ts, key = due[0]
+                    runtime.timers.discard((key, ts))
+                    runtime.key = key
+                    for record in op.on_timer(ts, runtime):
+                        self._route(name, record)
+
+    def verdicts(self):
+        return [v for step in self.steps for v in step["verdicts"]]
+
+    def windows(self):
+        return [w for step in self.steps for w in step["windows"]]
+
+
+def _image(n, ts, phash=None, sha=None, producer="p"):
+    return {
+        "image_id": f"00000000-0000-4000-8000-{n:012d}", "producer": producer, "sha256": sha or f"{n:064x}",
+        "phash": format_hash(phash if phash is not None else (n * 0x9E3779B97F4A7C15) % 2**64),
+        "size": 100, "content_type": "image/png", "received_at": None,
+        "event_time": ts, "topic": "t", "partition": 0, "offset": n,
+    }  # fmt: skip
+
+
+def test_exact_and_near_duplicates_are_found_across_shards_in_event_time_order():
+    stages = Stages(shards=4)
+    stages.element(_image(2, 1_500, phash=0xF0F0_0000_0000_0001, sha="b" * 64))  # arrives first, later in time
+    stages.element(_image(1, 1_000, phash=0xF0F0_0000_0000_0000, sha="a" * 64))
+    stages.element(_image(3, 1_600, phash=0x1234, sha="a" * 64))  # exact copy of 1
+    stages.watermark(2_000)
+    got = {v["image_id"][-1]: (v["status"], v["duplicate_of"] and v["duplicate_of"][-1], v["distance"])
+           for v in stages.verdicts()}  # fmt: skip
+    assert got == {"1": ("accepted", None, None), "2": ("duplicate", "1", 1), "3": ("duplicate", "1", 0)}
+
+
+def test_a_restore_classifies_against_the_finalised_through_point_and_keeps_final_rows():
+    first = Stages()
+    for n in range(3):
+        first.element(_image(n, 1_000 + n, producer="p"))
+    final_at = W - 1 + L
+    first.watermark(final_at)
+    finals = [w for w in first.windows() if w["final"]]
+    assert [(w["window_start"], w["uploads"], w["revision"]) for w in finals] == [(0, 3, 2)]
+
+    restored = Stages(checkpoint=first.checkpoint())  # watermark: Long.MIN_VALUE
+    restored.element(_image(10, 5_000, producer="p"))  # too late for window 0, which is final
+    restored.watermark(final_at + 1_000)
+    (verdict,) = restored.verdicts()
+    assert verdict["lateness"] == "too_late" and verdict["watermark"] == final_at
+    assert [w for w in restored.windows() if w["window_start"] == 0] == []  # the final row stays
+
+
+def test_late_events_of_one_step_write_one_version_of_their_window():
+    stages = Stages()
+    stages.element(_image(1, W + 1_000))
+    stages.watermark(2 * W)  # window [W, 2W) fired, not final
+    for n in range(2, 7):
+        stages.element(_image(n, W + 1_000 + n))  # five late events before the next watermark
+    stages.watermark(2 * W + 1_000)
+    late = [v for v in stages.verdicts() if v["lateness"] == "late"]
+    assert len(late) == 5
+    versions = [w for w in stages.windows() if w["window_start"] == W]
+    assert [(w["revision"], w["uploads"], w["late_events"]) for w in versions] == [(1, 1, 0), (6, 6, 5)]
+
+
+def test_after_a_restore_verdicts_below_the_topics_end_are_tagged_for_a_recheck(monkeypatch):
+    import flink_jobs.sharded as sharded
+    from imgstream.config import KafkaConfig
+
+    calls = []
+
+    async def end_offsets(config, topic):
+        calls.append(topic)
+        return {0: 100}
+
+    monkeypatch.setattr(sharded, "end_offsets", end_offsets)
+    fresh = Stages(kafka=KafkaConfig(), topic="t")
+    fresh.element(_image(1, 1_000))
+    fresh.watermark(2_000)
+    assert calls == [] and not any(v.get("recheck") for v in fresh.verdicts())  # a fresh job reads nothing
+
+    restored = Stages(checkpoint=fresh.checkpoint(), kafka=KafkaConfig(), topic="t")
+    restored.element(_image(99, 3_000))  # offset 99: below the end offsets at restore
+    restored.element(_image(150, 3_100))  # appended after the restore
+    restored.watermark(4_000)
+    assert calls == ["t"]
+    assert {v["offset"]: bool(v.get("recheck")) for v in restored.verdicts()} == {99: True, 150: False}
+
+
+def test_each_stage_keeps_state_only_under_its_shards():
+    stages = Stages(shards=4)
+    for n in range(40):
+        stages.element(_image(n, 1_000 + n, producer=f"p{n % 5}"))
+    stages.watermark(W + L)
+    exact_keys = set(stages.runtimes["exact"][0].states["exact"])
+    near_keys = set(stages.runtimes["near"][0].states["bands"])
+    assert exact_keys <= set(range(4)) and len(exact_keys) > 1
+    assert near_keys <= set(range(stages.plan.near_shards)) and len(near_keys) > 1
+    # every band key lives in exactly one near shard, and the near shards hold each image's 4 keys
+    owners = {}
+    for shard, bands in stages.runtimes["near"][0].states["bands"].items():
+        for key in bands:
+            assert owners.setdefault(key, shard) == shard
+    assert sum(len(c) for b in stages.runtimes["near"][0].states["bands"].values() for c in b.values()) == 40 * 4
+
+
+def test_a_fresh_job_meeting_its_keys_again_never_reads_the_topic(monkeypatch):
+    """State a key holds when this attempt meets it again was written by this attempt: only
+    state found at a key's first touch means a restore."""
+    import flink_jobs.sharded as sharded
+    from imgstream.config import KafkaConfig
+
+    calls = []
+
+    async def end_offsets(config, topic):
+        calls.append(topic)
+        return {0: 10**9}
+
+    monkeypatch.setattr(sharded, "end_offsets", end_offsets)
+    stages = Stages(shards=4, kafka=KafkaConfig(), topic="t")
+    for n in range(40):
+        stages.element(_image(n, 1_000 + 100 * n, producer=f"p{n % 7}"))
+        stages.watermark(1_000 + 100 * n)
+    stages.watermark(W + L)
+    assert len({stages.plan.window_shard(v["producer"], 0) for v in stages.verdicts()}) > 1  # several keys
+    assert calls == [] and not any(v.get("recheck") for v in stages.verdicts())
+
+
+def _stream(seed, count=160):
+    """Originals, exact and near copies and replays, arriving up to 3 s out of order."""
+    rnd = random.Random(seed)
+    images, contents = [], []
+    for n in range(count):
+        ts = 1_000 + 250 * n
+        roll = rnd.random()
+        if contents and roll < 0.2:
+            sha, phash = rnd.choice(contents)
+        elif contents and roll < 0.4:
+            sha, phash = f"{n:064x}", rnd.choice(contents)[1] ^ (1 << rnd.randrange(64)) ^ (1 << rnd.randrange(64))
+        else:
+            sha, phash = f"{n:064x}", rnd.getrandbits(64)
+        contents.append((sha, phash))
+        images.append(_image(n, ts, phash=phash, sha=sha, producer=f"p{n % 3}"))
+        if roll > 0.95:
+            images.append(dict(images[rnd.randrange(len(images))], offset=10_000 + n))  # a replay
+    arrival = sorted(images, key=lambda i: i["event_time"] + rnd.randint(0, 3_000))
+    return arrival
+
+
+def _feed(stages, arrival, start, stop):
+    for image in arrival[start:stop]:
+        stages.element(image)
+        if image["offset"] % 4 == 0:
+            stages.watermark(max(i["event_time"] for i in arrival[: arrival.index(image) + 1]) - 2_000)
+
+
+def _result(stages_list):
+    verdicts = sorted(json.dumps({k: v for k, v in verdict.items() if k != "watermark"}, sort_keys=True)
+                      for stages in stages_list for verdict in stages.verdicts())
+    table = {}
+    for stages in stages_list:
+        for row in stages.windows():
+            table[(row["window_start"], row["producer"], row["content_type"])] = row
+    return verdicts, table
+
+
+@pytest.mark.parametrize("before, after", [(1, 2), (2, 1), (1, 4), (3, 2)])
+def test_a_restore_at_another_parallelism_mid_stream_ends_like_one_uninterrupted_run(before, after):
+    """Issue 17: a checkpoint at parallelism ``before`` restored at ``after`` in the middle of a
+    stream (pending images, timers, open windows, half-built index): the same verdicts and the
+    same final table as one run that never stopped (the restored run first sees the watermark
+    the source re-emits)."""
+    arrival = _stream(seed=before * 10 + after)
+    cut = len(arrival) // 2
+    whole = Stages(parallelism=1)
+    _feed(whole, arrival, 0, len(arrival))
+    whole.watermark(10**12)
+
+    first = Stages(parallelism=before)
+    _feed(first, arrival, 0, cut)
+    last_watermark = first.runtimes["exact"][0].watermark
+    saved = first.checkpoint()
+    assert any(saved["exact"][0]["pending"].values()) and saved["exact"][1]  # images in flight, timers
+    assert any(saved["windows"][0]["windows"].values())  # open windows
+    second = Stages(parallelism=after, checkpoint=saved)
+    second.watermark(last_watermark)
+    _feed(second, arrival, cut, len(arrival))
+    second.watermark(10**12)
+
+    assert _result([first, second]) == _result([whole])
+    statuses = {v["status"] for v in whole.verdicts()}
+    assert statuses == {"accepted", "duplicate"} and any(v["duplicate_kind"] == "near" for v in whole.verdicts())
+
+
+def test_a_users_upload_of_a_synthetic_images_bytes_is_accepted():
+    """Issue 20 in the stages: same bytes (and pHash), a synthetic producer first, then a user:
+    the user's image is accepted; each realm's index lives in state of its own."""
+    stages = Stages(shards=4)
+    phash = 0xF0F0_0000_0000_0000
+    stages.element(_image(1, 1_000, phash=phash, sha="a" * 64, producer="synthetic-bench"))
+    stages.element(_image(2, 1_100, phash=phash, sha="a" * 64, producer="alice"))
+    stages.element(_image(3, 1_200, phash=phash ^ 1, sha="b" * 64, producer="bob"))  # near copy of alice's
+    stages.element(_image(4, 1_300, phash=phash, sha="a" * 64, producer="synthetic-other"))
+    stages.watermark(2_000)
+    got = {v["image_id"][-1]: (v["status"], v["duplicate_of"] and v["duplicate_of"][-1]) for v in stages.verdicts()}
+    assert got == {"1": ("accepted", None), "2": ("accepted", None), "3": ("duplicate", "2"), "4": ("duplicate", "1")}
+    exact_states = stages.runtimes["exact"][0].states
+    assert {k for shard in exact_states["exact"].values() for k in shard} == {"a" * 64, "b" * 64}
+    assert {k for shard in exact_states["exact-synthetic"].values() for k in shard} == {"a" * 64}
+    assert stages.runtimes["near"][0].states["bands-synthetic"]
