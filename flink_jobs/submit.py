@@ -166,7 +166,17 @@ def _flink_run(job: str, name: str, args: Sequence[str], env: Mapping[str, str],
             job_id = line.split(marker, 1)[1].strip()
             print(f"{name} submitted as {job_id}")
             return job_id
-    raise SystemExit(f"submission of {name} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    cause = root_cause(result.stdout + "\n" + result.stderr)
+    raise SystemExit(f"submission of {name} failed{': ' + cause if cause else ''}\n"
+                     f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")  # fmt: skip
+
+
+def root_cause(output: str, limit: int = 600) -> str:
+    """The deepest ``Caused by:`` of a Java stack trace in ``output`` (the Flink CLI's), cut to
+    ``limit`` characters; "" when there is none. The tail of the output, shown too, is often
+    just the Python driver's "exits with code 1"."""
+    causes = [line.strip() for line in output.splitlines() if line.lstrip().startswith("Caused by:")]
+    return causes[-1][len("Caused by:"):].strip()[:limit] if causes else ""
 
 
 def stop_with_savepoint(name: str, env: Mapping[str, str]) -> str:
@@ -243,8 +253,12 @@ def up(args: Sequence[str], env: Mapping[str, str]) -> str:
                 job_id = run("pipeline", args, env, savepoint=str(point.path))
                 wait_initialised(job_id, env)
             except (SystemExit, RuntimeError) as exc:
-                failures.append(f"{point}: {str(exc).strip()[-1500:]}")
-                if INCOMPATIBLE in str(exc):
+                text = str(exc).strip()
+                head, _, rest = text.partition("\n")
+                failures.append(f"{point}: {head[:800]}" + (f"\n  ...\n{rest[-1000:]}" if rest else ""))
+                if INCOMPATIBLE in text:
+                    failures.append("The state does not fit this program: an upgrade changed operator uids or the "
+                                    "max parallelism (issue 17's sharded decide stages do both).")
                     break  # the program changed: an older point of the same program fails alike
                 _cancel_quietly(name, env)
                 continue

@@ -71,7 +71,7 @@ STATS_API = Component(
 # submitted once this is up (see pipeline.py): it needs Kafka, Cassandra (schema applied) and a
 # TaskManager.
 HEARTBEAT = Component(
-    "heartbeat", (), "(writes stream.heartbeat into images.uploaded every second)", "-",
+    "heartbeat", (), "(writes stream.heartbeat into images.uploaded twice a second)", "-",
     _python_module("flink_jobs.heartbeat"), _kafka_check,
     depends=("kafka", "cassandra", "flink-taskmanager"), start_timeout=60, extra_env=_root_on_path,
 )

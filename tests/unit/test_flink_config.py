@@ -187,3 +187,18 @@ def test_the_stack_pipeline_runs_at_parallelism_2_unless_told_otherwise():
         PipelineConfig(parallelism=121)
     with pytest.raises(ValueError, match="near_split_bits"):
         PipelineConfig.from_env({}, ["--near_split_bits=9"])
+
+
+def test_root_cause_is_the_deepest_caused_by_of_the_cli_output() -> None:
+    from flink_jobs.submit import root_cause
+
+    output = """org.apache.flink.client.program.ProgramInvocationException: The main method caused an error
+Caused by: java.util.concurrent.CompletionException: java.lang.IllegalStateException: Failed to rollback
+\tat org.apache.flink.runtime.scheduler.SchedulerBase.x(SchedulerBase.java:1)
+Caused by: java.lang.IllegalStateException: Max parallelism mismatch. Cannot map operator 0fdd with max parallelism 128
+\tat org.apache.flink.runtime.checkpoint.Checkpoints.y(Checkpoints.java:2)
+Exception: Python process exits with code: 1"""
+    cause = root_cause(output)
+    assert cause.startswith("java.lang.IllegalStateException: Max parallelism mismatch. Cannot map operator")
+    assert root_cause("Exception: Python process exits with code: 1") == ""
+    assert len(root_cause("Caused by: " + "x" * 5000)) == 600
