@@ -4,8 +4,10 @@ A synthetic producer uploads ``--seconds x --rate`` distinct small PNGs through 
 (port 8080), paced; the stack's own pipeline job decides them, CDC carries the rows to
 PostgreSQL and the stats API (port 8090) serves them. Measured side by side in one run, per image:
 
-* **upload**: the upload request's start -> its 201 (the gateway: checks, object PUT, publish);
-* **status (API)**: the request's start -> the first ``GET /v1/images/{id}`` with a status,
+* **upload**: the upload request's start -> its 201 (the gateway: checks, object PUT, publish;
+  a 429/503 is retried after its Retry-After under the same Idempotency-Key, as a client does);
+* **status (API)**: the request's start -> the first ``GET /v1/images/{id}`` with a status other
+  than ``pending``,
   polled every ``--poll-ms`` from ``--poll-after-ms`` on, for one image in ``--sample``;
 * **decided**: ``received_at`` -> ``processed_at`` of the Cassandra ``images`` row (the job);
 * **replicated**: ``received_at`` -> ``cdc_applied_at`` of the PostgreSQL row (job + CDC).
@@ -76,6 +78,7 @@ class Run:
         self.status_s: list[float] = []
         self.ids: list[str] = []
         self.failures: list[str] = []
+        self.retries = 0
 
     async def stream(self) -> None:
         rnd = random.Random(self.args.seed)
@@ -96,11 +99,17 @@ class Run:
                      polls: list[asyncio.Task[None]]) -> None:  # fmt: skip
         started = time.monotonic()
         headers = {**self.headers, "Content-Type": "image/png", "Idempotency-Key": str(uuid.uuid4())}
-        async with session.post(f"{self.gateway}/v1/images", data=body, headers=headers) as response:
-            if response.status != 201:
-                self.failures.append(f"upload {response.status}: {(await response.text())[:200]}")
-                return
-            image_id = (await response.json())["image_id"]
+        while True:  # a client's loop: 429/503 are retried after Retry-After, under the same key
+            async with session.post(f"{self.gateway}/v1/images", data=body, headers=headers) as response:
+                if response.status == 201:
+                    image_id = (await response.json())["image_id"]
+                    break
+                if response.status not in (429, 503) or time.monotonic() - started > STATUS_DEADLINE_S:
+                    self.failures.append(f"upload {response.status}: {(await response.text())[:200]}")
+                    return
+                self.retries += 1
+                retry_after = float(response.headers.get("Retry-After") or 1)
+            await asyncio.sleep(retry_after)
         self.upload_s.append(time.monotonic() - started)
         self.ids.append(image_id)
         if sampled:
@@ -110,7 +119,7 @@ class Run:
         await asyncio.sleep(max(0.0, started + self.args.poll_after_ms / 1000 - time.monotonic()))
         while time.monotonic() - started < STATUS_DEADLINE_S:
             async with session.get(f"{self.api}/v1/images/{image_id}", headers=self.headers) as response:
-                if response.status == 200 and (await response.json()).get("status"):
+                if response.status == 200 and (await response.json()).get("status") not in (None, "pending"):
                     self.status_s.append(time.monotonic() - started)
                     return
                 if response.status not in (200, 404):
@@ -165,7 +174,7 @@ def main() -> None:
         if run.failures:
             raise SystemExit(f"{len(run.failures)} failures, e.g. {run.failures[:3]}")
         decided, replicated = asyncio.run(stored_delays(config, run.ids))
-    print(f"upload -> 201 (gateway)           {quantiles(run.upload_s)}")
+    print(f"upload -> 201 (gateway)           {quantiles(run.upload_s)}, {run.retries} retries after 429/503")
     print(f"upload -> status (stats API)      {quantiles(run.status_s)}")
     print(f"received_at -> Cassandra row      {quantiles(decided)}")
     print(f"received_at -> PostgreSQL row     {quantiles(replicated)}")

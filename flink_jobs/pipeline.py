@@ -269,6 +269,7 @@ def flink_configuration(config: PipelineConfig, jars: Sequence[str]) -> Configur
     conf.set_string("table.local-time-zone", "UTC")
     conf.set_string("python.state.cache-size", str(config.python_state_cache))
     conf.set_string("python.fn-execution.bundle.size", str(config.python_bundle_size))
+    conf.set_string("python.fn-execution.bundle.time", str(config.python_bundle_time_ms))
     conf.set_string("python.map-state.write-cache-size", str(config.python_map_write_cache))
     conf.set_string("pipeline.auto-watermark-interval", f"{config.watermark_interval_ms} ms")
     conf.set_string("execution.checkpointing.interval", f"{config.checkpoint_interval_ms} ms")

@@ -52,6 +52,7 @@ def test_job_settings_that_keep_the_python_workers_busy():
 
     conf = flink_configuration(PipelineConfig.from_env({}, ["--parallelism=3"]), jars=[])
     assert conf.get_string("python.fn-execution.bundle.size", "") == "100000"  # PyFlink's is 1,000
+    assert conf.get_string("python.fn-execution.bundle.time", "") == "100"  # PyFlink's is 1,000 ms
     assert conf.get_string("pipeline.auto-watermark-interval", "") == "500 ms"
     assert conf.get_string("taskmanager.numberOfTaskSlots", "") == "6"  # a mini-cluster fits both groups
     shared = flink_configuration(PipelineConfig.from_env({}, ["--decide_slot_group="]), jars=[])
