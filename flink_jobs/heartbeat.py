@@ -31,9 +31,10 @@ log = logging.getLogger("imgstream.heartbeat")
 DEFAULT_INTERVAL_MS = 500
 
 
-async def beat_once(producer: object, topic: str, partitions: list[int], origin: str) -> None:
-    """Send one heartbeat (now) into each partition and wait for the acks."""
-    value = heartbeat_value(datetime.now(timezone.utc), origin)
+async def beat_once(producer: object, topic: str, partitions: list[int], origin: str,
+                    at: datetime | None = None) -> None:  # fmt: skip
+    """Send one heartbeat (``at``, default now) into each partition and wait for the acks."""
+    value = heartbeat_value(at or datetime.now(timezone.utc), origin)
     sends = [await producer.send(topic, value, partition=p) for p in partitions]  # type: ignore[attr-defined]
     await asyncio.gather(*sends)
 

@@ -62,6 +62,31 @@ async def produce(
     return sent
 
 
+def log_times(planned: Sequence[Planned]) -> list[int | None]:
+    """Kafka timestamps for a stream planned in the past: each event's own time, an unreadable
+    one the time of the event before it. Sent at the wall clock instead, an unreadable event's
+    event time (the Kafka timestamp: the clamp's fallback) would move its partition's watermark
+    to now, and every later planned event would be too late."""
+    out: list[int | None] = []
+    last: int | None = None
+    for p in planned:
+        last = p.event_time or last
+        out.append(last)
+    return out
+
+
+async def close_part(bootstrap: str, topic: str, part: Sequence[Planned], bound_ms: int) -> None:
+    """Move every partition's watermark to just before the next planned event, so the whole of
+    ``part`` is decided without heartbeats at wall-clock time (which would make a later part of
+    a stream planned in the past too late): one heartbeat per partition at the part's last
+    event time + one step - 1 ms + the out-of-orderness bound ``bound_ms``."""
+    times = [p.event_time for p in part if p.event_time]
+    step = times[-1] - times[-2] if len(times) > 1 else 1
+    at = datetime.fromtimestamp((times[-1] + step - 1 + bound_ms) / 1000, tz=timezone.utc)
+    async with open_producer(KafkaConfig(bootstrap_servers=bootstrap), linger_ms=0) as producer:
+        await heartbeat.beat_once(producer, topic, sorted(await producer.partitions_for(topic)), "test", at=at)
+
+
 async def read_committed(bootstrap: str, topic: str, expected: int, deadline_s: float = 240) -> list[dict[str, Any]]:
     """Read a topic from the start (committed transactions only) until ``expected`` records or
     ``deadline_s`` passed; returns what was read (a caller may wait out the deadline on purpose, to
@@ -219,7 +244,8 @@ async def expect_final_windows(session: Any, expected: Any, window_ms: int, what
     final = await until(lambda: asyncio.to_thread(final_windows, session, truth_windows), what, timeout=deadline_s,
                         interval=CHECK_EVERY_S)
     for key, stats in truth_windows.items():
-        assert {k: getattr(final[key], k) for k in stats} == stats, key
+        got = {k: getattr(final[key], k) for k in stats}
+        assert got == stats, f"window {key}: {got} != truth {stats}"
 
 
 def final_windows(session: Any, keys: Iterable[tuple[int, str, str]]) -> dict[tuple[int, str, str], Any] | None:
