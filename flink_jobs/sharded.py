@@ -54,6 +54,8 @@ _first = itemgetter(0)
 
 #: ``decide: exact``'s side output: one op per near shard an image visits.
 NEAR_TAG = OutputTag("near-ops", Types.PICKLED_BYTE_ARRAY())
+#: Entry of ``decide: exact``'s ``layout`` state: the :attr:`ShardPlan.signature` its state was written by.
+LAYOUT = "plan"
 #: Field of an image that waits for its near matches in ``decide: verdicts, windows``.
 NEEDS_NEAR_FIELD = "needs_near"
 
@@ -244,6 +246,17 @@ class DecideExact(OrderedStage):
                                 exact=self.mirrored(realm_state("exact", realm), policy.exact_ttl_ms), bands={})
             for realm in REALMS
         }  # fmt: skip
+        self.layout = self.mirrored("layout")
+        self.checked: set[Any] = set()
+
+    def switched(self, key: Any) -> None:
+        """At a key's first touch in this attempt: the state under it must be laid out by this
+        plan (``--dedup_shards`` changed on a restore fails the job instead of missing duplicates)."""
+        if key not in self.checked:
+            self.checked.add(key)
+            self.plan.check_restored(self.layout.get(LAYOUT))
+            if LAYOUT not in self.layout:
+                self.layout[LAYOUT] = self.plan.signature
 
     def process_element(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         self.use_key(ctx.get_current_key())

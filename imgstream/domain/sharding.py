@@ -127,6 +127,22 @@ class ShardPlan:
                              f"got {self.near_split_bits}")  # fmt: skip
         object.__setattr__(self, "_widths", widths)
 
+    @property
+    def signature(self) -> str:
+        """What a job's state is laid out by: ``"shards/near_split_bits/bands"``. It must not
+        change for the job's state (another routing would look for an image in another shard)."""
+        return f"{self.shards}/{self.near_split_bits}/{self.band_plan.bands}"
+
+    def check_restored(self, stored: str | None) -> None:
+        """Raise :class:`ValueError` when state laid out by ``stored`` (a :attr:`signature`;
+        ``None``: none recorded yet) is read by this plan."""
+        if stored is not None and stored != self.signature:
+            raise ValueError(
+                f"the restored dedup state is sharded as {stored} (dedup_shards/near_split_bits/near_bands) but "
+                f"this job as {self.signature}: shards are fixed for a job's state (images would be looked for in "
+                f"other shards). Resume with the old settings, or start on fresh state (make flink-reset)"
+            )
+
     @classmethod
     def for_policy(cls, policy: DedupPolicy, shards: int = DEFAULT_SHARDS,
                    near_split_bits: int = DEFAULT_NEAR_SPLIT_BITS) -> "ShardPlan":  # fmt: skip

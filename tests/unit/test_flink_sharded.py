@@ -331,3 +331,20 @@ def test_a_users_upload_of_a_synthetic_images_bytes_is_accepted():
     assert {k for shard in exact_states["exact"].values() for k in shard} == {"a" * 64, "b" * 64}
     assert {k for shard in exact_states["exact-synthetic"].values() for k in shard} == {"a" * 64}
     assert stages.runtimes["near"][0].states["bands-synthetic"]
+
+
+def test_a_restore_with_other_shards_fails_instead_of_missing_duplicates():
+    first = Stages(shards=4)
+    first.element(_image(1, 1_000, sha="a" * 64))
+    first.watermark(2_000)
+    saved = first.checkpoint()
+
+    same = Stages(shards=4, checkpoint=saved)
+    same.element(_image(2, 3_000, sha="a" * 64))  # the same layout: the copy is found
+    same.watermark(4_000)
+    assert [v["duplicate_kind"] for v in same.verdicts()] == ["exact"]
+
+    other = Stages(shards=8, checkpoint=saved)
+    with pytest.raises(ValueError, match=r"sharded as 4/1/4 .* this job as 8/1/4.*make flink-reset"):
+        for n in range(2, 40):  # some image reaches a shard that holds state of the 4-shard layout
+            other.element(_image(n, 3_000 + n, sha=f"{n:064x}"))

@@ -175,3 +175,12 @@ def test_the_same_bytes_in_another_dedup_realm_are_accepted(first, second):
     assert [v.status for v in verdicts] == ["accepted", "accepted", "duplicate", "duplicate"]
     assert verdicts[2].duplicate_of == images[1].image_id and verdicts[2].duplicate_kind == "near"
     assert verdicts[3].duplicate_of == images[0].image_id and verdicts[3].duplicate_kind == "exact"
+
+
+def test_the_signature_names_the_layout_and_a_restore_must_match_it():
+    plan = ShardPlan.for_policy(DedupPolicy(), shards=16, near_split_bits=2)
+    assert plan.signature == f"16/2/{DedupPolicy().band_plan.bands}"
+    plan.check_restored(None)  # state written before layouts were recorded: accepted
+    plan.check_restored(plan.signature)
+    with pytest.raises(ValueError, match="fixed for a job's state"):
+        plan.check_restored("32/1/4")
