@@ -126,6 +126,7 @@ class OrderedStage(KeyedProcessFunction):
         self.due_timer: dict[Any, int] = {}  # per key: the earliest timer registered for pending items
         self.decided_to: dict[Any, int] = {}  # per key: nothing pending is due at or before it
         self.pruned_at: dict[Any, int] = {}
+        self.met: set[Any] = set()  # keys met in this attempt
         self.setup(runtime_context)
 
     def setup(self, runtime_context: RuntimeContext) -> None:
@@ -145,9 +146,16 @@ class OrderedStage(KeyedProcessFunction):
                 mirror.use(key)
             self.key = key
             self.switched(key)
+            if key not in self.met:
+                self.met.add(key)
+                self.first_touch(key)
 
     def switched(self, key: Any) -> None:
         """Called when the current key changes (subclasses reset per-key caches)."""
+
+    def first_touch(self, key: Any) -> None:
+        """Called once per key and attempt, after :meth:`switched`: state found under it now
+        was restored (subclasses check it)."""
 
     def hold(self, items: list[Any], source: str, ctx: Any) -> None:
         """Keep ``items`` (sorted ``(pk, payload)`` tuples from ``source``) until they are due."""
@@ -247,16 +255,13 @@ class DecideExact(OrderedStage):
             for realm in REALMS
         }  # fmt: skip
         self.layout = self.mirrored("layout")
-        self.checked: set[Any] = set()
 
-    def switched(self, key: Any) -> None:
-        """At a key's first touch in this attempt: the state under it must be laid out by this
-        plan (``--dedup_shards`` changed on a restore fails the job instead of missing duplicates)."""
-        if key not in self.checked:
-            self.checked.add(key)
-            self.plan.check_restored(self.layout.get(LAYOUT))
-            if LAYOUT not in self.layout:
-                self.layout[LAYOUT] = self.plan.signature
+    def first_touch(self, key: Any) -> None:
+        """The state under ``key`` must be laid out by this plan (``--dedup_shards`` changed on
+        a restore fails the job instead of missing duplicates)."""
+        self.plan.check_restored(self.layout.get(LAYOUT))
+        if LAYOUT not in self.layout:
+            self.layout[LAYOUT] = self.plan.signature
 
     def process_element(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         self.use_key(ctx.get_current_key())
@@ -315,16 +320,13 @@ class DecideNear(OrderedStage):
                                 bands=self.mirrored(realm_state("bands", realm), policy.near_ttl_ms))
             for realm in REALMS
         }  # fmt: skip
-        self.checked: set[Any] = set()
 
-    def switched(self, key: Any) -> None:
-        if key not in self.checked:
-            self.checked.add(key)
-            plan = self.policy.band_plan
-            foreign = sum(1 for dedup in self.dedups.values() for k in dedup.bands if not plan.owns(k))
-            if foreign:  # near shards own band keys by layout: other bands need a fresh index
-                log.warning("near shard %r holds %d band keys of another layout (near_bands changed?): they are "
-                            "not searched; start the job on fresh state (make flink-reset)", key, foreign)
+    def first_touch(self, key: Any) -> None:
+        plan = self.policy.band_plan
+        foreign = sum(1 for dedup in self.dedups.values() for k in dedup.bands if not plan.owns(k))
+        if foreign:  # near shards own band keys by layout: other bands need a fresh index
+            log.warning("near shard %r holds %d band keys of another layout (near_bands changed?): they are "
+                        "not searched; start the job on fresh state (make flink-reset)", key, foreign)
 
     def process_element(self, batch: list[Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         self.use_key(ctx.get_current_key())
@@ -373,16 +375,16 @@ class DecideWindows(OrderedStage):
         progress = self.mirrored("progress")
         self.book = WindowBook(self.window_ms, self.allowed_lateness_ms, windows, progress)
         self.horizon: dict[int, int] | None = None
-        self.touched: set[Any] = set()  # keys met in this attempt
         attempt = getattr(runtime_context, "get_attempt_number", lambda: 0)()
         self.restarted = bool(attempt)  # a failover: this attempt replays what the last one may have written
 
     def switched(self, key: Any) -> None:
         self.book.reset()
-        if self.horizon is None and key not in self.touched:
-            # state found under a key at its first touch in this attempt was restored (a key
-            # met again later holds what this attempt wrote: no reason to re-check anything)
-            self.touched.add(key)
+
+    def first_touch(self, key: Any) -> None:
+        # state found under a key at its first touch in this attempt was restored (a key met
+        # again later holds what this attempt wrote: no reason to re-check anything)
+        if self.horizon is None:
             restored = self.restarted or any(len(mirror) for mirror in self.mirrors)
             if restored or self.recheck_all:
                 self.horizon = self.replay_horizon()
