@@ -31,8 +31,20 @@ JOB: Final = "reorganize"
 MOVABLE: Final = frozenset({"accepted", "duplicate", "rejected"})
 
 
-def plan(rows: Iterable[dict[str, Any]], layout: Layout) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """sha256 -> (current key, image ids) of contents with a row not yet in ``layout`` (pure)."""
+#: Relocation states a killed run can leave behind that no later run would reach from the rows alone.
+UNFINISHED: Final = frozenset({"copied", "verified"})
+
+
+def plan(rows: Iterable[dict[str, Any]], layout: Layout,
+         relocations: Iterable[dict[str, Any]] = ()) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """sha256 -> (current key, image ids) of contents to move to ``layout`` (pure).
+
+    A content is planned when a row of it is not yet in ``layout``, or when its relocation to
+    ``layout`` is unfinished (``copied``/``verified``): a run killed after rewriting the rows but
+    before recording ``switched`` leaves rows that already point at the new key, and without this
+    the old object would never be retired. Re-running the move of such a content only re-verifies
+    the copy and records ``switched``.
+    """
     out: dict[str, tuple[str, tuple[str, ...]]] = {}
     for row in rows:
         key, sha = row.get("storage_key"), row.get("sha256")
@@ -42,6 +54,9 @@ def plan(rows: Iterable[dict[str, Any]], layout: Layout) -> dict[str, tuple[str,
             continue
         old, ids = out.get(sha, (key, ()))
         out[sha] = (old, tuple(sorted(set(ids) | {row["image_id"]})))
+    for r in relocations:
+        if r.get("layout") == layout.name and r.get("state") in UNFINISHED and r.get("sha256") not in out:
+            out[r["sha256"]] = (r["old_key"], ())
     return out
 
 
@@ -121,7 +136,7 @@ def build(spark: Any, config: BatchConfig, *, layout: str, grace: timedelta, lim
         store.delete(r["old_key"])
         _set_state(session, r["sha256"], r["old_key"], r["new_key"], r["layout"], "retired", switched)
         retired += 1
-    todo = sorted(plan(inv.rows.values(), target).items())
+    todo = sorted(plan(inv.rows.values(), target, inv.relocations).items())
     if limit:
         todo = todo[:limit]
     if progress is not None:

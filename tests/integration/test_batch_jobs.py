@@ -4,6 +4,7 @@ would have left them."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 
@@ -163,12 +164,30 @@ def test_reorganize_killed_and_rerun_keeps_every_image_readable(world: World) ->
         row = world.rows("images", "WHERE image_id = %s", (image_id,))[0]
         assert row.storage_key == LAYOUT_V2.key(sha)
         data = world.store.get(row.storage_key)
-        import hashlib
-
         assert data is not None and hashlib.sha256(data).hexdigest() == sha
         assert world.store.head(image_key(sha)) is None  # old key retired
     final = world.run("reconcile", "--grace", "0s", "--skip-postgres")
     assert final.status == 0, final.summary
+
+
+def test_reorganize_finishes_a_content_killed_between_its_row_rewrite_and_switched(world: World) -> None:
+    """The narrow crash window the kill test hits only by chance: every row already points at the
+    new key, the relocation still says ``verified``. A rerun must record ``switched`` so that the
+    one after retires the old key (before the fix, the old object stayed forever)."""
+    image_id, sha = world.add_image(fx.unique_jpeg("window"))
+    old, new = image_key(sha), LAYOUT_V2.key(sha)
+    assert world.store.copy(old, new)
+    world.set_row(image_id, sha, "accepted", key=new)
+    world.session.execute("INSERT INTO relocations (sha256, old_key, new_key, layout, state) "
+                          "VALUES (%s, %s, %s, %s, 'verified')", (sha, old, new, LAYOUT_V2.name))
+
+    finish = world.run("reorganize", "--to", "v2", "--grace", "0s")
+    assert finish.status == 0 and finish.summary["processed"] == 1 and finish.summary["failed"] == 0, finish.summary
+    assert [r.state for r in world.rows("relocations")] == ["switched"]
+    retire = world.run("reorganize", "--to", "v2", "--grace", "0s")
+    assert retire.status == 0 and retire.summary["retired"] == 1 and retire.summary["processed"] == 0, retire.summary
+    assert world.store.head(old) is None and world.store.head(new) is not None
+    assert world.rows("images", "WHERE image_id = %s", (image_id,))[0].storage_key == new
 
 
 def test_reconcile_reports_a_missing_object(world: World) -> None:

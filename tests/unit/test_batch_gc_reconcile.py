@@ -180,6 +180,21 @@ def test_reorganize_plans_contents_not_in_the_target_layout() -> None:
     assert reorganize.plan(rows, LAYOUT_V2) == {sha(1): (image_key(sha(1)), ("a", "b"))}
 
 
+def test_reorganize_finishes_a_relocation_killed_after_its_rows_switched() -> None:
+    moved = LAYOUT_V2.key(sha(5))
+    rows = [row("a", 5, key=moved), row("b", 6, key=LAYOUT_V2.key(sha(6)))]
+    relocations = [
+        {"sha256": sha(5), "old_key": image_key(sha(5)), "new_key": moved, "layout": LAYOUT_V2.name,
+         "state": "verified"},  # killed between the row rewrite and 'switched'
+        {"sha256": sha(6), "old_key": image_key(sha(6)), "new_key": LAYOUT_V2.key(sha(6)),
+         "layout": LAYOUT_V2.name, "state": "switched"},  # done: retirement's business, not a move
+        {"sha256": sha(7), "old_key": image_key(sha(7)), "new_key": "elsewhere/7", "layout": "v9",
+         "state": "copied"},  # another layout's leftovers are not this run's
+    ]
+    assert reorganize.plan(rows, LAYOUT_V2) == {}
+    assert reorganize.plan(rows, LAYOUT_V2, relocations) == {sha(5): (image_key(sha(5)), ())}
+
+
 def test_token_slices_cover_the_ring() -> None:
     slices = token_slices(7)
     assert slices[0][0] == MIN_TOKEN and slices[-1][1] == MAX_TOKEN
