@@ -31,6 +31,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.percentiles import percentile
 from imgstream.adapters.cassandra import CassandraStore
 from imgstream.adapters.postgres import connect
 from imgstream.config import StackConfig, load_env_file
@@ -47,11 +48,6 @@ def _config() -> StackConfig:
     if not env_file.exists():
         raise SystemExit("the local stack is not up (no .stack/env): run `make up`")
     return StackConfig.from_env(load_env_file(env_file))
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 async def _precreate_replica(pg: asyncpg.Connection, table: str) -> None:
@@ -84,7 +80,7 @@ async def _steady(probe: CdcProbe, rate: float, seconds: float, prefix: str) -> 
         f"extract(epoch FROM cdc_applied_at - cdc_ts) * 1000 AS from_commit_ms FROM {probe.table} WHERE id LIKE $1",
         prefix + "-%")
     ms = [float(r["ms"]) for r in rows]
-    return {"rows": n, "p50": _pct(ms, 50), "p90": _pct(ms, 90), "p99": _pct(ms, 99), "max": max(ms),
+    return {"rows": n, "p50": percentile(ms, 0.5), "p90": percentile(ms, 0.9), "p99": percentile(ms, 0.99), "max": max(ms),
             "mean": statistics.fmean(ms)}
 
 

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import time
 import urllib.request
@@ -39,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cpu_budget import metered, report  # noqa: E402
+from bench.percentiles import describe  # noqa: E402
 from flink_jobs import submit, testing  # noqa: E402
 from flink_jobs.generator import plan  # noqa: E402
 from imgstream.adapters.cassandra import open_session  # noqa: E402
@@ -224,10 +224,8 @@ async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: 
                                interval=testing.CHECK_EVERY_S)
         finally:
             cluster.shutdown()
-        delays = sorted((r.processed_at - r.received_at).total_seconds() for r in rows)
-        p50 = statistics.median(delays)
-        p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-        print(f"latency received_at -> images row, {count} events at {rate}/s: p50 {p50:.2f}s  p99 {p99:.2f}s "
+        delays = [(r.processed_at - r.received_at).total_seconds() for r in rows]
+        print(f"latency received_at -> images row, {count} events at {rate}/s: {describe(delays, (0.5, 0.99))} "
               "(includes the out-of-orderness bound: a verdict waits for the watermark)")  # fmt: skip
 
 

@@ -42,6 +42,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.percentiles import percentile  # noqa: E402
 from imgstream.adapters.kafka import KafkaEventPublisher, TopicSpec, ensure_topics  # noqa: E402
 from imgstream.adapters.s3 import S3ObjectStore  # noqa: E402
 from imgstream.config import StackConfig, load_env_file  # noqa: E402
@@ -123,10 +124,8 @@ class Result:
         return self.uploads / self.seconds if self.seconds else 0.0
 
     def pct(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        """The ``q`` quantile of the request latencies, in milliseconds."""
+        return percentile(self.latencies, q) * 1000
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -49,6 +49,7 @@ from api.stats.queries.top import TopQuery  # noqa: E402
 from api.stats.queries.uploads import UploadsQuery  # noqa: E402
 from api.stats.sql import Sql  # noqa: E402
 from api.stats.times import format_time  # noqa: E402
+from bench.percentiles import percentile  # noqa: E402
 from imgstream.adapters.postgres import connect  # noqa: E402
 from imgstream.config import StackConfig, load_env_file  # noqa: E402
 from api.common.process import ServiceNotReady, ServiceProcess, start_service  # noqa: E402
@@ -92,10 +93,8 @@ class Result:
         return self.requests / self.seconds if self.seconds else 0.0
 
     def pct(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        """The ``q`` quantile of the request latencies, in milliseconds."""
+        return percentile(self.latencies, q) * 1000
 
 
 # --- data --------------------------------------------------------------------------------------

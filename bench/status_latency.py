@@ -40,6 +40,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flink_jobs import submit, testing  # noqa: E402
+from bench.percentiles import describe  # noqa: E402
 from imgstream.adapters.cassandra import open_session  # noqa: E402
 from imgstream.adapters.postgres import connect  # noqa: E402
 from imgstream.config import StackConfig  # noqa: E402
@@ -58,14 +59,6 @@ def png(rnd: random.Random, side: int = 48) -> bytes:
     out = io.BytesIO()
     Image.frombytes("L", (side, side), rnd.randbytes(side * side)).save(out, format="PNG")
     return out.getvalue()
-
-
-def quantiles(values: list[float]) -> str:
-    if not values:
-        return "no values"
-    ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(len(ordered) * q))]  # noqa: E731
-    return f"p50 {statistics.median(ordered):.2f}s  p95 {pick(0.95):.2f}s  p99 {pick(0.99):.2f}s  (n={len(ordered)})"
 
 
 class Run:
@@ -174,10 +167,10 @@ def main() -> None:
         if run.failures:
             raise SystemExit(f"{len(run.failures)} failures, e.g. {run.failures[:3]}")
         decided, replicated = asyncio.run(stored_delays(config, run.ids))
-    print(f"upload -> 201 (gateway)           {quantiles(run.upload_s)}, {run.retries} retries after 429/503")
-    print(f"upload -> status (stats API)      {quantiles(run.status_s)}")
-    print(f"received_at -> Cassandra row      {quantiles(decided)}")
-    print(f"received_at -> PostgreSQL row     {quantiles(replicated)}")
+    print(f"upload -> 201 (gateway)           {describe(run.upload_s)}, {run.retries} retries after 429/503")
+    print(f"upload -> status (stats API)      {describe(run.status_s)}")
+    print(f"received_at -> Cassandra row      {describe(decided)}")
+    print(f"received_at -> PostgreSQL row     {describe(replicated)}")
     if run.status_s:
         share = statistics.median(decided) / statistics.median(run.status_s)
         print(f"the job's share of the median status latency: {share:.2f}")
