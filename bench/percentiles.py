@@ -12,9 +12,12 @@ from typing import Iterable, Sequence
 
 def percentile(values: Iterable[float], q: float) -> float:
     """The nearest-rank ``q`` quantile (``0 < q <= 1``) of ``values``; NaN when there are none."""
+    return _ranked(sorted(values), q)
+
+
+def _ranked(ordered: Sequence[float], q: float) -> float:
     if not 0 < q <= 1:
         raise ValueError(f"quantile {q} is not in (0, 1]")
-    ordered: Sequence[float] = sorted(values)
     if not ordered:
         return math.nan
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
@@ -26,5 +29,5 @@ def describe(values: Iterable[float], quantiles: Sequence[float] = (0.5, 0.95, 0
     ordered = sorted(values)
     if not ordered:
         return "no values"
-    parts = [f"p{round(q * 100):d} {percentile(ordered, q):.{digits}f}{unit}" for q in quantiles]
+    parts = [f"p{round(q * 100):d} {_ranked(ordered, q):.{digits}f}{unit}" for q in quantiles]
     return "  ".join(parts) + f"  (n={len(ordered)})"

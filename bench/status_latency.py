@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import io
 import random
-import statistics
 import sys
 import time
 import uuid
@@ -40,7 +39,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flink_jobs import submit, testing  # noqa: E402
-from bench.percentiles import describe  # noqa: E402
+from bench.percentiles import describe, percentile  # noqa: E402
 from imgstream.adapters.cassandra import open_session  # noqa: E402
 from imgstream.adapters.postgres import connect  # noqa: E402
 from imgstream.config import StackConfig  # noqa: E402
@@ -172,7 +171,7 @@ def main() -> None:
     print(f"received_at -> Cassandra row      {describe(decided)}")
     print(f"received_at -> PostgreSQL row     {describe(replicated)}")
     if run.status_s:
-        share = statistics.median(decided) / statistics.median(run.status_s)
+        share = percentile(decided, 0.5) / percentile(run.status_s, 0.5)
         print(f"the job's share of the median status latency: {share:.2f}")
 
 
