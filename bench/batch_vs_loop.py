@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "local-stack"))
 
 import procs  # noqa: E402  (local-stack/procs.py: /proc reading)
+from bench import quiet  # noqa: E402
 
 def _outputs() -> list[tuple[str, int, str]]:
     from imgstream.domain.derivatives import DEFAULT_LADDER
@@ -91,6 +92,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="2,4,8,12,16,24", help="megapixels of the generated photos")
     parser.add_argument("--rounds", type=int, choices=(1, 2), default=2, help="runs per side (best counts)")
     parser.add_argument("--side", choices=("loop", "spark"), help=argparse.SUPPRESS)
+    quiet.add_arguments(parser)
     args = parser.parse_args()
     sizes = [float(s) for s in args.sizes.split(",")]
     if args.side:
@@ -98,6 +100,7 @@ def main() -> int:
         result = side_loop(images) if args.side == "loop" else side_spark(images)
         print(json.dumps(result))
         return 0
+    quiet.wait_as_told(args)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONPATH=str(REPO), SPARK_LOCAL_IP="127.0.0.1")
     results: dict[str, dict[str, float]] = {}

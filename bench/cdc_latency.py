@@ -31,14 +31,16 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.percentiles import percentile
-from imgstream.adapters.cassandra import CassandraStore
-from imgstream.adapters.postgres import connect
-from imgstream.config import StackConfig, load_env_file
-from imgstream.ops.cdc_probe import CdcProbe
-from imgstream.polling import until
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script (`make bench`): bench/ alone is on the path
+
+from bench import quiet  # noqa: E402
+from bench.percentiles import percentile  # noqa: E402
+from imgstream.adapters.cassandra import CassandraStore  # noqa: E402
+from imgstream.adapters.postgres import connect  # noqa: E402
+from imgstream.config import StackConfig, load_env_file  # noqa: E402
+from imgstream.ops.cdc_probe import CdcProbe  # noqa: E402
+from imgstream.polling import until  # noqa: E402
 COLUMNS = {"id": "text", "seq": "bigint", "written_at": "timestamp", "payload": "text"}
 PAYLOAD = "x" * 200  # about the size of an images row's text columns
 
@@ -131,7 +133,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each steady stream")
     parser.add_argument("--burst", type=int, default=20000, help="rows in the burst")
     parser.add_argument("--drain", type=int, default=20000, help="rows in the backlog drain (0: skip)")
+    quiet.add_arguments(parser)
     args = parser.parse_args(argv)
+    await asyncio.to_thread(quiet.wait_as_told, args)
     cfg = _config()
     store = CassandraStore.connect(cfg.cassandra)
     pg = await connect(str(cfg.postgres.dsn))

@@ -29,6 +29,7 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import quiet  # noqa: E402
 from flink_jobs.generator import image_ref, in_decision_order, plan  # noqa: E402
 from imgstream.domain.dedup import DEFAULT_NEAR_MAX_DISTANCE, DedupPolicy, Deduplicator, ImageRef, Verdict  # noqa: E402
 
@@ -54,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,50000", help="index sizes (images), comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each layout per size (best is kept)")
+    quiet.add_arguments(parser)
     args = parser.parse_args(argv)
+    quiet.wait_as_told(args)
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s]
     except ValueError:

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cpu_budget import metered, report  # noqa: E402
 from bench.percentiles import describe  # noqa: E402
+from bench import quiet  # noqa: E402
 from flink_jobs import submit, testing  # noqa: E402
 from flink_jobs.generator import plan  # noqa: E402
 from imgstream.adapters.cassandra import open_session  # noqa: E402
@@ -236,7 +237,9 @@ def main() -> None:
     parser.add_argument("--live-rate", type=int, default=50)
     parser.add_argument("--job-arg", action="append", default=[], help="extra --key=value for the pipeline job")
     parser.add_argument("--parallelism", type=int, default=1, help="of every job (the pipeline takes 2x in slots)")
+    quiet.add_arguments(parser)
     args = parser.parse_args()
+    quiet.wait_as_told(args)
     env = submit.stack_env()
     config = StackConfig.from_env(env)
     # every producer is synthetic; their rows are purged when the run ends (or at the next start)

@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.percentiles import percentile  # noqa: E402
+from bench import quiet  # noqa: E402
 from imgstream.adapters.kafka import KafkaEventPublisher, TopicSpec, ensure_topics  # noqa: E402
 from imgstream.adapters.s3 import S3ObjectStore  # noqa: E402
 from imgstream.config import StackConfig, load_env_file  # noqa: E402
@@ -338,7 +339,10 @@ def cli() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the bench objects")
     parser.add_argument("--baseline", help="also bench a gateway running the code in this directory "
                                            "(e.g. an extracted older revision), in the same rounds")
-    return asyncio.run(main(parser.parse_args()))
+    quiet.add_arguments(parser)
+    args = parser.parse_args()
+    quiet.wait_as_told(args)
+    return asyncio.run(main(args))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,12 @@ import sys
 import time
 from pathlib import Path
 
+# appended, not inserted: a run's process must import flink_jobs and imgstream from the tree
+# under test (its PYTHONPATH), and only what no tree has from here
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from bench import quiet  # noqa: E402
+
 HERE = Path(__file__).resolve()
 WINDOW_MS = 60_000
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -146,10 +152,12 @@ def main() -> None:
     parser.add_argument("--flink", action="append", default=[], help="raw Flink setting KEY=VALUE")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--events", type=int, default=0, help=argparse.SUPPRESS)
+    quiet.add_arguments(parser)
     args = parser.parse_args()
     if args.child:
         child(args.events, args.parallelism, args.job_arg, dict(f.split("=", 1) for f in args.flink))
         return
+    quiet.wait_as_told(args)
     trees = [_variant(t) for t in args.tree] or [(str(HERE.parents[1]), HERE.parents[1], [])]
     small, large = (int(s) for s in args.sizes.split(","))
     results: dict[str, list[tuple[dict, dict]]] = {name: [] for name, _, _ in trees}

@@ -50,6 +50,7 @@ from api.stats.queries.uploads import UploadsQuery  # noqa: E402
 from api.stats.sql import Sql  # noqa: E402
 from api.stats.times import format_time  # noqa: E402
 from bench.percentiles import percentile  # noqa: E402
+from bench import quiet  # noqa: E402
 from imgstream.adapters.postgres import connect  # noqa: E402
 from imgstream.config import StackConfig, load_env_file  # noqa: E402
 from api.common.process import ServiceNotReady, ServiceProcess, start_service  # noqa: E402
@@ -384,7 +385,9 @@ def cli() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the bench data set")
     parser.add_argument("--baseline", help="also bench a stats API running the code in this directory "
                                            "(e.g. an extracted older revision), in the same rounds")
+    quiet.add_arguments(parser)
     args = parser.parse_args()
+    quiet.wait_as_told(args)
     # the same event loop for both sides (and the one the API process runs on)
     with testing.synthetic_run(load_env_file(Path(args.env)), "stats_api_vs_direct"), \
             asyncio.Runner(loop_factory=uvloop_factory()) as runner:

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flink_jobs import submit, testing  # noqa: E402
 from bench.percentiles import describe, percentile  # noqa: E402
+from bench import quiet  # noqa: E402
 from imgstream.adapters.cassandra import open_session  # noqa: E402
 from imgstream.adapters.postgres import connect  # noqa: E402
 from imgstream.config import StackConfig  # noqa: E402
@@ -151,7 +152,9 @@ def main() -> None:
     parser.add_argument("--poll-ms", type=int, default=100)
     parser.add_argument("--poll-after-ms", type=int, default=1000, help="first poll this long after the upload")
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    quiet.add_arguments(parser)
     args = parser.parse_args()
+    quiet.wait_as_told(args)
     env = submit.stack_env()
     config = StackConfig.from_env(env)
     gateway = env.get("IMGSTREAM_GATEWAY_URL", "http://127.0.0.1:8080")
