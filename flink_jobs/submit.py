@@ -153,7 +153,11 @@ def _flink_run(job: str, name: str, args: Sequence[str], env: Mapping[str, str],
     command += ["-C", flink_python_jar().as_uri()]
     if savepoint:
         command += ["-s", savepoint]
-    command += ["-pym", MODULES[job], "-pyfs", f"{REPO / 'flink_jobs'},{REPO / 'imgstream'}", *args]
+    command += ["-pym", MODULES[job], "-pyfs", f"{REPO / 'flink_jobs'},{REPO / 'imgstream'}"]
+    # "--" ends the CLI's options: without it the CLI takes a leading program argument that is
+    # also one of its own options as its own (`--parallelism=2` became `flink run -p 2`, and the
+    # program, not told, set parallelism 1 over it: the stack's pipeline ran at 1, not 2)
+    command += ["--", *args]
     process_env = dict(os.environ)
     process_env.update({k: v for k, v in env.items() if k.startswith("IMGSTREAM_")})
     process_env.setdefault("FLINK_CONF_DIR", str(REPO / ".stack" / "conf" / "flink"))

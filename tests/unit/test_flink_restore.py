@@ -202,3 +202,25 @@ def test_make_up_fails_with_the_whole_refusal(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError) as failed:
         pipeline._submit_sync(ctx)
     assert "Cannot map" in str(failed.value) and "make flink-reset" in str(failed.value)
+
+
+def test_program_arguments_reach_the_program_not_the_flink_cli(tmp_path, monkeypatch):
+    """`flink run` takes a leading program argument that is also one of its own options as its
+    own: `--parallelism=2` became the CLI's `-p 2` and the program, not told, set parallelism 1
+    over it. Program arguments go after "--", where the CLI stops reading options."""
+    jar = tmp_path / "kafka.jar"
+    jar.write_bytes(b"PK")
+    seen: list[list[str]] = []
+
+    def fake_run(command, **kwargs):
+        seen.append(list(command))
+        return type("Done", (), {"stdout": f"Job has been submitted with JobID {JOB_A}\n", "stderr": ""})()
+
+    monkeypatch.setattr(submit.subprocess, "run", fake_run)
+    args = ["--parallelism=2", "--detached=false", "--window_ms=60000"]
+    assert submit._flink_run("pipeline", NAME, args, {"IMGSTREAM_FLINK_KAFKA_JAR": str(jar)}, "/sp/1") == JOB_A
+    command = seen[0]
+    cut = command.index("--")
+    assert command[cut + 1:] == args
+    assert ["-s", "/sp/1"] == command[command.index("-s"):command.index("-s") + 2] and command.index("-s") < cut
+    assert command.index("-pym") < cut and command.index("-pyfs") < cut
