@@ -10,6 +10,7 @@ import pytest
 import yaml
 from botocore.validate import ParamValidator
 
+from flink_jobs.config import PipelineConfig
 from tests.fixtures.k8s import K8S, OVERLAYS, by_name, of_kind, pod_template, rendered
 
 BASE = K8S / "base"
@@ -120,6 +121,16 @@ def test_flink_autoscaler_is_bounded_by_the_source_partitions():
     assert job["entryClass"] == "org.apache.flink.client.python.PythonDriver"
     assert job["jarURI"].startswith("local:///opt/flink/opt/flink-python-")
     assert job["args"][job["args"].index("-pym") + 1] == "flink_jobs.pipeline"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_pipeline_program_is_told_the_jobs_parallelism(overlay):
+    """The program sets its parallelism over the cluster's default (the stack's ran at 1 while
+    it was meant to run at 2): the pods' IMGSTREAM_FLINK_PARALLELISM must be job.parallelism."""
+    flink = by_name(rendered(overlay), "FlinkDeployment", "imgstream-pipeline")["spec"]
+    env = {e["name"]: e.get("value") for e in flink["podTemplate"]["spec"]["containers"][0]["env"]}
+    assert env["IMGSTREAM_FLINK_PARALLELISM"] == str(flink["job"]["parallelism"])
+    assert PipelineConfig.from_env(env).parallelism == flink["job"]["parallelism"]
 
 
 EMR = BASE / "batch" / "emr"
