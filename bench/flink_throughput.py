@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -52,11 +50,6 @@ from imgstream.polling import until  # noqa: E402
 
 #: The stack's pid files (``local-stack/procs.py``): whose CPU the report counts.
 RUN_DIR = Path(__file__).resolve().parent.parent / ".stack" / "run"
-
-
-def _get(rest: str, path: str) -> dict:
-    with urllib.request.urlopen(f"{rest}{path}", timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 def task_times(job: dict) -> list[str]:
@@ -80,13 +73,13 @@ async def timed_job(rest: str, job: str, args: list[str], env: dict[str, str], p
     job_id = await asyncio.to_thread(submit.run, job, args, env)
 
     def ended() -> dict | None:
-        body = _get(rest, f"/jobs/{job_id}")
+        body = testing.flink_get(rest, f"/jobs/{job_id}")
         return body if body["state"] in ("FINISHED", "FAILED", "CANCELED") else None
 
     body = await until(lambda: asyncio.to_thread(ended), f"{job} to finish", timeout=1800, interval=testing.CHECK_EVERY_S)
     if body["state"] != "FINISHED":
         raise SystemExit(f"{job} ended {body['state']}")
-    failures = _get(rest, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+    failures = testing.flink_get(rest, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
     if failures:  # RUNNING is then the last restart's: the figures are not comparable
         print(f"WARNING: {job} restarted {len(failures)}x; first: {failures[0]['exceptionName']}", flush=True)
     if per_task:
@@ -134,7 +127,7 @@ def slots_needed(parallelism: int, extra: list[str]) -> int:
 
 def check_slots(rest: str, parallelism: int, extra: list[str]) -> None:
     """Refuse to start when the cluster cannot run the pipeline job (it would wait for slots)."""
-    free, needed = _get(rest, "/overview")["slots-available"], slots_needed(parallelism, extra)
+    free, needed = testing.flink_get(rest, "/overview")["slots-available"], slots_needed(parallelism, extra)
     if free < needed:
         raise SystemExit(f"the pipeline at parallelism {parallelism} needs {needed} free task slots, the cluster has "
                          f"{free}: stop the stack's pipeline first (python -m flink_jobs.submit savepoint; make up "
@@ -202,7 +195,7 @@ async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: 
     args = ["--checkpoint_interval_ms=10000", f"--parallelism={parallelism}"]
     async with testing.pipeline_run(env, bootstrap, args) as run, testing.heartbeats(bootstrap, run.topic):
         def checkpointed() -> bool:
-            return _get(config.flink_rest, f"/jobs/{run.job_id}/checkpoints")["counts"]["completed"] >= 1
+            return testing.flink_get(config.flink_rest, f"/jobs/{run.job_id}/checkpoints")["counts"]["completed"] >= 1
 
         await until(lambda: asyncio.to_thread(checkpointed), "the latency job to run", timeout=testing.DEADLINE_S,
                     interval=testing.CHECK_EVERY_S)

@@ -58,7 +58,7 @@ def wait_for_quiet(max_per_cpu: float = DEFAULT_MAX_LOAD_PER_CPU, timeout: float
         return False
 
     try:
-        until_sync(quiet, "a quiet machine", timeout=max(timeout, 0.0), interval=interval)
+        until_sync(quiet, "a quiet machine", timeout=timeout, interval=interval)
     except PollTimeout:
         say(f"[quiet] WARNING: load average {load():.1f} on {cpus:g} CPUs after {timeout:g}s (quiet at <= {limit:.1f}): "
             "measuring on a busy machine; read these numbers as such")

@@ -13,6 +13,7 @@ import asyncio
 import json
 import sys
 import time
+import urllib.request
 import uuid
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -270,3 +271,14 @@ def final_windows(session: Any, keys: Iterable[tuple[int, str, str]]) -> dict[tu
 
 async def gather(*aws: Awaitable[Any]) -> list[Any]:
     return list(await asyncio.gather(*aws))
+
+
+def flink_get(rest: str, path: str) -> Any:
+    """GET ``path`` (``/jobs/<id>``, ...) of the Flink REST API at ``rest``, as JSON."""
+    with urllib.request.urlopen(f"{rest.rstrip('/')}{path}", timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def vertex_parallelism(rest: str, job_id: str) -> dict[str, int]:
+    """``{vertex name: parallelism}`` of a job, as its graph in the web UI shows it."""
+    return {v["name"]: int(v["parallelism"]) for v in flink_get(rest, f"/jobs/{job_id}")["vertices"]}

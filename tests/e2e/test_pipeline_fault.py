@@ -8,13 +8,11 @@ dead letter exactly once - nothing lost, nothing counted twice.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
@@ -64,18 +62,11 @@ def group_members(pgid: int) -> list[int]:
 
 
 def completed_checkpoints(rest: str, job_id: str) -> int:
-    with urllib.request.urlopen(f"{rest}/jobs/{job_id}/checkpoints", timeout=10) as resp:
-        return int(json.loads(resp.read())["counts"]["completed"])
-
-
-def vertex_parallelism(rest: str, job_id: str) -> dict[str, int]:
-    with urllib.request.urlopen(f"{rest}/jobs/{job_id}", timeout=10) as resp:
-        return {v["name"]: int(v["parallelism"]) for v in json.loads(resp.read())["vertices"]}
+    return int(testing.flink_get(rest, f"/jobs/{job_id}/checkpoints")["counts"]["completed"])
 
 
 def job_state(rest: str, job_id: str) -> str:
-    with urllib.request.urlopen(f"{rest}/jobs/{job_id}", timeout=10) as resp:
-        return json.loads(resp.read())["state"]
+    return str(testing.flink_get(rest, f"/jobs/{job_id}")["state"])
 
 
 async def test_taskmanager_kill_loses_and_double_counts_nothing(stack_config, stack_env, repo_root):
@@ -90,7 +81,7 @@ async def test_taskmanager_kill_loses_and_double_counts_nothing(stack_config, st
         async with testing.pipeline_run(stack_env, bootstrap, args) as run, testing.heartbeats(bootstrap, run.topic):
             await until(lambda: asyncio.to_thread(lambda: completed_checkpoints(rest, run.job_id) >= 1),
                         "the job to run and checkpoint", timeout=testing.DEADLINE_S, interval=testing.CHECK_EVERY_S)
-            vertices = vertex_parallelism(rest, run.job_id)
+            vertices = testing.vertex_parallelism(rest, run.job_id)
             decide = {name: p for name, p in vertices.items() if "decide" in name}
             assert decide and set(decide.values()) == {PARALLELISM}, vertices
             # event time tracks the send time (8/s), a little ahead, as the gateway's would; the
@@ -128,8 +119,7 @@ async def test_taskmanager_kill_loses_and_double_counts_nothing(stack_config, st
 
             await testing.expect_verdicts(session, expected, "every image row after recovery", deadline_s=420)
             await testing.expect_final_windows(session, expected, WINDOW_MS, "all windows final after recovery", deadline_s=420)
-            with urllib.request.urlopen(f"{rest}/jobs/{run.job_id}/checkpoints", timeout=10) as resp:
-                restored = json.loads(resp.read())["latest"]["restored"]
+            restored = testing.flink_get(rest, f"/jobs/{run.job_id}/checkpoints")["latest"]["restored"]
             assert restored is not None, "the job must have recovered from a checkpoint"
             letters = await testing.read_committed(bootstrap, run.dlq_topic, expected.malformed + 1, deadline_s=30)
             assert len(letters) == expected.malformed  # exactly once: none lost, none repeated

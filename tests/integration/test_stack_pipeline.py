@@ -5,18 +5,9 @@ Flink CLI had taken the program's `--parallelism=2` as its own `-p`."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
-from typing import Any
-
 from flink_jobs import submit, testing
 from flink_jobs.config import PipelineConfig
 from imgstream.polling import until_sync
-
-
-def _get(rest: str, path: str) -> Any:
-    with urllib.request.urlopen(f"{rest.rstrip('/')}{path}", timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 def test_the_stacks_pipeline_runs_every_operator_at_the_stack_parallelism(stack_env, stack_config) -> None:
@@ -25,7 +16,7 @@ def test_the_stacks_pipeline_runs_every_operator_at_the_stack_parallelism(stack_
     # another test may have it stopped for a moment (a savepoint and a resume): wait for it
     job_id = until_sync(lambda: submit.running_jobs(stack_env).get(name), f"{name} running",
                         timeout=testing.DEADLINE_S, interval=testing.CHECK_EVERY_S)
-    vertices = {v["name"]: int(v["parallelism"]) for v in _get(rest, f"/jobs/{job_id}")["vertices"]}
+    vertices = testing.vertex_parallelism(rest, job_id)
     assert any("decide: exact" in vertex for vertex in vertices), vertices
     assert set(vertices.values()) == {expected}, vertices
-    assert _get(rest, f"/jobs/{job_id}/config")["execution-config"]["job-parallelism"] == expected
+    assert testing.flink_get(rest, f"/jobs/{job_id}/config")["execution-config"]["job-parallelism"] == expected
