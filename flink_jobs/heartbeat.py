@@ -17,6 +17,7 @@ import asyncio
 import logging
 import signal
 from datetime import datetime, timezone
+from typing import Callable
 
 from imgstream.adapters.kafka import open_producer
 from imgstream.config import KafkaConfig
@@ -39,13 +40,16 @@ async def beat_once(producer: object, topic: str, partitions: list[int], origin:
     await asyncio.gather(*sends)
 
 
-async def run(config: KafkaConfig, topic: str, interval_ms: int, stop: asyncio.Event, origin: str = "heartbeat") -> int:
-    """Beat until ``stop`` is set; returns the number of beats. Partitions are re-read each beat."""
+async def run(config: KafkaConfig, topic: str, interval_ms: int, stop: asyncio.Event, origin: str = "heartbeat",
+              clock: Callable[[], datetime] | None = None) -> int:  # fmt: skip
+    """Beat until ``stop`` is set; returns the number of beats. Partitions are re-read each beat.
+    Each beat carries ``clock()`` (default: now) - a test replaying a planned stream passes the
+    plan's clock, so no beat ever gets ahead of a planned event still to come."""
     beats = 0
     async with open_producer(config, linger_ms=0) as producer:  # acks=all
         while not stop.is_set():
             partitions = sorted(await producer.partitions_for(topic))
-            await beat_once(producer, topic, partitions, origin)
+            await beat_once(producer, topic, partitions, origin, clock() if clock else None)
             beats += 1
             try:
                 await asyncio.wait_for(stop.wait(), interval_ms / 1000)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 import urllib.request
@@ -19,7 +20,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 
 from imgstream.adapters.kafka import TopicSpec, delete_topics, ensure_topics, open_consumer, open_producer
 from imgstream.config import KafkaConfig, StackConfig
@@ -37,6 +38,8 @@ DEADLINE_S = 240.0
 #: How often the results are read meanwhile (each check is a round of Cassandra queries).
 CHECK_EVERY_S = 2.0
 
+log = logging.getLogger(__name__)
+
 
 async def produce(
     bootstrap: str,
@@ -45,21 +48,29 @@ async def produce(
     *,
     per_second: float | None = None,
     timestamps: Sequence[int | None] | None = None,
+    on_sent: Callable[[int], None] | None = None,
 ) -> int:
     """Send values (keyed by index) and flush; ``per_second`` paces the stream; ``timestamps``
-    (epoch ms, ``None`` = now) set the record timestamps. Returns the count."""
+    (epoch ms, ``None`` = now) set the record timestamps; ``on_sent(i)`` is told of each value
+    handed to the producer. Returns the count."""
     sent = 0
     start = time.monotonic()
+    worst = 0.0  # furthest behind the pace (s): a paced stream's event times assume it keeps up
     async with open_producer(KafkaConfig(bootstrap_servers=bootstrap), enable_idempotence=True) as producer:
         for value in values:
             timestamp = timestamps[sent] if timestamps is not None else None
             await producer.send(topic, value, key=str(sent).encode(), timestamp_ms=timestamp)
+            if on_sent is not None:
+                on_sent(sent)
             sent += 1
             if per_second:
                 ahead = start + sent / per_second - time.monotonic()
+                worst = max(worst, -ahead)
                 if ahead > 0:
                     await asyncio.sleep(ahead)  # pacing a generator, not waiting for a result
         await producer.flush()
+    if worst > 0.5:
+        log.warning("the paced stream fell %.2f s behind its pace (%d values at %s/s)", worst, sent, per_second)
     return sent
 
 
@@ -119,13 +130,41 @@ def synthetic_run(env: Mapping[str, str], what: str) -> Iterator[None]:
         yield
 
 
+class PlanClock:
+    """Event time as far as a paced plan has been sent: the plan clock (``Planned.sent_at``) of
+    the last value handed to the producer, and once the plan is all sent, that plus the wall
+    time since. Heartbeats on this clock never pass a planned event still to come, however far
+    the sender falls behind its pace on a loaded machine; wall-clock heartbeats would, and make
+    it a late event that is decided out of the truth's order."""
+
+    def __init__(self, planned: Sequence[Planned]) -> None:
+        self._times = [p.sent_at for p in planned]
+        self._last = next((t for t in self._times if t is not None), None)
+        self._ended_at: float | None = None
+
+    def sent(self, index: int) -> None:
+        """``produce``'s ``on_sent``: value ``index`` of the plan is on its way."""
+        if self._times[index] is not None:
+            self._last = self._times[index]
+        if index == len(self._times) - 1:
+            self._ended_at = time.monotonic()
+
+    def now(self) -> datetime:
+        """The time a heartbeat may carry now."""
+        base = self._last if self._last is not None else int(time.time() * 1000)
+        if self._ended_at is not None:
+            base += int((time.monotonic() - self._ended_at) * 1000)
+        return datetime.fromtimestamp(base / 1000, tz=timezone.utc)
+
+
 @asynccontextmanager
-async def heartbeats(bootstrap: str, topic: str, interval_ms: int = heartbeat.DEFAULT_INTERVAL_MS) -> AsyncIterator[None]:
+async def heartbeats(bootstrap: str, topic: str, interval_ms: int = heartbeat.DEFAULT_INTERVAL_MS,
+                     clock: Callable[[], datetime] | None = None) -> AsyncIterator[None]:  # fmt: skip
     """Run heartbeats into ``topic`` for the duration of the block (what the stack's heartbeat
-    process does for ``images.uploaded``)."""
+    process does for ``images.uploaded``), at the wall clock or at ``clock`` (:class:`PlanClock`)."""
     stop = asyncio.Event()
     task = asyncio.create_task(heartbeat.run(KafkaConfig(bootstrap_servers=bootstrap), topic, interval_ms, stop,
-                                             origin="test"))
+                                             origin="test", clock=clock))
     try:
         yield
     finally:
@@ -230,12 +269,36 @@ async def expect_verdicts(session: Any, expected: Any, what: str, deadline_s: fl
         return rows if all(rows) else None
 
     rows = await until(lambda: asyncio.to_thread(all_rows), what, timeout=deadline_s, interval=CHECK_EVERY_S)
-    for row in rows:
-        want = expected.verdicts[row.image_id]
-        assert (row.status, row.duplicate_of, row.duplicate_kind, row.distance) == (
-            want.status, want.duplicate_of, want.duplicate_kind, want.distance,
-        ), row  # fmt: skip
+    wrong = [row for row in rows if _verdict_of(row) != _verdict_of(expected.verdicts[row.image_id])]
+    if wrong:
+        details = await asyncio.to_thread(describe_mismatches, session, expected, wrong)
+        raise AssertionError(f"{len(wrong)} of {len(rows)} verdicts differ from the truth:\n{details}")
     return rows
+
+
+def _verdict_of(row: Any) -> tuple[Any, ...]:
+    return (row.status, row.duplicate_of, row.duplicate_kind, row.distance)
+
+
+#: What a mismatch report shows of an ``images`` row besides the verdict.
+_ROW_DETAIL = ("SELECT image_id, status, duplicate_of, duplicate_kind, distance, lateness, received_at, "
+               "source_partition, source_offset, processed_at FROM images WHERE image_id = ?")
+
+
+def describe_mismatches(session: Any, expected: Any, wrong: Sequence[Any]) -> str:
+    """One line per wrong verdict: what was stored (with its lateness, event time and Kafka
+    coordinates) and what the truth says - enough to tell an order change from a lost state."""
+    select = session.prepare(_ROW_DETAIL)
+    lines = []
+    for row in wrong:
+        got = session.execute(select, (row.image_id,)).one()
+        want = expected.verdicts[row.image_id]
+        lines.append(
+            f"  {row.image_id}: stored {_verdict_of(row)} lateness={got.lateness} received_at={got.received_at} "
+            f"at {got.source_partition}/{got.source_offset} processed_at={got.processed_at}; "
+            f"truth {_verdict_of(want)}"
+        )
+    return "\n".join(lines)
 
 
 async def expect_final_windows(session: Any, expected: Any, window_ms: int, what: str,

@@ -111,18 +111,24 @@ async def connect(cfg: StackConfig) -> str | None:
     return None if isinstance(body, list) else f"unexpected body {body!r:.80}"
 
 
-async def flink(cfg: StackConfig) -> str | None:
-    """``GET /overview``: at least one TaskManager registered and a free slot."""
+async def flink_taskmanager(cfg: StackConfig, resource_id: str | None = None) -> str | None:
+    """``GET /taskmanagers``: the TaskManager ``resource_id`` (any, when ``None``) is registered
+    with its slots. Healthy whether or not its slots are in use: jobs restored onto a restarted
+    TaskManager may take them all, and a kill test restarts it under two running jobs."""
     try:
-        body = await asyncio.to_thread(_http_json, f"{cfg.flink_rest}/overview")
+        body = await asyncio.to_thread(_http_json, f"{cfg.flink_rest}/taskmanagers")
     except (OSError, urllib.error.URLError, ValueError) as exc:
         return _reason(exc)
-    if not isinstance(body, dict):
-        return "unexpected /overview body"
-    if int(body.get("taskmanagers", 0)) < 1:
-        return "no TaskManager registered yet"
-    if int(body.get("slots-available", 0)) < 1:
-        return f"no free task slot ({body.get('slots-total', 0)} in all)"
+    managers = body.get("taskmanagers") if isinstance(body, dict) else None
+    if not isinstance(managers, list):
+        return "unexpected /taskmanagers body"
+    ours = [tm for tm in managers if isinstance(tm, dict) and resource_id in (None, tm.get("id"))]
+    if not ours:
+        if resource_id is None:
+            return "no TaskManager registered yet"
+        return f"TaskManager {resource_id} not registered yet ({len(managers)} others are)"
+    if not any(int(tm.get("slotsNumber", 0)) >= 1 for tm in ours):
+        return "TaskManager registered without task slots"
     return None
 
 

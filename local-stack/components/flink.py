@@ -4,6 +4,7 @@ distribution, configured by merging our settings into the wheel's ``conf/config.
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,19 @@ def jobmanager_argv(ctx: Context) -> list[str]:
     return ["bash", str(pyflink_home() / "bin" / "jobmanager.sh"), "start-foreground"]
 
 
+def resource_id_file(ctx: Context) -> Path:
+    """Where the running TaskManager's resource id is kept (what its health check looks for)."""
+    return ctx.paths.run / "flink-taskmanager.resource-id"
+
+
 def taskmanager_argv(ctx: Context) -> list[str]:
-    return ["bash", str(pyflink_home() / "bin" / "taskmanager.sh"), "start-foreground"]
+    """Start a TaskManager under a resource id of its own, new at each start: its health check
+    then waits for *this* process to register, not for a killed one the JobManager still lists."""
+    resource_id = f"imgstream-tm-{uuid.uuid4().hex[:12]}"
+    resource_id_file(ctx).parent.mkdir(parents=True, exist_ok=True)
+    resource_id_file(ctx).write_text(resource_id + "\n")
+    return ["bash", str(pyflink_home() / "bin" / "taskmanager.sh"), "start-foreground",
+            "-D", f"taskmanager.resource-id={resource_id}"]
 
 
 async def jobmanager_check(ctx: Context) -> str | None:
@@ -89,7 +101,11 @@ async def jobmanager_check(ctx: Context) -> str | None:
 
 
 async def taskmanager_check(ctx: Context) -> str | None:
-    return await health.flink(ctx.config)
+    try:
+        resource_id = resource_id_file(ctx).read_text().strip()
+    except OSError:
+        resource_id = None  # started by an older stackctl: any registered TaskManager will do
+    return await health.flink_taskmanager(ctx.config, resource_id)
 
 
 JOBMANAGER = Component(

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -178,3 +179,76 @@ def test_a_zombie_postmasters_lock_file_is_cleared_and_a_live_ones_kept(tmp_path
     assert not postgres.clear_dead_lock(lock)
     ctx = component.Context(paths=component.Paths.for_repo(tmp_path), s3_secret="s", java="/bin/true")
     assert {p.name for p in postgres.lock_files(ctx)} == {"postmaster.pid", ".s.PGSQL.5432.lock"}
+
+
+@contextlib.contextmanager
+def _serving_json(body: object):
+    """A loopback HTTP server answering every GET with ``body`` as JSON; yields its base URL."""
+    import http.server
+    import json
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "managers, resource_id, healthy, reason",
+    [
+        # every slot in use (jobs restored onto it) is healthy: the kill test restarts a TaskManager under two jobs
+        ([{"id": "imgstream-tm-new", "slotsNumber": 6, "freeSlots": 0}], "imgstream-tm-new", True, ""),
+        # a killed TaskManager the JobManager still lists is not the one just started
+        ([{"id": "imgstream-tm-old", "slotsNumber": 6, "freeSlots": 6}], "imgstream-tm-new", False,
+         "TaskManager imgstream-tm-new not registered yet (1 others are)"),
+        ([], None, False, "no TaskManager registered yet"),
+        ([{"id": "x", "slotsNumber": 3, "freeSlots": 3}], None, True, ""),
+        ([{"id": "imgstream-tm-new", "slotsNumber": 0}], "imgstream-tm-new", False, "TaskManager registered without task slots"),
+    ],
+)
+def test_taskmanager_health_is_this_taskmanager_registered_not_a_free_slot(managers, resource_id, healthy, reason):
+    import asyncio
+
+    import health
+
+    with _serving_json({"taskmanagers": managers}) as url:
+        got = asyncio.run(health.flink_taskmanager(SimpleNamespace(flink_rest=url), resource_id))  # type: ignore[arg-type]
+    assert (got is None) == healthy, got
+    if not healthy:
+        assert got == reason
+
+
+def test_taskmanager_health_refuses_an_unexpected_body():
+    import asyncio
+
+    import health
+
+    with _serving_json(["not", "an", "object"]) as url:
+        assert asyncio.run(health.flink_taskmanager(SimpleNamespace(flink_rest=url))) == "unexpected /taskmanagers body"  # type: ignore[arg-type]
+
+
+def test_each_taskmanager_start_gets_a_new_resource_id(tmp_path):
+    from components import flink
+
+    ctx = SimpleNamespace(paths=SimpleNamespace(run=tmp_path / "run"))
+    first, second = flink.taskmanager_argv(ctx), flink.taskmanager_argv(ctx)  # type: ignore[arg-type]
+    ids = [argv[argv.index("-D") + 1] for argv in (first, second)]
+    assert ids[0] != ids[1] and all(i.startswith("taskmanager.resource-id=imgstream-tm-") for i in ids)
+    assert flink.resource_id_file(ctx).read_text().strip() == ids[1].split("=", 1)[1]  # type: ignore[arg-type]
