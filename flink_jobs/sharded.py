@@ -172,9 +172,10 @@ class OrderedStage(KeyedProcessFunction):
         """Have a timer fire for the current key at or before ``at``. One timer per key waits
         for its pending items (the earliest bucket end), not one per bucket: a registration is
         a record to the JVM and a firing one back, and a key meets items of many buckets. The
-        firing takes every due bucket and registers the next (:meth:`on_timer`). After a
-        restore the checkpointed timers cover the restored items; this attempt's first hold
-        per key registers again (harmless)."""
+        firing takes every due bucket and registers the next (:meth:`on_timer`), unless a timer
+        this attempt registered comes earlier. After a restore the checkpointed timers cover
+        the restored items, and this attempt knows nothing of them: its first hold per key
+        registers again (harmless), and each firing re-checks the next bucket's timer."""
         current = self.due_timer.get(self.key)
         if current is None or at < current:
             self.timer(ctx, at)
@@ -216,7 +217,12 @@ class OrderedStage(KeyedProcessFunction):
             del self.due_timer[self.key]
         watermark = max(timestamp, ctx.timer_service().current_watermark())
         yield from self.step(self.take_due(watermark, ctx), timestamp, ctx)
-        if self.key not in self.due_timer and len(self.pending):
+        if len(self.pending):
+            # the next bucket needs a timer no later than its end. ``due_timer`` knows only this
+            # attempt's registrations: after a restore the timer firing now may be a restored
+            # one, earlier than the one ``due_timer`` holds (a new item's, of a later bucket),
+            # and skipping the wake would leave the next bucket waiting for that later timer -
+            # decided after other shards' images it precedes. ``wake`` registers only if earlier.
             self.wake(ctx, bucket_end(min(due_of(key) for key in self.pending)))
         last = self.pruned_at.get(self.key)
         if last is None or timestamp - last >= PRUNE_EVERY_MS:

@@ -348,3 +348,62 @@ def test_a_restore_with_other_shards_fails_instead_of_missing_duplicates():
     with pytest.raises(ValueError, match=r"sharded as 4/1/4 .* this job as 8/1/4.*make flink-reset"):
         for n in range(2, 40):  # some image reaches a shard that holds state of the 4-shard layout
             other.element(_image(n, 3_000 + n, sha=f"{n:064x}"))
+
+
+def _sha_in_shard(plan, shard, other_than=(), start=0):
+    """A SHA-256 (hex) whose exact shard is ``shard`` (``other_than``: ones already taken)."""
+    n = start
+    while True:
+        sha = f"{n:064x}"
+        if plan.exact_shard(sha) == shard and sha not in other_than:
+            return sha
+        n += 1
+
+
+def test_a_restored_timer_wakes_its_key_for_the_next_bucket_after_it_fires():
+    """A key's items of a later bucket wait on the key's earliest timer, which re-wakes the key
+    for them when it fires. After a restore the operator no longer knows which timers the
+    checkpoint holds: a new item of a still later bucket registered its own timer and made the
+    restored one look like a later one, so the re-wake was skipped and the middle bucket waited
+    for the new item's timer - decided after images of other shards it precedes (a near
+    duplicate became the original: the TaskManager kill test, CI rehearsal of 2026-12-05)."""
+    first = Stages(shards=4)
+    plan = first.plan
+    k = plan.exact_shard("0" * 64)
+    a, b, d = (_sha_in_shard(plan, k, start=s) for s in (0, 10_000, 20_000))
+    c = next(_sha_in_shard(plan, s, start=30_000) for s in range(4) if s != k)
+    near = 0xF0F0_F0F0_0000_0000
+    first.element(_image(1, 1_000, phash=0x1111_2222_3333_4444, sha=a))  # key k: its timer (bucket 1,199)
+    first.element(_image(2, 1_500, phash=near, sha=b))  # key k, a later bucket: waits on that timer
+    restored = Stages(shards=4, checkpoint=first.checkpoint())
+    restored.element(_image(4, 2_500, phash=0x5555_6666_7777_8888, sha=d))  # key k again, after the restore
+    restored.element(_image(3, 1_700, phash=near ^ 1, sha=c))  # another shard: a near copy of image 2
+    restored.watermark(1_300)  # fires the restored timer: image 1's bucket, not yet image 2's
+    restored.watermark(2_000)  # image 2 (bucket 1,599) is due here, before image 3
+    restored.watermark(3_000)
+    got = {v["image_id"][-1]: (v["status"], v["duplicate_of"] and v["duplicate_of"][-1]) for v in restored.verdicts()}
+    assert got == {"1": ("accepted", None), "2": ("accepted", None), "3": ("duplicate", "2"), "4": ("accepted", None)}
+
+
+def test_restores_at_many_points_of_many_streams_end_like_one_uninterrupted_run():
+    """The restore above at many cut points: 40 streams x 3 cuts at parallelism 2. Before the
+    re-wake fix (a restored timer's firing re-checks the next bucket's timer), 4 of these 120
+    restores decided an image in a later step than its bucket and changed a verdict."""
+    differ = []
+    for seed in range(40):
+        arrival = _stream(seed=seed)
+        whole = Stages(parallelism=1)
+        _feed(whole, arrival, 0, len(arrival))
+        whole.watermark(10**12)
+        for fraction in (0.3, 0.5, 0.7):
+            cut = int(len(arrival) * fraction)
+            first = Stages(parallelism=2)
+            _feed(first, arrival, 0, cut)
+            last_watermark = first.runtimes["exact"][0].watermark
+            second = Stages(parallelism=2, checkpoint=first.checkpoint())
+            second.watermark(last_watermark)
+            _feed(second, arrival, cut, len(arrival))
+            second.watermark(10**12)
+            if _result([first, second]) != _result([whole]):
+                differ.append((seed, fraction))
+    assert differ == []
