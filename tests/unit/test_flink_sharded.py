@@ -4,6 +4,7 @@ a new set of operators over a copy of the state and the timers (what a checkpoin
 whose watermark is Long.MIN_VALUE until the next one arrives."""
 
 import copy
+import itertools
 import json
 import random
 
@@ -350,14 +351,9 @@ def test_a_restore_with_other_shards_fails_instead_of_missing_duplicates():
             other.element(_image(n, 3_000 + n, sha=f"{n:064x}"))
 
 
-def _sha_in_shard(plan, shard, other_than=(), start=0):
-    """A SHA-256 (hex) whose exact shard is ``shard`` (``other_than``: ones already taken)."""
-    n = start
-    while True:
-        sha = f"{n:064x}"
-        if plan.exact_shard(sha) == shard and sha not in other_than:
-            return sha
-        n += 1
+def _sha_in_shard(plan, shard, start=0):
+    """The first SHA-256 (hex of ``start``, ``start + 1``, ...) whose exact shard is ``shard``."""
+    return next(sha for sha in (f"{n:064x}" for n in itertools.count(start)) if plan.exact_shard(sha) == shard)
 
 
 def test_a_restored_timer_wakes_its_key_for_the_next_bucket_after_it_fires():
