@@ -14,6 +14,7 @@ CPU every stack component used while it ran, per event (``bench/cpu_budget.py``)
 with few cores that, not the job alone, bounds the events/s.
 
     .venv/bin/python bench/flink_throughput.py [--events=20000] [--live-seconds=30] [--live-rate=50] [--parallelism=2]
+        [--profile-workers=45]   # also: where the pipeline's Python workers spend their time (py-spy)
 
 Slots: the pipeline at parallelism ``p`` takes ``2p`` task slots (``clean`` + writer, and
 ``decide``'s slot group), the pass-throughs ``p``. The local TaskManager has 6 and the stack's own
@@ -37,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cpu_budget import metered, report  # noqa: E402
 from bench.percentiles import describe  # noqa: E402
+from bench.worker_profile import profile_workers, workers  # noqa: E402
+import procs  # noqa: E402  (local-stack/, put on the path by bench.cpu_budget)
 from bench import quiet  # noqa: E402
 from flink_jobs import submit, testing  # noqa: E402
 from flink_jobs.generator import plan  # noqa: E402
@@ -65,6 +68,16 @@ def task_times(job: dict) -> list[str]:
         busy, pressed, idle = (m.get(f"accumulated-{k}-time", 0) / 1000 for k in ("busy", "backpressured", "idle"))
         lines.append(f"  busy {busy:6.1f}s  backpressured {pressed:6.1f}s  idle {idle:6.1f}s  {vertex['name'][:80]}")
     return lines
+
+
+async def profile_pipeline(seconds: int) -> list[str]:
+    """Once the pipeline's Python workers are up, py-spy them for ``seconds`` (``bench/worker_profile.py``)."""
+    tracked = procs.PidFiles(RUN_DIR).read("flink-taskmanager")
+    if tracked is None:
+        return ["no TaskManager pid file: nothing profiled"]
+    await until(lambda: asyncio.to_thread(workers, tracked.pid), "the pipeline's Python workers", timeout=300,
+                interval=testing.CHECK_EVERY_S)  # fmt: skip
+    return await profile_workers(tracked.pid, seconds)
 
 
 async def timed_job(rest: str, job: str, args: list[str], env: dict[str, str], per_task: bool = False) -> float:
@@ -135,7 +148,7 @@ def check_slots(rest: str, parallelism: int, extra: list[str]) -> None:
 
 
 async def throughput(config: StackConfig, env: dict[str, str], events: int, extra: list[str],
-                     parallelism: int = 1) -> None:
+                     parallelism: int = 1, profile_s: int = 0) -> None:
     bootstrap, rest = config.kafka.bootstrap_servers, config.flink_rest
     check_slots(rest, parallelism, extra)
     run = uuid.uuid4().hex[:8]
@@ -165,8 +178,11 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         # --deleted_topic= : no deletion branch (the stack's deletions are not this run's)
         jobs["pipeline"] = ("pipeline", [*common, f"--dlq_topic={dlq}", "--deleted_topic=", f"--job_name=bench-pipeline-{run}",
                                          f"--group_id=bench-pipeline-{run}", "--checkpoint_interval_ms=10000", *extra], True)  # fmt: skip
+        profiled: asyncio.Task[list[str]] | None = None
         for label, (job, args, per_task) in jobs.items():
             async with metered(RUN_DIR) as meter:
+                if label == "pipeline" and profile_s:
+                    profiled = asyncio.create_task(profile_pipeline(profile_s))
                 timings[label] = await timed_job(rest, job, args, env, per_task=per_task)
             cpu[label] = (sent, meter.used())
         spans = {label: await kafka_span(config.kafka, f"{sink}-{label}", 2) for label in ("jvm", "python")}
@@ -186,6 +202,9 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         print("CPU while each job ran (submission to FINISHED), by stack component:", *report(cpu), sep="\n")
         print(f"(this machine has {os.cpu_count()} cores: total ms/event T bounds a run at {os.cpu_count()} * 1000 / T events/s;"
               " the CDC chain keeps working through its backlog after the pipeline finishes)")  # fmt: skip
+        if profiled is not None:
+            print("(the pipeline's figures above are slowed by the profiler: py-spy pauses each worker per sample)",
+                  *await profiled, sep="\n")  # fmt: skip
     finally:
         await delete_topics(config.kafka, [source, f"{sink}-jvm", f"{sink}-python", dlq])
 
@@ -230,6 +249,9 @@ def main() -> None:
     parser.add_argument("--live-rate", type=int, default=50)
     parser.add_argument("--job-arg", action="append", default=[], help="extra --key=value for the pipeline job")
     parser.add_argument("--parallelism", type=int, default=1, help="of every job (the pipeline takes 2x in slots)")
+    parser.add_argument("--profile-workers", type=int, default=0, metavar="SECONDS",
+                        help="py-spy the pipeline's Python workers this long and print where their time goes "
+                             "(slows the pipeline's run; bench/worker_profile.py)")
     quiet.add_arguments(parser)
     args = parser.parse_args()
     quiet.wait_as_told(args)
@@ -238,7 +260,7 @@ def main() -> None:
     # every producer is synthetic; their rows are purged when the run ends (or at the next start)
     with testing.synthetic_run(env, "flink_throughput"):
         if args.events > 0:
-            asyncio.run(throughput(config, env, args.events, args.job_arg, args.parallelism))
+            asyncio.run(throughput(config, env, args.events, args.job_arg, args.parallelism, args.profile_workers))
         if args.live_seconds > 0:
             asyncio.run(latency(config, env, args.live_seconds, args.live_rate, args.parallelism))
 

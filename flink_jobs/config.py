@@ -27,6 +27,8 @@ from imgstream.domain.sharding import DEFAULT_NEAR_SPLIT_BITS, DEFAULT_SHARDS, S
 from imgstream.domain.events import TOPIC_DEAD_LETTER, TOPIC_DELETED, TOPIC_UPLOADED
 from imgstream.domain.windows import MINUTE_MS
 
+from flink_jobs.worker_gc import FULL_EVERY_S, YOUNG_EVERY_S, GcSchedule
+
 #: The Kafka connector jar (a shaded fat jar) matching apache-flink 2.2.x.
 KAFKA_CONNECTOR_JAR = "flink-sql-connector-kafka-5.0.0-2.2.jar"
 
@@ -124,6 +126,13 @@ class PipelineConfig:
     #: operator on the path (clean and the three decide stages) can add up to this much to
     #: every verdict: at PyFlink's default (1 s) that was ~2 s of the status latency at 50/s.
     python_bundle_time_ms: int = 100
+    #: Garbage collection in the Python workers (``flink_jobs/worker_gc.py``): CPython's automatic
+    #: collector off, a collection of what is younger than the last one every this many seconds;
+    #: 0 keeps the automatic collector. Its full collections traverse the whole index and took
+    #: 13-17 % of the ``decide`` workers' CPU, freeing almost nothing.
+    python_gc_young_every_s: int = YOUNG_EVERY_S
+    #: Seconds between full collections of the schedule (the only ones that see everything).
+    python_gc_full_every_s: int = FULL_EVERY_S
     #: Cassandra requests in flight per subtask of the deciding operator. A step can hold
     #: thousands of rows (one watermark advance); 256 batches at once overran the local node
     #: (server-side write timeouts), 32 keep it busy without queueing past its 2 s timeout.
@@ -165,6 +174,10 @@ class PipelineConfig:
             near_bands=self.near_bands or None,
         )
 
+    def gc_schedule(self) -> GcSchedule:
+        """The Python workers' garbage collection (validates the two intervals)."""
+        return GcSchedule(self.python_gc_young_every_s, self.python_gc_full_every_s)
+
     def shard_plan(self) -> ShardPlan:
         """Where the dedup and window state lives (validates the shard settings)."""
         return ShardPlan.for_policy(self.dedup(), self.dedup_shards, self.near_split_bits)
@@ -175,6 +188,7 @@ class PipelineConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")
+        self.gc_schedule()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, argv: Sequence[str] = ()) -> "PipelineConfig":

@@ -33,6 +33,7 @@ from flink_jobs.cassandra_sink import (
     CassandraWriter, Write, deletion_writes, image_writes, maybe_written, superseded_writes, window_writes,
 )  # fmt: skip
 from flink_jobs.mirror import MirroredMap
+from flink_jobs import worker_gc
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class CleanFunction(ProcessFunction):
         self.max_skew_ms = 0
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        worker_gc.install(runtime_context)
         metrics = runtime_context.get_metrics_group()
         self.skew_clamped = metrics.counter("clockSkewClamped")
         metrics.gauge("clockSkewMaxMs", lambda: self.max_skew_ms)
@@ -375,6 +377,7 @@ class WriteSteps(FlatMapFunction):
         self.window_ms = window_ms
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        worker_gc.install(runtime_context)
         self.writer.open()
 
     def close(self) -> None:
@@ -424,6 +427,7 @@ class ApplyDeletions(ProcessFunction):
         self.ignored: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        worker_gc.install(runtime_context)
         metrics = runtime_context.get_metrics_group()
         self.applied = metrics.counter("deletionsApplied")
         self.ignored = metrics.counter("deletionsIgnored")

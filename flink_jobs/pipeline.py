@@ -56,6 +56,7 @@ from pyflink.table import StreamTableEnvironment
 from imgstream.adapters.kafka import TopicSpec, ensure_topics
 
 from flink_jobs.cassandra_sink import CassandraWriter
+from flink_jobs import worker_gc
 from flink_jobs.config import PipelineConfig, connector_jars
 from flink_jobs.functions import DLQ_TAG, ApplyDeletions, CleanFunction, WriteSteps
 from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows, exact_shard_of, near_shard_key, window_shard_key
@@ -310,6 +311,9 @@ def environment(
 def main(argv: Sequence[str] | None = None) -> None:
     config = PipelineConfig.from_env(argv=sys.argv[1:] if argv is None else argv)
     env, t_env = environment(config, connector_jars(config.jars))
+    # the workers' garbage collection schedule (flink_jobs/worker_gc.py); only the real job sets
+    # it: a mini-cluster test's Python operators run inside the test process
+    env.get_config().set_global_job_parameters({worker_gc.JOB_PARAMETER: config.gc_schedule().to_parameter()})
     raw = kafka_source(t_env, config)  # first: its operator keeps the id it had before deletions
     deletions = None
     if config.deleted_topic:

@@ -48,6 +48,7 @@ from imgstream.domain.windows import Lateness, WindowBook, coalesce, window_star
 from flink_jobs.cassandra_sink import maybe_written
 from flink_jobs.functions import ORDER_BUCKET_MS, PRUNE_EVERY_MS, PRUNE_SLACK_MS, RECHECK, _ref, _ttl, with_lateness
 from flink_jobs.mirror import MirroredMap
+from flink_jobs import worker_gc
 
 log = logging.getLogger(__name__)
 _first = itemgetter(0)
@@ -118,6 +119,7 @@ class OrderedStage(KeyedProcessFunction):
     with its own pickling, and each state entry a write and a delete."""
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        worker_gc.install(runtime_context)
         self.runtime = runtime_context
         self.mirrors: list[MirroredMap] = []
         self.pending = self.mirrored("pending")

@@ -12,7 +12,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 #: Imported by the scripts, not run: helpers without a command line of their own.
-HELPERS = {"percentiles.py", "quiet.py", "cpu_budget.py"}
+HELPERS = {"percentiles.py", "quiet.py", "cpu_budget.py", "worker_profile.py"}
 #: Scripts that measure nothing timed (a capacity plan from figures), so they do not wait for quiet.
 UNTIMED = {"capacity.py"}
 SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name not in HELPERS)

@@ -39,6 +39,9 @@ class FakeRuntime:
     def get_metrics_group(self):
         return self.metrics
 
+    def get_job_parameter(self, key, default):
+        return default
+
 
 class FakeContext:
     def __init__(self, timestamp):

@@ -48,6 +48,9 @@ class Runtime:
     def get_map_state(self, descriptor):
         return KeyedState(self, descriptor.get_name())
 
+    def get_job_parameter(self, key, default):
+        return default
+
     # the context of process_element / on_timer
     def get_current_key(self):
         return self.key
