@@ -25,13 +25,12 @@ MEASURED: Mapping[str, tuple[float, str, str]] = {
     "gateway_cpu_ms_small": (7.8, "CPU ms per 50 KB upload, gateway process",
                              "docs/gateway.md, bench/gateway_vs_raw.py 26 Nov 2026"),
     "gateway_cpu_ms_large": (112.0, "CPU ms per 4.9 MB upload, gateway process", "docs/gateway.md, same run"),
-    "pipeline_cpu_ms": (1.23, "CPU ms per event, Flink TaskManager JVM 0.36 + Python workers 0.87",
-                        "docs/flink-jobs.md, CPU table, 100k-event run"),
+    "pipeline_cpu_ms": (0.87, "CPU ms per event, Flink TaskManager JVM 0.22 + Python workers 0.65 (sharded job, p=2)",
+                        "docs/flink-jobs.md, Garbage collection (2026-12-05), 100k-event runs"),
     "jobmanager_cpu_ms": (0.10, "CPU ms per event, Flink JobManager", "docs/flink-jobs.md, CPU table"),
-    "clean_task_events_per_s": (670.0, "events/s one source+clean subtask sustains (busy 29.9 s of 40 s for 20k)",
-                                "docs/flink-jobs.md, per-task busy time"),
-    "decide_task_events_per_s": (1380.0, "events/s the one `decide` task sustains (busy 14.5 s for 20k events)",
-                                 "docs/flink-jobs.md, per-task busy time"),
+    "subtask_events_per_s": (990.0, "events/s one subtask of the busiest stage (decide: exact) sustains fully busy: "
+                             "100k events in 100.7 busy subtask-seconds at p=2",
+                             "docs/flink-jobs.md, Garbage collection (2026-12-05), round 1"),
     "store_cpu_ms": (0.50, "CPU ms per event in Cassandra (RF 1, commit-log CDC)", "docs/flink-jobs.md, CPU table"),
     "cdc_cpu_ms": (0.93, "CPU ms per event, CDC agent + Kafka Connect + PostgreSQL", "docs/flink-jobs.md, CPU table"),
     "kafka_cpu_ms": (0.36, "CPU ms per event, Kafka broker (upload, DLQ, CDC topics)", "docs/flink-jobs.md, CPU table"),
@@ -93,8 +92,7 @@ class Plan:
     stats_pods: int
     stats_rps_target: int
     partitions: int
-    clean_parallelism: int
-    decide_utilisation: float
+    parallelism: int
     tm_slots: int
     taskmanagers: int
     connect_workers: int
@@ -135,11 +133,11 @@ def plan(uploads_per_s: float = 1000.0, large_share: float = 0.1, stats_rps: flo
     stats_per_pod = STATS_POD_CORES * TARGET_UTILISATION * 1000 / _m("stats_cpu_ms")
     stats_pods = max(2, math.ceil(stats_rps / stats_per_pod))
 
-    needed_parallelism = uploads_per_s * PARTITION_HEADROOM / _m("clean_task_events_per_s")
+    # every stage runs at the job's parallelism (sharded since issue 17), so the busiest one sets it
+    needed_parallelism = uploads_per_s * PARTITION_HEADROOM / _m("subtask_events_per_s")
     partitions = next((n for n in NICE_PARTITIONS if n >= needed_parallelism), NICE_PARTITIONS[-1])
-    clean = math.ceil(uploads_per_s / (_m("clean_task_events_per_s") * FLINK_TARGET_UTILISATION))
-    decide_utilisation = uploads_per_s / _m("decide_task_events_per_s")
-    slots = clean + 1  # clean (+ the writer, same group) per subtask, and decide's own slot group
+    parallelism = math.ceil(uploads_per_s / (_m("subtask_events_per_s") * FLINK_TARGET_UTILISATION))
+    slots = 2 * parallelism  # clean (+ the writer) per subtask, and decide's own slot group
     taskmanagers = max(2, math.ceil(slots / TM_SLOTS))
     sink_tasks = math.ceil(uploads_per_s * ROWS_PER_EVENT / (_m("sink_rows_per_task_s") * TARGET_UTILISATION))
     connect_workers = max(3, sink_tasks)
@@ -169,7 +167,7 @@ def plan(uploads_per_s: float = 1000.0, large_share: float = 0.1, stats_rps: flo
             10 * p["emr_vcpu_hour"] + 40 * p["emr_gb_hour"]),
     }
     return Plan(uploads_per_s, large_share, stats_rps, round(gateway_cores, 1), gateway_pods, in_flight_target,
-                bytes_target, stats_pods, int(stats_per_pod), partitions, clean, round(decide_utilisation, 2), slots,
+                bytes_target, stats_pods, int(stats_per_pod), partitions, parallelism, slots,
                 taskmanagers, connect_workers, sink_tasks, scylla_nodes, round(scylla_cores, 1), round(ingest, 1),
                 round(s3_tb, 1), rows_month, round(metadata_tb, 2), {k: round(v, 0) for k, v in bill.items()})
 
@@ -187,12 +185,11 @@ def report(p: Plan) -> str:
              f"| stats API pods ({STATS_POD_CORES} core) | {p.stats_pods} (KEDA target {p.stats_rps_target} req/s per pod) | "
              f"requests/s x {_m('stats_cpu_ms')} ms |",
              f"| images.uploaded partitions | {p.partitions} | load x {PARTITION_HEADROOM} headroom / "
-             f"{_m('clean_task_events_per_s'):.0f} events/s per clean subtask |",
-             f"| Flink clean parallelism | {p.clean_parallelism} | load / (clean rate x {FLINK_TARGET_UTILISATION}) |",
-             f"| Flink `decide` (one task) | {p.decide_utilisation:.0%} busy | load / {_m('decide_task_events_per_s'):.0f} "
-             "events/s: the pipeline's ceiling until it shards (issue 17) |",
+             f"{_m('subtask_events_per_s'):.0f} events/s per subtask |",
+             f"| Flink pipeline parallelism (every stage) | {p.parallelism} | load / ({_m('subtask_events_per_s'):.0f} "
+             f"events/s per subtask of the busiest stage x {FLINK_TARGET_UTILISATION}) |",
              f"| TaskManager slots / TaskManagers ({TM_CORES} cores, {TM_SLOTS} slots) | {p.tm_slots} / {p.taskmanagers} | "
-             "clean subtasks + decide's slot group |",
+             "2 x parallelism: clean + writer, and decide's slot group |",
              f"| Kafka Connect workers / sink tasks | {p.connect_workers} / {p.sink_tasks} | "
              f"{ROWS_PER_EVENT} rows per event / {_m('sink_rows_per_task_s'):.0f} rows/s per task |",
              f"| ScyllaDB nodes | {p.scylla_nodes} ({p.scylla_cores_used} cores of writes) | measured store CPU x RF 3 x 2 (CDC log) |",
