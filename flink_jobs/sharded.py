@@ -360,14 +360,14 @@ class DecideNear(OrderedStage):
 class DecideWindows(OrderedStage):
     """``decide: verdicts, windows``: per window shard ((producer, window start) pairs), the
     verdict of each image that needed the near index (the best of its shards' matches), then
-    the upload-stats windows (:class:`WindowBook`) exactly as the single-index ``Decide``
+    the upload-stats windows (:class:`WindowBook`) exactly as the single-index operator before issue 17
     counted them: lateness from ``decide: exact``'s arrival watermark, never below the shard's
     finalised-through point (kept in ``progress``: a restore starts without a watermark); the
     window versions of a step coalesced (one row per window and step). One record per step:
     ``{"verdicts": [...], "windows": [...]}``, which ``WriteSteps`` writes.
 
     **Replays.** On restored state (or with ``recheck_all``) the upload topic's end offsets
-    are read once; verdicts of events below them are tagged ``recheck`` (see ``Decide``).
+    are read once; verdicts of events below them are tagged ``recheck`` (see :meth:`replay_horizon`).
     """
 
     def __init__(self, window_ms: int, allowed_lateness_ms: int, kafka: KafkaConfig | None = None,
@@ -398,7 +398,11 @@ class DecideWindows(OrderedStage):
                 self.horizon = self.replay_horizon()
 
     def replay_horizon(self) -> dict[int, int]:
-        """The upload topic's end offsets now (see ``Decide.replay_horizon``)."""
+        """Upload-topic offsets below which an event may already have been decided and written
+        by an earlier attempt: the end offsets now, read when this task meets restored state (or
+        with ``recheck_all``, after ``make flink-reset``). Verdicts below them are tagged
+        ``recheck``, so the writer removes rows a different earlier verdict left (issue 16); a
+        fresh job's verdicts need no look-up."""
         if self.kafka is None or not self.topic:
             return {}
         horizon = asyncio.run(end_offsets(self.kafka, self.topic))

@@ -177,6 +177,19 @@ def test_a_restore_classifies_against_the_finalised_through_point_and_keeps_fina
     assert [w for w in restored.windows() if w["window_start"] == 0] == []  # the final row stays
 
 
+def test_a_restore_still_counts_a_late_event_into_an_open_window():
+    first = Stages()
+    first.element(_image(1, W + 1_000))
+    first.watermark(2 * W)  # window [W, 2W) fired, not final
+    restored = Stages(checkpoint=first.checkpoint())  # watermark: Long.MIN_VALUE
+    restored.element(_image(2, W + 2_000))
+    restored.watermark(2 * W + 1_000)
+    (verdict,) = restored.verdicts()
+    assert verdict["lateness"] == "late"
+    (version,) = [w for w in restored.windows() if w["window_start"] == W]
+    assert (version["uploads"], version["late_events"], version["final"]) == (2, 1, False)
+
+
 def test_late_events_of_one_step_write_one_version_of_their_window():
     stages = Stages()
     stages.element(_image(1, W + 1_000))

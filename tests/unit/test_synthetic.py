@@ -43,12 +43,12 @@ def test_the_prefix_names_a_namespace_of_valid_names() -> None:
 
 
 def test_synthetic_and_user_images_are_decided_in_different_dedup_indexes() -> None:
-    from flink_jobs.functions import INDEX_KEY, index_key
+    from flink_jobs.sharded import REALMS, realm_state
 
     assert dedup_realm("synthetic-bench-alice") == SYNTHETIC_REALM != USER_REALM == dedup_realm("alice")
     assert dedup_realm(None) == USER_REALM == dedup_realm("Synthetic-x")
-    assert index_key({"producer": "alice"}) == INDEX_KEY  # the users' index keeps its pre-realm key
-    assert index_key({"producer": "synthetic-a"}) not in (INDEX_KEY, index_key({"producer": "bob"}))
+    assert realm_state("exact", USER_REALM) == "exact"  # the users' index keeps its state name
+    assert len({realm_state("exact", realm) for realm in REALMS}) == len(REALMS) == 2
 
 
 def test_the_views_filter_on_the_same_prefix() -> None:
