@@ -38,8 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cpu_budget import metered, report  # noqa: E402
 from bench.percentiles import describe  # noqa: E402
-from bench.worker_profile import profile_workers, workers  # noqa: E402
-import procs  # noqa: E402  (local-stack/, put on the path by bench.cpu_budget)
+from bench.worker_profile import profile_pipeline  # noqa: E402
 from bench import quiet  # noqa: E402
 from flink_jobs import submit, testing  # noqa: E402
 from flink_jobs.generator import plan  # noqa: E402
@@ -68,16 +67,6 @@ def task_times(job: dict) -> list[str]:
         busy, pressed, idle = (m.get(f"accumulated-{k}-time", 0) / 1000 for k in ("busy", "backpressured", "idle"))
         lines.append(f"  busy {busy:6.1f}s  backpressured {pressed:6.1f}s  idle {idle:6.1f}s  {vertex['name'][:80]}")
     return lines
-
-
-async def profile_pipeline(seconds: int) -> list[str]:
-    """Once the pipeline's Python workers are up, py-spy them for ``seconds`` (``bench/worker_profile.py``)."""
-    tracked = procs.PidFiles(RUN_DIR).read("flink-taskmanager")
-    if tracked is None:
-        return ["no TaskManager pid file: nothing profiled"]
-    await until(lambda: asyncio.to_thread(workers, tracked.pid), "the pipeline's Python workers", timeout=300,
-                interval=testing.CHECK_EVERY_S)  # fmt: skip
-    return await profile_workers(tracked.pid, seconds)
 
 
 async def timed_job(rest: str, job: str, args: list[str], env: dict[str, str], per_task: bool = False) -> float:
@@ -182,7 +171,7 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         for label, (job, args, per_task) in jobs.items():
             async with metered(RUN_DIR) as meter:
                 if label == "pipeline" and profile_s:
-                    profiled = asyncio.create_task(profile_pipeline(profile_s))
+                    profiled = asyncio.create_task(profile_pipeline(RUN_DIR, profile_s))
                 timings[label] = await timed_job(rest, job, args, env, per_task=per_task)
             cpu[label] = (sent, meter.used())
         spans = {label: await kafka_span(config.kafka, f"{sink}-{label}", 2) for label in ("jvm", "python")}

@@ -27,6 +27,8 @@ sys.path.append(str(Path(__file__).resolve().parents[1] / "local-stack"))
 
 import procs  # noqa: E402  (local-stack/procs.py: the stack's pid files and /proc reading)
 
+from imgstream.polling import until  # noqa: E402
+
 #: A sample whose stack holds one of these functions is a thread waiting, not working.
 WAITING = ("Condition.wait", "Event.wait", "Queue.get", "Semaphore.acquire", "_wait_once", "PyThread_acquire_lock_timed")
 #: Leaf functions of a thread blocked in the kernel.
@@ -48,6 +50,9 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("emitting records", r"_emit_results|IntermediateOutputProcessor|Operation_output|FunctionOperation"),
     ("beam/grpc harness", r"cygrpc|_channel\.py|sdk_worker|bundle_processor|data_plane|grpc|upb_|_message|beam"),
 )
+_PARTS = tuple((part, re.compile(pattern)) for part, pattern in PARTS)
+#: How often :func:`profile_pipeline` looks for the pipeline's workers.
+LOOK_EVERY_S = 0.5
 #: The job's operators, as their classes appear in stacks.
 OPERATORS = ("CleanFunction", "DecideExact", "DecideNear", "DecideWindows", "WriteSteps", "ApplyDeletions")
 
@@ -90,7 +95,7 @@ def split(raw: Iterable[str]) -> WorkerSplit:
         for op in OPERATORS:
             if any(op in f for f in frames):
                 out.operators[op] += n
-        part = next((part for f in reversed(frames) for part, rx in PARTS if re.search(rx, f)), "other")
+        part = next((part for f in reversed(frames) for part, rx in _PARTS if rx.search(f)), "other")
         out.parts[part] += n
     return out
 
@@ -117,16 +122,28 @@ def py_spy() -> str:
     return found
 
 
+async def profile_pipeline(run_dir: Path, seconds: int) -> list[str]:
+    """Once the stack's TaskManager (its pid file in ``run_dir``) has Python workers, sample
+    them for ``seconds`` and return report lines."""
+    tracked = procs.PidFiles(run_dir).read("flink-taskmanager")
+    if tracked is None:
+        return ["no TaskManager pid file: nothing profiled"]
+    await until(lambda: asyncio.to_thread(workers, tracked.pid), "the pipeline's Python workers", timeout=300,
+                interval=LOOK_EVERY_S)  # fmt: skip
+    return await profile_workers(tracked.pid, seconds)
+
+
 async def profile_workers(taskmanager_pid: int, seconds: int, rate: int = 40) -> list[str]:
     """Sample every Python worker of the TaskManager for ``seconds`` and return report lines."""
     pids = workers(taskmanager_pid)
     if not pids:
         return [f"no Python workers under TaskManager {taskmanager_pid}"]
+    spy = py_spy()
     with tempfile.TemporaryDirectory(prefix="worker-profile-") as tmp:
         outputs = {pid: Path(tmp) / f"{pid}.txt" for pid in pids}
         runs = [
             await asyncio.create_subprocess_exec(
-                py_spy(), "record", "--pid", str(pid), "--native", "--rate", str(rate), "--duration", str(seconds),
+                spy, "record", "--pid", str(pid), "--native", "--rate", str(rate), "--duration", str(seconds),
                 "--format", "raw", "--output", str(path),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
             for pid, path in outputs.items()

@@ -45,26 +45,14 @@ FULL_EVERY_S = 1800
 
 
 class Collector(Protocol):
-    """What :class:`GcSchedule` drives: the parts of the :mod:`gc` module it uses."""
+    """What :class:`ScheduledCollector` drives: the parts of the :mod:`gc` module it uses (the
+    module itself is one; tests pass a fake)."""
 
     def collect(self) -> int: ...
 
     def freeze(self) -> None: ...
 
     def unfreeze(self) -> None: ...
-
-
-class _Gc:
-    """The :mod:`gc` module as a :class:`Collector`."""
-
-    def collect(self) -> int:
-        return gc.collect()
-
-    def freeze(self) -> None:
-        gc.freeze()
-
-    def unfreeze(self) -> None:
-        gc.unfreeze()
 
 
 @dataclass(frozen=True)
@@ -112,7 +100,6 @@ class Collections:
     full: int = 0
     freed: int = 0
     seconds: float = 0.0
-    last_full_s: float = 0.0
 
 
 class ScheduledCollector:
@@ -122,7 +109,7 @@ class ScheduledCollector:
     def __init__(self, schedule: GcSchedule, collector: Collector | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.schedule = schedule
-        self.collector = collector or _Gc()
+        self.collector: Collector = collector or gc
         self.clock = clock
         self.stats = Collections()
         self.last_full = clock()
@@ -142,7 +129,6 @@ class ScheduledCollector:
         if full:
             self.last_full = started
             self.stats.full += 1
-            self.stats.last_full_s = took
             log.info("python gc: full collection took %.3f s and freed %d objects (so far %d young, %d full, "
                      "%.1f s, %d freed)", took, freed, self.stats.young, self.stats.full, self.stats.seconds,
                      self.stats.freed)  # fmt: skip
@@ -174,9 +160,9 @@ def install(runtime_context: Any) -> ScheduledCollector | None:
         return _installed
 
 
-def start(schedule: GcSchedule, collector: Collector | None = None) -> ScheduledCollector:
+def start(schedule: GcSchedule) -> ScheduledCollector:
     """Turn CPython's automatic collection off and run ``schedule`` on a daemon thread."""
-    scheduled = ScheduledCollector(schedule, collector)
+    scheduled = ScheduledCollector(schedule)
     gc.disable()
     gc.freeze()  # what the worker loaded to start (modules, the harness) is never garbage
 
