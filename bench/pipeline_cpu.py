@@ -81,7 +81,7 @@ def child(events: int, parallelism: int, job_args: list[str], flink: dict[str, s
     from flink_jobs.config import PipelineConfig
     from flink_jobs.functions import step_writes
     from flink_jobs.generator import plan
-    from flink_jobs.pipeline import build, environment
+    from flink_jobs.pipeline import build, environment, records_from_stream
     from imgstream.domain.cleaning import heartbeat_value
     from imgstream.domain.timefmt import from_millis
 
@@ -92,7 +92,7 @@ def child(events: int, parallelism: int, job_args: list[str], flink: dict[str, s
     n = events
     planned = plan(seed=1, originals=int(n * 0.7), exact_copies=n // 10, near_copies=n // 10, replays=n // 20,
                    malformed=n // 20, step_ms=10, producers=("synthetic-alice", "synthetic-bob"))  # fmt: skip
-    config = PipelineConfig.from_env(env={}, argv=[f"--parallelism={parallelism}", "--window_ms=60000",
+    config = PipelineConfig.from_env(env={}, argv=[f"--parallelism={parallelism}", "--window_ms=60000", "--topic=synthetic-images",
                                                    "--checkpoint_interval_ms=60000", *job_args])  # fmt: skip
     env, t_env = environment(config, jars=[], extra=flink)
     raw_type = Types.ROW_NAMED(
@@ -108,7 +108,7 @@ def child(events: int, parallelism: int, job_args: list[str], flink: dict[str, s
         WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(config.out_of_orderness_ms))
         .with_timestamp_assigner(FromField())
     )
-    streams = build(env, t_env, raw, config, write=False)
+    streams = build(env, t_env, records_from_stream(t_env, raw, config), config, write=False)
     counted = streams.results.map(
         lambda step: json.dumps([len(step["verdicts"]), len(step_writes(step, WINDOW_MS)), len(step["windows"])]),
         Types.STRING(),

@@ -43,7 +43,7 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("state mirrors", r"mirror\.py"),
     ("timers", r"TimerHandler|timer_service|register_event_time_timer|InternalTimer"),
     ("cassandra writer", r"cassandra_sink\.py|cassandra[/.]|cluster\.cpython|query\.cpython|policies\.py"),
-    ("cleaning", r"cleaning\.py|CleanFunction|jsonschema|fastjsonschema"),
+    ("cleaning", r"cleaning\.py|Cleaner|jsonschema|fastjsonschema"),
     ("dedup (domain)", r"dedup\.py|hashing\.py|sharding\.py"),
     ("windows (domain)", r"windows\.py"),
     ("stage code", r"sharded\.py|functions\.py"),
@@ -54,7 +54,7 @@ _PARTS = tuple((part, re.compile(pattern)) for part, pattern in PARTS)
 #: How often :func:`profile_pipeline` looks for the pipeline's workers.
 LOOK_EVERY_S = 0.5
 #: The job's operators, as their classes appear in stacks.
-OPERATORS = ("CleanFunction", "DecideExact", "DecideNear", "DecideWindows", "WriteSteps", "ApplyDeletions")
+OPERATORS = ("DecideExact", "DecideNear", "DecideWindows", "WriteSteps", "ApplyDeletions")
 
 
 @dataclass

@@ -11,16 +11,17 @@ coordinates and, once decided, the verdict fields (``status``, ``duplicate_of``,
 from __future__ import annotations
 
 import logging
-from typing import AbstractSet as Set, Any, Iterable
+from typing import AbstractSet as Set, Any, Callable, Iterable
 
-from pyflink.common import Row, Types
+from pyflink.common import Types
 from pyflink.common.time import Time
 from pyflink.datastream import FlatMapFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import StateTtlConfig
 
-from imgstream.domain.cleaning import Cleaned, DeadLetter, Heartbeat, Source, clean, clean_deletion
+from imgstream.domain.cleaning import REASON_MISROUTED, Cleaned, DeadLetter, Heartbeat, Source, clean, clean_deletion, refuse
 from imgstream.domain.clock import CLOCK_SKEW_TOLERANCE_MS, clamp_event_time
 from imgstream.domain.dedup import ImageRef, Verdict
+from imgstream.domain.events import ImageUploaded
 from imgstream.domain.deletion import STATUS_DELETED
 from imgstream.domain.hashing import parse_hash
 from imgstream.domain.windows import classify
@@ -74,11 +75,13 @@ def with_lateness(image: dict[str, Any], watermark: int, window_ms: int, allowed
 # --- cleaning ------------------------------------------------------------------------------
 
 
-class CleanFunction(ProcessFunction):
-    """Raw Kafka rows -> image dicts (main) and dead letters (JSON, side output).
+class Cleaner:
+    """Raw records of the upload topic -> image dicts and dead letters, for the operator that
+    cleans them (``decide: exact``, :class:`flink_jobs.sharded.DecideExact`: cleaning runs in
+    the Python worker that decides, so a record crosses into Python once).
 
-    A dead letter also continues on the main output as a ``rejected`` verdict: it is counted
-    in its window and gets an images row, but never meets the dedup index.
+    A dead letter also continues as a ``rejected`` verdict: it is counted in its window and
+    gets an images row, but never meets the dedup index.
 
     **Clock skew.** The record timestamp is the source's event time, which the SQL source
     already bounded by the Kafka append time (:func:`~flink_jobs.pipeline.event_time_sql`);
@@ -87,13 +90,13 @@ class CleanFunction(ProcessFunction):
     operator's metrics ``clockSkewClamped`` and ``clockSkewMaxMs`` (Flink REST / web UI).
     """
 
-    def __init__(self, clock_skew_tolerance_ms: int = CLOCK_SKEW_TOLERANCE_MS) -> None:
+    def __init__(self, topic: str, clock_skew_tolerance_ms: int = CLOCK_SKEW_TOLERANCE_MS) -> None:
+        self.topic = topic
         self.clock_skew_tolerance_ms = clock_skew_tolerance_ms
         self.skew_clamped: Any = None
         self.max_skew_ms = 0
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        worker_gc.install(runtime_context)
         metrics = runtime_context.get_metrics_group()
         self.skew_clamped = metrics.counter("clockSkewClamped")
         metrics.gauge("clockSkewMaxMs", lambda: self.max_skew_ms)
@@ -108,18 +111,26 @@ class CleanFunction(ProcessFunction):
                 log.warning("received_at %d ms ahead of the Kafka append time: event time clamped", out.skew_ms)
         return out.event_time
 
-    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterable[Any]:
-        raw, topic, partition, offset = value[0], value[1], value[2], value[3]
-        appended = ctx.timestamp()
-        out = clean(raw, Source(topic, partition, offset, appended))
+    def outputs(self, raw: Any, partition: int, offset: int, appended: int,
+                admit: Callable[[ImageUploaded], str | None] | None = None) -> Iterable[Any]:
+        """The image dict of one raw value (nothing for a heartbeat: it advanced its partition's
+        watermark in the source), or its dead letter (``(DLQ_TAG, json)``) and its rejected
+        verdict. ``admit`` may refuse a valid event: it returns why (a
+        :data:`~imgstream.domain.cleaning.REASON_MISROUTED` dead letter), or None."""
+        source = Source(self.topic, partition, offset, appended)
+        out = clean(raw, source)
         if isinstance(out, Heartbeat):
-            return  # it advanced its partition's watermark in the source; nothing to process
-        if isinstance(out, Cleaned):
-            image = out.event.to_dict()
-            image.update(event_time=self._event_time(out.event_time, appended), topic=topic, partition=partition,
-                         offset=offset)  # fmt: skip
-            yield image
             return
+        if isinstance(out, Cleaned):
+            refused = admit(out.event) if admit is not None else None
+            if refused is None:
+                image = out.event.to_dict()
+                image.update(event_time=self._event_time(out.event_time, appended), topic=self.topic,
+                             partition=partition, offset=offset)  # fmt: skip
+                yield image
+                return
+            log.warning("event at %s/%d/%d refused: %s", self.topic, partition, offset, refused)
+            out = refuse(raw, source, REASON_MISROUTED, refused)
         assert isinstance(out, DeadLetter)
         yield DLQ_TAG, out.to_json().decode()
         yield {
@@ -129,7 +140,7 @@ class CleanFunction(ProcessFunction):
             "event_time": self._event_time(out.event_time, appended) if out.event_time is not None else appended,
             "reason": out.reason,
             "error": out.error[:1000],
-            "topic": topic,
+            "topic": self.topic,
             "partition": partition,
             "offset": offset,
             **Verdict.rejected(out.image_id).to_dict(),

@@ -47,19 +47,21 @@ from typing import Mapping, Sequence
 
 from pyflink.common import Configuration, Types, WatermarkStrategy
 from pyflink.common.serialization import SimpleStringSchema
-from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee, Sink
 from pyflink.datastream.connectors.kafka import (KafkaOffsetResetStrategy, KafkaOffsetsInitializer,
                                                  KafkaRecordSerializationSchema, KafkaSink, KafkaSource)
-from pyflink.table import StreamTableEnvironment
+from pyflink.java_gateway import get_gateway
+from pyflink.table import Schema, StreamTableEnvironment
 
 from imgstream.adapters.kafka import TopicSpec, ensure_topics
+from imgstream.domain.cleaning import ASCII_WHITESPACE
 
 from flink_jobs.cassandra_sink import CassandraWriter
 from flink_jobs import worker_gc
 from flink_jobs.config import PipelineConfig, connector_jars
-from flink_jobs.functions import DLQ_TAG, ApplyDeletions, CleanFunction, WriteSteps
-from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows, exact_shard_of, near_shard_key, window_shard_key
+from flink_jobs.functions import DLQ_TAG, ApplyDeletions, Cleaner, WriteSteps
+from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows, near_shard_key, window_shard_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DISCARDING_SINK = "org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink"
@@ -93,16 +95,17 @@ def build(
     write: bool = True,
     deletions: DataStream | None = None,
 ) -> PipelineStreams:
-    """Wire the pipeline on ``raw`` (rows ``value, topic, partition, offset`` with event-time
-    timestamps and watermarks) and return its output streams; ``write=False`` leaves
+    """Wire the pipeline on ``raw`` (the upload records as :func:`records` makes them: rows
+    ``shard, (value, partition, offset), event_time`` with event-time timestamps and watermarks)
+    and return its output streams; ``write=False`` leaves
     Cassandra out (a test collects ``results`` instead). ``deletions`` (raw values of the
     deletion topic, strings) adds the branch that applies them (only with ``write``)."""
-    cleaned = raw.process(CleanFunction(config.clock_skew_tolerance_ms)).name("clean").uid("clean")
     policy, plan = config.dedup(), config.shard_plan()
+    cleaner = Cleaner(config.topic, config.clock_skew_tolerance_ms)
     exact = (
-        cleaned.key_by(exact_shard_of(plan), key_type=Types.INT())
-        .process(DecideExact(policy, plan, config.window_ms, config.allowed_lateness_ms))
-        .name("decide: exact")
+        by_exact_shard(raw)
+        .process(DecideExact(policy, plan, config.window_ms, config.allowed_lateness_ms, cleaner))
+        .name("clean, decide: exact")
         .uid("decide-exact")
     )
     near = (
@@ -137,7 +140,7 @@ def build(
             .disable_chaining()
             .slot_sharing_group(DEFAULT_SLOT_GROUP)
         )
-    streams = PipelineStreams(results, cleaned.get_side_output(DLQ_TAG))
+    streams = PipelineStreams(results, exact.get_side_output(DLQ_TAG))
     if deletions is None or not write:
         return streams
     applied = (
@@ -206,7 +209,7 @@ def dlq_sink(config: PipelineConfig, name: str = "dlq") -> KafkaSink:
 
 
 def kafka_source(t_env: StreamTableEnvironment, config: PipelineConfig) -> DataStream:
-    """Raw records of the upload topic as a stream, watermarked per partition in the JVM.
+    """The upload topic's records as :func:`records`, watermarked per partition in the JVM.
 
     Event time is ``received_at`` read from the JSON (the Kafka timestamp when unreadable),
     never further ahead of the Kafka timestamp than the clock-skew tolerance
@@ -220,11 +223,10 @@ def kafka_source(t_env: StreamTableEnvironment, config: PipelineConfig) -> DataS
         f"""
 CREATE TEMPORARY TABLE raw_uploads (
   `value` BYTES,
-  `topic` STRING METADATA VIRTUAL,
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
   `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-  `event_time` AS {event_time_sql(config.clock_skew_tolerance_ms)},
+  `event_time` AS CAST({event_time_sql(config.clock_skew_tolerance_ms)} AS TIMESTAMP_LTZ(3)),
   WATERMARK FOR `event_time` AS `event_time` - {lag}
 ) WITH (
   'connector' = 'kafka',
@@ -238,8 +240,68 @@ CREATE TEMPORARY TABLE raw_uploads (
   'format' = 'raw'
 )"""
     )
-    query = "SELECT `value`, `topic`, `partition`, `offset`, `event_time` FROM raw_uploads"
-    return t_env.to_data_stream(t_env.sql_query(query))
+    return records(t_env, "raw_uploads", config)
+
+
+#: What ``decide: exact`` reads (:func:`records`): its key, the raw record, the event time.
+RECORDS_TYPE = Types.ROW_NAMED(
+    ["shard", "record", "event_time"],
+    [Types.INT(),
+     Types.ROW_NAMED(["value", "partition", "offset"], [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.LONG()]),
+     Types.INSTANT()],
+)  # fmt: skip
+
+
+def records(t_env: StreamTableEnvironment, table: str, config: PipelineConfig) -> DataStream:
+    """The upload records of ``table`` (columns ``value``, ``partition``, ``offset`` and a
+    rowtime ``event_time`` of type TIMESTAMP_LTZ(3)) as rows ``shard, (value, partition,
+    offset), event_time``: the exact shard of each record's SHA-256 computed in the JVM
+    (:func:`exact_shard_sql`), so that records are keyed before any Python touches them."""
+    shard = exact_shard_sql("CAST(`value` AS STRING)", "`offset`", config.shard_plan().shards)
+    query = f"SELECT {shard} AS `shard`, ROW(`value`, `partition`, `offset`) AS `record`, `event_time` FROM {table}"
+    stream = t_env.to_data_stream(t_env.sql_query(query))
+    # to_data_stream types its rows for the Table API; a keyed Python operator takes Flink's
+    # row type (the rows themselves are the same objects)
+    stream._j_data_stream.getTransformation().setOutputType(RECORDS_TYPE.get_java_type_info())
+    return stream
+
+
+def records_from_stream(t_env: StreamTableEnvironment, raw: DataStream, config: PipelineConfig) -> DataStream:
+    """:func:`records` of a stream built in Python (tests, benches): rows with fields ``value``
+    (bytes), ``partition`` and ``offset``, with event-time timestamps and watermarks."""
+    schema = (Schema.new_builder().column_by_metadata("event_time", "TIMESTAMP_LTZ(3)", "rowtime")
+              .watermark("event_time", "SOURCE_WATERMARK()").build())  # fmt: skip
+    name = f"raw_{abs(hash(raw)):x}"
+    t_env.create_temporary_view(name, t_env.from_data_stream(raw, schema))
+    return records(t_env, name, config)
+
+
+def by_exact_shard(raw: DataStream) -> KeyedStream:
+    """:func:`records` keyed by their first field, in the JVM (PyFlink's ``key_by`` would run a
+    Python function per record to find the key: one more round trip into Python)."""
+    keyed = raw._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
+                                     Types.ROW([Types.INT()]).get_java_type_info())  # fmt: skip
+    return KeyedStream(keyed, RECORDS_TYPE, raw)
+
+
+def sha256_sql(text_sql: str) -> str:
+    """SQL for the ``sha256`` of a raw upload whose value is ``text_sql``, as cleaning
+    normalises it (ASCII white space stripped, lower case); NULL when it is not a valid one
+    (the event will be rejected)."""
+    if ASCII_WHITESPACE != " \t\n\r\f\v":  # Java's \s, which the pattern below uses
+        raise AssertionError("cleaning's white space changed: change the pattern too")
+    return f"REGEXP_EXTRACT(LOWER(JSON_VALUE({text_sql}, '$.sha256')), '^\\s*([0-9a-f]{{64}})\\s*$', 1)"
+
+
+def exact_shard_sql(text_sql: str, offset_sql: str, shards: int) -> str:
+    """SQL for the exact shard of a raw upload record (value ``text_sql``, offset
+    ``offset_sql``): the rule of :meth:`ShardPlan.exact_shard
+    <imgstream.domain.sharding.ShardPlan.exact_shard>` on its SHA-256 (:func:`sha256_sql`);
+    without a valid one, the shard of its offset. The value is read once: Flink's code
+    generator does not share repeated sub-expressions, so each mention would parse the JSON
+    again (7 mentions cost 21 us more per record than one, measured)."""
+    return (f"COALESCE(ABS(MOD(HASH_CODE({sha256_sql(text_sql)}), {shards})), "
+            f"CAST(MOD({offset_sql}, {shards}) AS INT))")
 
 
 #: ``received_at`` of a raw record as TIMESTAMP(3) (NULL when missing or unreadable).

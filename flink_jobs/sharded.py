@@ -3,7 +3,8 @@
 Three keyed operators, each keyed by a *shard* (an ``int``, :class:`~imgstream.domain.sharding.ShardPlan`),
 so each subtask holds the state of its shards only - ``1/N`` of the index at parallelism ``N``::
 
-    clean -> [exact shard]  decide: exact    replay drop + exact dedup (keyed by SHA-256's shard)
+    source (raw records keyed in the JVM by their SHA-256's shard)
+      -> [exact shard]  clean, decide: exact    cleaning, replay drop + exact dedup
                |  exact duplicates, rejected events, and images that need the near index
                |  '--> near ops (side output): one per near shard the image visits
                |        -> [near shard] decide: near   probe + register, best match per shard
@@ -24,6 +25,11 @@ one watermark advance) sends each key of the next stage one ``[shard, source, it
 so the hops cost a round trip per step and key pair, not per image (and 8 per image to the near
 shards); an image and its matches meet in the verdict stage's ``pending`` under one key.
 
+**One crossing per record.** The records reach Python once: ``decide: exact`` cleans them
+itself (:class:`~flink_jobs.functions.Cleaner`), keyed in the JVM by the source's SQL
+(:func:`flink_jobs.pipeline.exact_shard_sql`). A ``clean`` operator of its own, before it, cost
+every record a second round trip between the JVM and a Python worker (out of one, into the other).
+
 Each operator's state is ``MapState`` mirrored per key in the worker (``MirroredMap.use``).
 """
 
@@ -32,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from operator import itemgetter
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
@@ -41,12 +47,13 @@ from pyflink.datastream.state import MapStateDescriptor
 from imgstream.adapters.kafka import end_offsets
 from imgstream.config import KafkaConfig
 from imgstream.domain.dedup import NEEDS_NEAR, STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, NearMatch, best_match, near_verdict
+from imgstream.domain.events import TOPIC_UPLOADED, ImageUploaded
 from imgstream.domain.producers import SYNTHETIC_REALM, USER_REALM, dedup_realm
 from imgstream.domain.sharding import ShardPlan, due_of, order_key, pending_key
 from imgstream.domain.windows import Lateness, WindowBook, coalesce, window_start
 
 from flink_jobs.cassandra_sink import maybe_written
-from flink_jobs.functions import ORDER_BUCKET_MS, PRUNE_EVERY_MS, PRUNE_SLACK_MS, RECHECK, _ref, _ttl, with_lateness
+from flink_jobs.functions import ORDER_BUCKET_MS, PRUNE_EVERY_MS, PRUNE_SLACK_MS, RECHECK, Cleaner, _ref, _ttl, with_lateness
 from flink_jobs.mirror import MirroredMap
 from flink_jobs import worker_gc
 
@@ -80,11 +87,6 @@ def bucket_limit(watermark: int) -> int:
 def bucket_end(due: int) -> int:
     """The timer of the bucket holding ``due``."""
     return due - due % ORDER_BUCKET_MS + ORDER_BUCKET_MS - 1
-
-
-def exact_shard_of(plan: ShardPlan) -> Callable[[dict[str, Any]], int]:
-    """``decide: exact``'s key: the shard of the SHA-256 (of the id for a rejected event)."""
-    return lambda image: plan.exact_shard(image.get("sha256") or str(image.get("image_id") or ""))
 
 
 def window_shard_key(batch: Any) -> int:
@@ -239,13 +241,15 @@ class OrderedStage(KeyedProcessFunction):
 
 
 class DecideExact(OrderedStage):
-    """``decide: exact``: positions each event in decision order on arrival (its order key and
+    """``clean, decide: exact``: cleans each raw record (:class:`~flink_jobs.functions.Cleaner`;
+    dead letters leave on :data:`~flink_jobs.functions.DLQ_TAG`) and positions each event in decision order on arrival (its order key and
     lateness against this subtask's watermark), then decides replay drop and exact dedup per
     SHA-256 shard. Exact duplicates and rejected events go on as verdicts; an image that needs
     the near index goes on marked :data:`NEEDS_NEAR_FIELD`, and one op per near shard it
     visits leaves on :data:`NEAR_TAG`."""
 
-    def __init__(self, policy: DedupPolicy, plan: ShardPlan, window_ms: int, allowed_lateness_ms: int) -> None:
+    def __init__(self, policy: DedupPolicy, plan: ShardPlan, window_ms: int, allowed_lateness_ms: int,
+                 cleaner: Cleaner | None = None) -> None:  # fmt: skip
         if window_ms % ORDER_BUCKET_MS or allowed_lateness_ms % ORDER_BUCKET_MS:
             # every window deadline must be a bucket end, so a window never fires in the middle
             # of a bucket an image of it is still travelling in
@@ -254,8 +258,10 @@ class DecideExact(OrderedStage):
         self.plan = plan
         self.window_ms = window_ms
         self.allowed_lateness_ms = allowed_lateness_ms
+        self.cleaner = cleaner or Cleaner(TOPIC_UPLOADED)
 
     def setup(self, runtime_context: RuntimeContext) -> None:
+        self.cleaner.open(runtime_context)
         policy = self.policy
         self.dedups = {
             realm: Deduplicator(policy, replays=self.mirrored(realm_state("replays", realm), policy.replay_ttl_ms),
@@ -271,14 +277,34 @@ class DecideExact(OrderedStage):
         if LAYOUT not in self.layout:
             self.layout[LAYOUT] = self.plan.signature
 
-    def process_element(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
+    def process_element(self, record: Any, ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
+        """A raw record ``(value, partition, offset)``, keyed in the JVM by its exact shard
+        (:func:`flink_jobs.pipeline.exact_shard_sql`): cleaned here, then placed."""
+        self.use_key(ctx.get_current_key())
+        for out in self.cleaner.outputs(record[0], record[1], record[2], ctx.timestamp(), self.misrouted):
+            if isinstance(out, tuple):
+                yield out  # a dead letter (its rejected verdict follows, and is placed)
+            else:
+                self.place(out, ctx)
+
+    def misrouted(self, event: ImageUploaded) -> str | None:
+        """Why a valid event cannot be decided here: its content belongs to another shard than
+        the one the SQL routed it to (None: it belongs here). Only a value that two JSON parsers
+        read differently gets here - deciding it would search the wrong part of the index."""
+        shard = self.plan.exact_shard(event.sha256)
+        if shard == self.key:
+            return None
+        return (f"sha256 {event.sha256} belongs to exact shard {shard}, but the source routed the record to shard "
+                f"{self.key}: its JSON reads differently to the JVM's parser (a key given twice?)")
+
+    def place(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> None:
+        """Hold a cleaned event (or a rejected one) at its place in decision order."""
         self.use_key(ctx.get_current_key())
         watermark = ctx.timer_service().current_watermark()
         ts, image_id = int(image["event_time"]), str(image.get("image_id") or "")
         image = with_lateness(image, watermark, self.window_ms, self.allowed_lateness_ms)
         order = order_key(ts, image_id, watermark)
         self.hold([(pending_key(order, image["partition"], image["offset"]), image)], "", ctx)
-        return ()
 
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
         to_windows: list[tuple[int, Any]] = []

@@ -9,7 +9,9 @@ the image's status can say so.
 
 Normalisation (before schema validation, deliberately small and documented):
 
-* hex fields (``image_id``, ``sha256``, ``phash``) are lower-cased - case carries no meaning;
+* hex fields (``image_id``, ``sha256``, ``phash``) are lower-cased - case carries no meaning - and
+  stripped of ASCII white space (only ASCII: the job's SQL, which routes records by the SHA-256
+  before any Python, strips the same, see ``flink_jobs.pipeline.exact_shard_sql``);
 * ``content_type`` is lower-cased, parameters (``; charset=...``) are dropped, and the common
   aliases ``image/jpg``/``image/pjpeg`` -> ``image/jpeg``, ``image/x-ms-bmp`` -> ``image/bmp``;
 * ``received_at`` is rewritten in the one wire format (UTC, milliseconds, ``Z``).
@@ -46,6 +48,13 @@ REASON_NOT_OBJECT = "not_an_object"
 REASON_UNKNOWN_VERSION = "unknown_version"
 REASON_SCHEMA = "schema"
 REASON_UNEXPECTED = "unexpected"
+#: A valid event whose SHA-256 the job's SQL read otherwise than cleaning did (a key given twice,
+#: say), so it reached another exact shard than its content's: refused rather than decided
+#: against the wrong part of the index (``flink_jobs.sharded.DecideExact``).
+REASON_MISROUTED = "misrouted"
+
+#: The white space stripped from hex fields: ASCII only (``str.strip()`` would take Unicode's too).
+ASCII_WHITESPACE = " \t\n\r\f\v"
 
 #: ``event_type`` of heartbeats: records that only carry time. A heartbeat process writes one
 #: into every partition every second, so event time advances (and windows close) while no one
@@ -158,7 +167,7 @@ def normalise(data: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(data)
     for name in _HEX_FIELDS:
         if isinstance(out.get(name), str):
-            out[name] = out[name].strip().lower()
+            out[name] = out[name].strip(ASCII_WHITESPACE).lower()
     content_type = out.get("content_type")
     if isinstance(content_type, str):
         base = content_type.split(";", 1)[0].strip().lower()
@@ -211,6 +220,18 @@ def clean(
         return _dead_letter(
             raw, source, seen, REASON_UNEXPECTED, InvalidEvent.code, f"{type(exc).__name__}: {exc}", data
         )
+
+
+def refuse(raw: bytes | str | None, source: Source, reason: str, error: str, *,
+           seen_at: datetime | None = None) -> DeadLetter:
+    """The dead letter of a value that cleaning accepted and a later check of the job refused
+    (``reason``, ``error``), attributed like any other (image, producer, event time)."""
+    try:
+        data = _json_value(raw)
+    except InvalidEvent:
+        data = None
+    data = normalise(data) if isinstance(data, dict) else data
+    return _dead_letter(raw, source, seen_at or datetime.now(timezone.utc), reason, InvalidEvent.code, error, data)
 
 
 def clean_deletion(raw: bytes | str | None, source: Source = Source(TOPIC_DELETED), *,

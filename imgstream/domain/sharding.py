@@ -65,6 +65,11 @@ DEFAULT_SHARDS = 32
 DEFAULT_NEAR_SPLIT_BITS = 1
 #: Most top bits a near shard may take: each costs one more visit per band and image.
 MAX_NEAR_SPLIT_BITS = 4
+#: Version of the exact routing in :attr:`ShardPlan.signature`: state routed by another rule
+#: (``crc32`` of the SHA-256 before 2026-12-05) must not be read by this one.
+EXACT_ROUTING = "java-hash"
+#: ``31**k mod 2**32`` for the 64 characters of a SHA-256, first character first (:func:`java_string_hash`).
+_JAVA_POWERS = tuple(pow(31, 63 - i, 2**32) for i in range(64))
 
 #: Order flag of a late image (decided before the on-time ones due in the same millisecond).
 LATE, ON_TIME = 0, 1
@@ -104,6 +109,16 @@ class NearRoute(NamedTuple):
     register_keys: tuple[str, ...]
 
 
+def java_string_hash(sha256: str) -> int:
+    """Java's ``String.hashCode()`` of a SHA-256 in hex (a signed 32-bit int): the sum of each
+    character's code times ``31**(63 - i)``, modulo ``2**32``. A SHA-256 is uniform, so even this
+    weak hash spreads shards evenly."""
+    if len(sha256) != 64:
+        raise ValueError(f"not a SHA-256 in hex: {sha256!r}")
+    h = sum(map(int.__mul__, sha256.encode(), _JAVA_POWERS)) & 0xFFFFFFFF
+    return h - 2**32 if h >= 2**31 else h
+
+
 def _stable_hash(text: str) -> int:
     # crc32, not hash(): Python salts str hashes per process, and every worker must agree
     return zlib.crc32(text.encode())
@@ -129,16 +144,17 @@ class ShardPlan:
 
     @property
     def signature(self) -> str:
-        """What a job's state is laid out by: ``"shards/near_split_bits/bands"``. It must not
-        change for the job's state (another routing would look for an image in another shard)."""
-        return f"{self.shards}/{self.near_split_bits}/{self.band_plan.bands}"
+        """What a job's state is laid out by: ``"shards/near_split_bits/bands/exact routing"``. It
+        must not change for the job's state (another routing would look for an image in another
+        shard)."""
+        return f"{self.shards}/{self.near_split_bits}/{self.band_plan.bands}/{EXACT_ROUTING}"
 
     def check_restored(self, stored: str | None) -> None:
         """Raise :class:`ValueError` when state laid out by ``stored`` (a :attr:`signature`;
         ``None``: none recorded yet) is read by this plan."""
         if stored is not None and stored != self.signature:
             raise ValueError(
-                f"the restored dedup state is sharded as {stored} (dedup_shards/near_split_bits/near_bands) but "
+                f"the restored dedup state is sharded as {stored} (dedup_shards/near_split_bits/near_bands/exact routing) but "
                 f"this job as {self.signature}: shards are fixed for a job's state (images would be looked for in "
                 f"other shards). Resume with the old settings, or start on fresh state (make flink-reset)"
             )
@@ -154,8 +170,12 @@ class ShardPlan:
         return self.band_plan.bands << self.near_split_bits
 
     def exact_shard(self, sha256: str) -> int:
-        """The shard deciding replays and exact duplicates of this content."""
-        return _stable_hash(sha256) % self.shards
+        """The shard deciding replays and exact duplicates of this content (a SHA-256 as
+        cleaning leaves it: 64 lower-case hex digits): ``|h| mod shards`` of its Java string
+        hash ``h`` (:func:`java_string_hash`), because the job computes the same in the JVM, with
+        Flink SQL's ``HASH_CODE``, to key raw records before any Python sees them
+        (``flink_jobs.pipeline.exact_shard_sql``)."""
+        return abs(java_string_hash(sha256)) % self.shards
 
     def window_shard(self, producer: str, window_start: int, content_type: str = "") -> int:
         """The shard counting the window of ``producer`` (and content type) at ``window_start``:

@@ -26,7 +26,7 @@ def test_deletion_branch_on_real_cassandra(stack_config: StackConfig) -> None:
     from pyflink.common.watermark_strategy import TimestampAssigner
 
     from flink_jobs.config import PipelineConfig
-    from flink_jobs.pipeline import build, environment
+    from flink_jobs.pipeline import build, environment, records_from_stream
     from imgstream.domain.cleaning import heartbeat_value
     from imgstream.domain.timefmt import from_millis
 
@@ -64,7 +64,8 @@ def test_deletion_branch_on_real_cassandra(stack_config: StackConfig) -> None:
                 WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(1000))
                 .with_timestamp_assigner(FromField()))
             deletions = env.from_collection(values, type_info=Types.STRING())
-            streams = build(env, t_env, raw, config, write=True, deletions=deletions)
+            streams = build(env, t_env, records_from_stream(t_env, raw, config), config, write=True,
+                            deletions=deletions)
             assert streams.deletion_dead_letters is not None
             with streams.deletion_dead_letters.execute_and_collect() as results:
                 letters = [json.loads(r) for r in results]

@@ -16,6 +16,7 @@ from imgstream.domain.cleaning import (
     clean,
     encode_raw,
     heartbeat_value,
+    refuse,
 )
 from imgstream.domain.errors import InvalidEvent
 
@@ -75,6 +76,24 @@ def test_normalisation():
     assert e.image_id == "0f8fad5b-d9cb-469f-a165-70867728950e"
     assert e.content_type == "image/jpeg"
     assert e.received_at == "2026-11-26T10:00:00.500Z"
+
+
+def test_hex_fields_lose_ascii_white_space_only():
+    """The job's SQL routes a record by the SHA-256 before cleaning sees it, and strips what
+    Java's regex ``\\s`` matches: cleaning strips exactly that, so both read one SHA-256."""
+    tabbed = clean(raw(sha256="\t " + "AB" * 32 + "\r\n\x0b\x0c"), SRC)
+    assert isinstance(tabbed, Cleaned) and tabbed.event.sha256 == "ab" * 32
+    for space in ("\u00a0", "\u2003", "\x1c"):  # Unicode white space: str.strip() would take it, \\s does not
+        out = clean(raw(sha256=space + "ab" * 32), SRC)
+        assert isinstance(out, DeadLetter) and out.reason == "schema", space
+
+
+def test_a_refused_event_is_a_dead_letter_attributed_like_any_other():
+    out = refuse(raw(producer="bob"), SRC, "misrouted", "belongs to shard 3", seen_at=SEEN)
+    assert (out.reason, out.code, out.error) == ("misrouted", "invalid_event", "belongs to shard 3")
+    assert (out.image_id, out.producer, out.content_type) == ("0f8fad5b-d9cb-469f-a165-70867728950e", "bob", "image/png")
+    assert out.source == SRC and json.loads(out.raw)["producer"] == "bob"
+    assert refuse(b"\xff", SRC, "misrouted", "x").producer == "unknown"  # nothing readable: attributed as such
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from flink_jobs.functions import CleanFunction
+from flink_jobs.functions import Cleaner
 from imgstream.domain.events import format_time
 from imgstream.domain.windows import from_millis
 
@@ -43,14 +43,6 @@ class FakeRuntime:
         return default
 
 
-class FakeContext:
-    def __init__(self, timestamp):
-        self._timestamp = timestamp
-
-    def timestamp(self):
-        return self._timestamp
-
-
 def _event(received_ms, n=1):
     return json.dumps({
         "schema_version": 1, "event_type": "image.uploaded", "image_id": f"00000000-0000-4000-8000-{n:012d}",
@@ -61,11 +53,11 @@ def _event(received_ms, n=1):
 
 
 def _clean(fn, value, appended):
-    return list(fn.process_element((value, "images.uploaded", 0, 7), FakeContext(appended)))
+    return list(fn.outputs(value, 0, 7, appended))
 
 
 def test_an_event_from_a_clock_hours_ahead_takes_the_append_time_and_is_counted():
-    fn, runtime = CleanFunction(5_000), FakeRuntime()
+    fn, runtime = Cleaner("images.uploaded", 5_000), FakeRuntime()
     fn.open(runtime)
     out = _clean(fn, _event(APPENDED + 3 * HOUR), APPENDED)
     if len(out) != 1 or not isinstance(out[0], dict) or "event_time" not in out[0]:

@@ -10,7 +10,8 @@ import random
 
 import pytest
 
-from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows, exact_shard_of, near_shard_key, window_shard_key
+from flink_jobs.functions import DLQ_TAG
+from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows, near_shard_key, window_shard_key
 from imgstream.domain.dedup import DedupPolicy
 from imgstream.domain.hashing import format_hash
 from imgstream.domain.sharding import ShardPlan
@@ -38,7 +39,28 @@ class KeyedState:
         del self._data()[key]
 
 
+class Counter:
+    def __init__(self):
+        self.count = 0
+
+    def inc(self, n=1):
+        self.count += n
+
+
+class Metrics:
+    def __init__(self):
+        self.counters, self.gauges = {}, {}
+
+    def counter(self, name):
+        return self.counters.setdefault(name, Counter())
+
+    def gauge(self, name, fn):
+        self.gauges[name] = fn
+
+
 class Runtime:
+    record_timestamp = 0
+
     def __init__(self, states=None, timers=None):
         self.states = states if states is not None else {}
         self.timers = timers if timers is not None else set()  # (key, ts)
@@ -51,9 +73,15 @@ class Runtime:
     def get_job_parameter(self, key, default):
         return default
 
+    def get_metrics_group(self):
+        return Metrics()
+
     # the context of process_element / on_timer
     def get_current_key(self):
         return self.key
+
+    def timestamp(self):
+        return self.record_timestamp
 
     def timer_service(self):
         return self
@@ -102,6 +130,9 @@ class Stages:
         i = key % self.parallelism
         runtime = self.runtimes[name][i]
         runtime.key = key
+        if name == "exact":  # a cleaned event: what process_element makes of a raw record
+            self.ops[name][i].place(item, runtime)
+            return
         for record in self.ops[name][i].process_element(item, runtime) or ():
             self._route(name, record)
 
@@ -117,7 +148,7 @@ class Stages:
             self.steps.append(record)
 
     def element(self, image):
-        self._deliver("exact", exact_shard_of(self.plan)(image), dict(image))
+        self._deliver("exact", self.plan.exact_shard(image["sha256"]), dict(image))
 
     def watermark(self, watermark):
         for name in STAGES:  # each stage forwards the watermark after its timers
@@ -362,7 +393,7 @@ def test_a_restore_with_other_shards_fails_instead_of_missing_duplicates():
     assert [v["duplicate_kind"] for v in same.verdicts()] == ["exact"]
 
     other = Stages(shards=8, checkpoint=saved)
-    with pytest.raises(ValueError, match=r"sharded as 4/1/4 .* this job as 8/1/4.*make flink-reset"):
+    with pytest.raises(ValueError, match=r"sharded as 4/1/4/java-hash .* this job as 8/1/4/java-hash.*make flink-reset"):
         for n in range(2, 40):  # some image reaches a shard that holds state of the 4-shard layout
             other.element(_image(n, 3_000 + n, sha=f"{n:064x}"))
 
@@ -419,3 +450,41 @@ def test_restores_at_many_points_of_many_streams_end_like_one_uninterrupted_run(
             if _result([first, second]) != _result([whole]):
                 differ.append((seed, fraction))
     assert differ == []
+
+
+def _raw(n, sha, received_at="1970-01-01T00:00:01.000Z"):
+    return json.dumps({
+        "schema_version": 1, "event_type": "image.uploaded", "image_id": f"00000000-0000-4000-8000-{n:012d}",
+        "producer": "p", "sha256": sha, "phash": f"{n:016x}", "size": 10, "content_type": "image/png",
+        "width": 1, "height": 1, "storage_key": f"sha256/{sha}", "received_at": received_at,
+    }).encode()  # fmt: skip
+
+
+def test_decide_exact_cleans_raw_records_and_refuses_one_routed_to_a_foreign_shard():
+    """process_element takes the source's raw records (value, partition, offset), keyed by the
+    SQL's shard: it cleans them, places the valid ones, sends bad ones to the dead letters (and
+    places their rejected verdict), and refuses a valid event whose SHA-256 belongs elsewhere -
+    deciding it in this shard would miss its duplicates."""
+    plan = ShardPlan.for_policy(DedupPolicy(), shards=4)
+    op, runtime = DecideExact(DedupPolicy(), plan, W, L), Runtime()
+    op.open(runtime)
+    sha = "c" * 63 + "1"
+    runtime.key, runtime.record_timestamp = plan.exact_shard(sha), 1_000
+
+    def feed(value, offset):
+        return list(op.process_element((value, 0, offset), runtime))
+
+    assert feed(_raw(1, sha), 0) == []  # placed: nothing leaves before the watermark
+    assert feed(b'{"event_type": "stream.heartbeat", "received_at": "1970-01-01T00:00:01.000Z"}', 1) == []
+    ((tag, letter),) = feed(b"{not json", 2)
+    assert tag is DLQ_TAG and json.loads(letter)["reason"] == "not_json"
+    runtime.key = (plan.exact_shard(sha) + 1) % 4  # the SQL read another SHA-256 than cleaning did
+    ((tag, letter),) = feed(_raw(3, sha), 3)
+    assert json.loads(letter)["reason"] == "misrouted" and f"exact shard {plan.exact_shard(sha)}" in json.loads(letter)["error"]
+    held = [image for key in (plan.exact_shard(sha), runtime.key) for image in _pending(runtime, key)]
+    assert sorted((i["offset"], i.get("status"), i.get("reason")) for i in held) == [
+        (0, None, None), (2, "rejected", "not_json"), (3, "rejected", "misrouted")]
+
+
+def _pending(runtime, key):
+    return [payload for items in runtime.states.get("pending", {}).get(key, {}).values() for _, payload in items]

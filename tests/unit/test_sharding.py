@@ -10,7 +10,7 @@ from imgstream.domain.dedup import Deduplicator, DedupPolicy, ImageRef, Producer
 from imgstream.domain.hashing import BandPlan, default_bands, probe_count, MAX_PROBES
 from imgstream.domain.producers import dedup_realm
 from imgstream.domain.sharding import (
-    LATE, ON_TIME, ShardedDeduplicator, ShardPlan, due_of, order_key, pending_key,
+    LATE, ON_TIME, ShardedDeduplicator, ShardPlan, due_of, java_string_hash, order_key, pending_key,
 )  # fmt: skip
 
 LONG_MIN = -(2**63)
@@ -151,6 +151,14 @@ def test_shard_functions_are_stable_and_in_range():
     assert plan.exact_shard("ab" * 32) == plan.exact_shard("ab" * 32) < 8
     assert 0 <= plan.window_shard("alice", 60_000) < 8
     assert {plan.exact_shard(f"{n:064x}") for n in range(200)} == set(range(8))
+    # |Java's String.hashCode()| modulo the shards (the rule the job's SQL repeats in the JVM)
+    assert java_string_hash("0" * 64) == _java_hash_by_hand("0" * 64)
+    for sha in ("ff" * 32, "0123456789abcdef" * 4, f"{2**255 + 12345:064x}"):
+        assert java_string_hash(sha) == _java_hash_by_hand(sha)
+        assert plan.exact_shard(sha) == abs(_java_hash_by_hand(sha)) % 8
+    assert java_string_hash("ff" * 32) < 0  # signed, as in Java: the shard takes its absolute value
+    with pytest.raises(ValueError):
+        plan.exact_shard("ab")
     with pytest.raises(ValueError):
         ShardPlan(BandPlan.for_distance(6), shards=0)
     with pytest.raises(ValueError):
@@ -179,8 +187,18 @@ def test_the_same_bytes_in_another_dedup_realm_are_accepted(first, second):
 
 def test_the_signature_names_the_layout_and_a_restore_must_match_it():
     plan = ShardPlan.for_policy(DedupPolicy(), shards=16, near_split_bits=2)
-    assert plan.signature == f"16/2/{DedupPolicy().band_plan.bands}"
+    assert plan.signature == f"16/2/{DedupPolicy().band_plan.bands}/java-hash"
     plan.check_restored(None)  # state written before layouts were recorded: accepted
     plan.check_restored(plan.signature)
     with pytest.raises(ValueError, match="fixed for a job's state"):
-        plan.check_restored("32/1/4")
+        plan.check_restored("32/1/4/java-hash")
+    with pytest.raises(ValueError, match="fixed for a job's state"):  # routed by crc32 (before the tail rule)
+        plan.check_restored(f"16/2/{DedupPolicy().band_plan.bands}")
+
+
+def _java_hash_by_hand(text):
+    """``String.hashCode()`` as Java's documentation defines it, in 32-bit signed arithmetic."""
+    h = 0
+    for ch in text:
+        h = (31 * h + ord(ch)) & 0xFFFFFFFF
+    return h - 2**32 if h >= 2**31 else h
