@@ -137,7 +137,7 @@ def plan(uploads_per_s: float = 1000.0, large_share: float = 0.1, stats_rps: flo
     needed_parallelism = uploads_per_s * PARTITION_HEADROOM / _m("subtask_events_per_s")
     partitions = next((n for n in NICE_PARTITIONS if n >= needed_parallelism), NICE_PARTITIONS[-1])
     parallelism = math.ceil(uploads_per_s / (_m("subtask_events_per_s") * FLINK_TARGET_UTILISATION))
-    slots = 2 * parallelism  # clean (+ the writer) per subtask, and decide's own slot group
+    slots = 2 * parallelism  # the writer per subtask, and decide's own slot group (cleaning included)
     taskmanagers = max(2, math.ceil(slots / TM_SLOTS))
     sink_tasks = math.ceil(uploads_per_s * ROWS_PER_EVENT / (_m("sink_rows_per_task_s") * TARGET_UTILISATION))
     connect_workers = max(3, sink_tasks)
@@ -189,7 +189,7 @@ def report(p: Plan) -> str:
              f"| Flink pipeline parallelism (every stage) | {p.parallelism} | load / ({_m('subtask_events_per_s'):.0f} "
              f"events/s per subtask of the busiest stage x {FLINK_TARGET_UTILISATION}) |",
              f"| TaskManager slots / TaskManagers ({TM_CORES} cores, {TM_SLOTS} slots) | {p.tm_slots} / {p.taskmanagers} | "
-             "2 x parallelism: clean + writer, and decide's slot group |",
+             "2 x parallelism: the writer, and decide's slot group (cleaning in it) |",
              f"| Kafka Connect workers / sink tasks | {p.connect_workers} / {p.sink_tasks} | "
              f"{ROWS_PER_EVENT} rows per event / {_m('sink_rows_per_task_s'):.0f} rows/s per task |",
              f"| ScyllaDB nodes | {p.scylla_nodes} ({p.scylla_cores_used} cores of writes) | measured store CPU x RF 3 x 2 (CDC log) |",

@@ -16,11 +16,11 @@ with few cores that, not the job alone, bounds the events/s.
     .venv/bin/python bench/flink_throughput.py [--events=20000] [--live-seconds=30] [--live-rate=50] [--parallelism=2]
         [--profile-workers=45]   # also: where the pipeline's Python workers spend their time (py-spy)
 
-Slots: the pipeline at parallelism ``p`` takes ``2p`` task slots (``clean`` + writer, and
-``decide``'s slot group), the pass-throughs ``p``. The local TaskManager has 6 and the stack's own
+Slots: the pipeline at parallelism ``p`` takes ``2p`` task slots (the Cassandra writer, and
+``decide``'s slot group, cleaning included), the pass-throughs ``p``. The local TaskManager has 6 and the stack's own
 pipeline takes 4 at its parallelism 2, so a run at ``p > 1`` needs the stack's pipeline stopped first
 (``python -m flink_jobs.submit savepoint``; ``make up`` resumes it), or ``--job-arg=--decide_slot_group=``
-(one slot group: ``p`` slots, decide sharing clean's Python workers). The bench checks the free
+(one slot group: ``p`` slots, decide sharing the writer's Python workers). The bench checks the free
 slots before it starts and says so.
 """
 
