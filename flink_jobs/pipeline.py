@@ -45,7 +45,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pyflink.common import Configuration, Types, WatermarkStrategy
+from pyflink.common import Configuration, TypeInformation, Types, WatermarkStrategy
 from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee, Sink
@@ -61,7 +61,7 @@ from flink_jobs.cassandra_sink import CassandraWriter
 from flink_jobs import worker_gc
 from flink_jobs.config import PipelineConfig, connector_jars
 from flink_jobs.functions import DLQ_TAG, ApplyDeletions, Cleaner, WriteSteps
-from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows, near_shard_key, window_shard_key
+from flink_jobs.sharded import BATCH_TYPE, NEAR_TAG, DecideExact, DecideNear, DecideWindows
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DISCARDING_SINK = "org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink"
@@ -105,8 +105,8 @@ def build(
     policy, plan = config.dedup(), config.shard_plan()
     cleaner = Cleaner(config.topic, config.clock_skew_tolerance_ms)
     exact = (
-        by_exact_shard(raw)
-        .process(DecideExact(policy, plan, config.window_ms, config.allowed_lateness_ms, cleaner))
+        by_first_field(raw, RECORD_TYPE)
+        .process(DecideExact(policy, plan, config.window_ms, config.allowed_lateness_ms, cleaner), BATCH_TYPE)
         .name("clean, decide: exact")
         # a new uid: its state is routed by another rule than "decide-exact"'s (crc32 of the
         # SHA-256), so a savepoint of the old job must not map onto it (submit refuses, names
@@ -114,17 +114,15 @@ def build(
         .uid(EXACT_UID)
     )
     near = (
-        exact.get_side_output(NEAR_TAG)
-        .key_by(near_shard_key, key_type=Types.INT())
-        .process(DecideNear(policy))
+        by_first_field(exact.get_side_output(NEAR_TAG), Types.PICKLED_BYTE_ARRAY())
+        .process(DecideNear(policy), BATCH_TYPE)
         .name("decide: near")
         .uid("decide-near")
     )
     windows = DecideWindows(config.window_ms, config.allowed_lateness_ms, config.kafka, config.topic,
                             config.recheck_written)  # fmt: skip
     results = (
-        exact.union(near)
-        .key_by(window_shard_key, key_type=Types.INT())
+        by_first_field(exact.union(near), Types.PICKLED_BYTE_ARRAY())
         .process(windows)
         .name("decide: verdicts, windows")
         .uid("decide-windows")
@@ -248,13 +246,11 @@ CREATE TEMPORARY TABLE raw_uploads (
     return records(t_env, "raw_uploads", config)
 
 
-#: What ``decide: exact`` reads (:func:`records`): its key, the raw record, the event time.
-RECORDS_TYPE = Types.ROW_NAMED(
-    ["shard", "record", "event_time"],
-    [Types.INT(),
-     Types.ROW_NAMED(["value", "partition", "offset"], [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.LONG()]),
-     Types.INSTANT()],
-)  # fmt: skip
+#: A raw upload record as ``decide: exact`` reads it.
+RECORD_TYPE = Types.ROW_NAMED(["value", "partition", "offset"],
+                              [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.LONG()])  # fmt: skip
+#: What :func:`records` makes: the exact shard (the key), the raw record, the event time.
+RECORDS_TYPE = Types.ROW_NAMED(["shard", "record", "event_time"], [Types.INT(), RECORD_TYPE, Types.INSTANT()])
 
 
 def records(t_env: StreamTableEnvironment, table: str, config: PipelineConfig) -> DataStream:
@@ -281,12 +277,15 @@ def records_from_stream(t_env: StreamTableEnvironment, raw: DataStream, config: 
     return records(t_env, name, config)
 
 
-def by_exact_shard(raw: DataStream) -> KeyedStream:
-    """:func:`records` keyed by their first field, in the JVM (PyFlink's ``key_by`` would run a
-    Python function per record to find the key: one more round trip into Python)."""
-    keyed = raw._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
-                                     Types.ROW([Types.INT()]).get_java_type_info())  # fmt: skip
-    return KeyedStream(keyed, RECORDS_TYPE, raw)
+def by_first_field(stream: DataStream, value_type: TypeInformation) -> KeyedStream:
+    """``stream`` of rows ``(int key, value, ...)`` keyed by the key in the JVM: the keyed Python
+    operator after it gets ``value`` (of ``value_type``), with the key as its current key.
+    PyFlink's ``key_by`` would run a Python function per record to find the key: one more
+    round trip into Python (a stage of its own after a union). The key's type is PyFlink's for
+    an ``int`` key (``Row(key)``), so state keyed either way is the same."""
+    keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
+                                        Types.ROW([Types.INT()]).get_java_type_info())  # fmt: skip
+    return KeyedStream(keyed, value_type, stream)
 
 
 def sha256_sql(text_sql: str) -> str:

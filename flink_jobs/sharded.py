@@ -21,7 +21,8 @@ item of a bucket ending at or before ``W`` has reached it: each key applies its 
 decision order, and the verdicts equal the single index's (``imgstream.domain.sharding``).
 
 **Batches.** Past ``decide: exact``'s input, records are batches: each step of a stage (one key,
-one watermark advance) sends each key of the next stage one ``[shard, source, items]`` record,
+one watermark advance) sends each key of the next stage one ``Row(shard, [source, items])``,
+keyed in the JVM by its first field,
 so the hops cost a round trip per step and key pair, not per image (and 8 per image to the near
 shards); an image and its matches meet in the verdict stage's ``pending`` under one key.
 
@@ -40,7 +41,7 @@ import logging
 from operator import itemgetter
 from typing import Any, Iterable
 
-from pyflink.common import Types
+from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor
 
@@ -60,8 +61,11 @@ from flink_jobs import worker_gc
 log = logging.getLogger(__name__)
 _first = itemgetter(0)
 
-#: ``decide: exact``'s side output: one op per near shard an image visits.
-NEAR_TAG = OutputTag("near-ops", Types.PICKLED_BYTE_ARRAY())
+#: What the stages send each other: ``Row(shard, [source, items])``, keyed in the JVM by the
+#: shard (``flink_jobs.pipeline.by_first_field``): no Python function runs to find the key.
+BATCH_TYPE = Types.ROW([Types.INT(), Types.PICKLED_BYTE_ARRAY()])
+#: ``decide: exact``'s side output: the batches of near ops, one per near shard of a step.
+NEAR_TAG = OutputTag("near-ops", BATCH_TYPE)
 #: Entry of ``decide: exact``'s ``layout`` state: the :attr:`ShardPlan.signature` its state was written by.
 LAYOUT = "plan"
 #: Field of an image that waits for its near matches in ``decide: verdicts, windows``.
@@ -89,23 +93,13 @@ def bucket_end(due: int) -> int:
     return due - due % ORDER_BUCKET_MS + ORDER_BUCKET_MS - 1
 
 
-def window_shard_key(batch: Any) -> int:
-    """``decide: verdicts, windows``' key: the first field of a batch (``[shard, items]``)."""
-    return int(batch[0])
-
-
-def near_shard_key(batch: Any) -> int:
-    """``decide: near``'s key: the first field of a batch of near ops (``[shard, ops]``)."""
-    return int(batch[0])
-
-
-def batches(items: Iterable[tuple[int, Any]]) -> list[list[Any]]:
-    """``(shard, item)`` pairs as one ``[shard, [items...]]`` record per shard, items kept in
-    their order: what one step of a stage sends to each key of the next."""
+def batches(items: Iterable[tuple[int, Any]], source: str) -> list[Row]:
+    """``(shard, item)`` pairs as one ``Row(shard, [source, [items...]])`` per shard (:data:`BATCH_TYPE`),
+    items kept in their order: what one step of a stage sends to each key of the next."""
     grouped: dict[int, list[Any]] = {}
     for shard, item in items:
         grouped.setdefault(shard, []).append(item)
-    return [[shard, group] for shard, group in grouped.items()]
+    return [Row(shard, [source, group]) for shard, group in grouped.items()]
 
 
 class OrderedStage(KeyedProcessFunction):
@@ -233,6 +227,13 @@ class OrderedStage(KeyedProcessFunction):
             self.prune(timestamp - PRUNE_SLACK_MS)
             self.pruned_at[self.key] = timestamp
 
+    def process_element(self, batch: list[Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
+        """A batch ``[source, items]`` of a stage before (its shard, the key, came as the row's
+        first field: :func:`batches`)."""
+        self.use_key(ctx.get_current_key())
+        self.hold(batch[1], batch[0], ctx)
+        return ()
+
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
         raise NotImplementedError
 
@@ -328,10 +329,9 @@ class DecideExact(OrderedStage):
                 continue
             to_windows.append((wshard, (pk, {**image, **verdict.to_dict()})))
         source = f"e{self.key}"
-        for batch in batches(to_near):
-            yield NEAR_TAG, [batch[0], source, batch[1]]
-        for batch in batches(to_windows):
-            yield [batch[0], source, batch[1]]
+        for batch in batches(to_near, source):
+            yield NEAR_TAG, batch
+        yield from batches(to_windows, source)
 
     def prune(self, now: int) -> None:
         for dedup in self.dedups.values():
@@ -362,11 +362,6 @@ class DecideNear(OrderedStage):
             log.warning("near shard %r holds %d band keys of another layout (near_bands changed?): they are "
                         "not searched; start the job on fresh state (make flink-reset)", key, foreign)
 
-    def process_element(self, batch: list[Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
-        self.use_key(ctx.get_current_key())
-        self.hold(batch[2], batch[1], ctx)
-        return ()
-
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
         matches = []
         for pk, wshard, image_id, producer, phash, event_time, probe_keys, register_keys in items:
@@ -375,8 +370,7 @@ class DecideNear(OrderedStage):
             if match is not None:
                 matches.append((wshard, (pk, match.to_list())))
         source = f"n{self.key}"
-        for batch in batches(matches):
-            yield [batch[0], source, batch[1]]
+        yield from batches(matches, source)
 
     def prune(self, now: int) -> None:
         for dedup in self.dedups.values():
@@ -434,11 +428,6 @@ class DecideWindows(OrderedStage):
         horizon = asyncio.run(end_offsets(self.kafka, self.topic))
         log.info("events of %s below offsets %s may be replays: their earlier rows are checked", self.topic, horizon)
         return horizon
-
-    def process_element(self, batch: list[Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
-        self.use_key(ctx.get_current_key())
-        self.hold(batch[2], batch[1], ctx)
-        return ()
 
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
         # an image and its near shards' matches share a pending key, so one step holds them all

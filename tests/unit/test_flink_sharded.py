@@ -11,7 +11,7 @@ import random
 import pytest
 
 from flink_jobs.functions import DLQ_TAG
-from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows, near_shard_key, window_shard_key
+from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows
 from imgstream.domain.dedup import DedupPolicy
 from imgstream.domain.hashing import format_hash
 from imgstream.domain.sharding import ShardPlan
@@ -139,11 +139,11 @@ class Stages:
     def _route(self, name, record):
         if name == "exact":
             if isinstance(record, tuple) and record[0] is NEAR_TAG:
-                self._deliver("near", near_shard_key(record[1]), record[1])
+                self._deliver("near", record[1][0], record[1][1])
             else:
-                self._deliver("windows", window_shard_key(record), record)
+                self._deliver("windows", record[0], record[1])
         elif name == "near":
-            self._deliver("windows", window_shard_key(record), record)
+            self._deliver("windows", record[0], record[1])
         else:
             self.steps.append(record)
 
