@@ -14,6 +14,7 @@ milliseconds of CPU per event for each, for jobs measured one after the other.
 
     async with metered(run_dir) as meter: ...job...
     meter.used()  # component -> CPU seconds
+    used_between(meter.timeline, t0, t1)  # the same between two moments of the block (steady state)
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
+from bisect import bisect_left
 from pathlib import Path
 from typing import AsyncIterator, Mapping
 
@@ -81,12 +84,15 @@ class CpuMeter:
         self.run_dir = run_dir
         self._first: dict[tuple[int, int], float] | None = None
         self._last: dict[tuple[int, int], tuple[str, float]] = {}
+        #: ``(time.time(), used())`` at every sample: what :func:`used_between` reads.
+        self.timeline: list[tuple[float, dict[str, float]]] = []
 
     def sample(self) -> None:
         members = _members(self.run_dir)
         if self._first is None:
             self._first = {key: seconds for key, (_, seconds) in members.items()}
         self._last.update(members)
+        self.timeline.append((time.time(), self.used()))
 
     def used(self) -> dict[str, float]:
         """Component -> CPU seconds between the first sample and the last."""
@@ -116,6 +122,26 @@ async def metered(run_dir: Path, every_s: float = SAMPLE_EVERY_S) -> AsyncIterat
         with contextlib.suppress(asyncio.CancelledError):
             await task
         meter.sample()
+
+
+def used_between(timeline: list[tuple[float, dict[str, float]]], start: float, end: float) -> dict[str, float]:
+    """Component -> CPU seconds used between wall-clock times ``start`` and ``end`` (``time.time()``),
+    each end interpolated linearly between the samples around it: the CPU of a job's steady
+    state, without its start-up (a TaskManager compiling the new job's classes, Python workers
+    importing their modules) or its end."""
+    if not timeline or not timeline[0][0] <= start <= end <= timeline[-1][0]:
+        raise ValueError(f"{start}..{end} is not within the samples ({len(timeline)} of them)")
+
+    def at(moment: float) -> dict[str, float]:
+        i = bisect_left([t for t, _ in timeline], moment)
+        if timeline[i][0] == moment or i == 0:
+            return timeline[i][1]
+        (t0, before), (t1, after) = timeline[i - 1], timeline[i]
+        share = (moment - t0) / (t1 - t0)
+        return {name: before.get(name, 0.0) + share * (after[name] - before.get(name, 0.0)) for name in after}
+
+    first, last = at(start), at(end)
+    return {name: max(0.0, seconds - first.get(name, 0.0)) for name, seconds in last.items()}
 
 
 def grouped(used: Mapping[str, float]) -> dict[str, float]:

@@ -32,11 +32,12 @@ import os
 import sys
 import time
 import uuid
+from datetime import timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cpu_budget import metered, report  # noqa: E402
+from bench.cpu_budget import metered, report, used_between  # noqa: E402
 from bench.percentiles import describe  # noqa: E402
 from bench.worker_profile import profile_pipeline  # noqa: E402
 from bench import quiet  # noqa: E402
@@ -106,8 +107,8 @@ async def kafka_span(kafka: KafkaConfig, topic: str, partitions: int) -> float:
         return (max(stamps) - min(stamps)) / 1000
 
 
-def cassandra_span(config: StackConfig, image_ids: list[str]) -> tuple[float, int]:
-    """Seconds from the first to the last ``processed_at`` of these images rows, and how many."""
+def cassandra_stamps(config: StackConfig, image_ids: list[str]) -> list[float]:
+    """The ``processed_at`` of these images rows (seconds since the epoch), sorted."""
     from cassandra.concurrent import execute_concurrent_with_args
 
     cluster, session = open_session(config.cassandra)
@@ -115,10 +116,25 @@ def cassandra_span(config: StackConfig, image_ids: list[str]) -> tuple[float, in
         select = session.prepare("SELECT processed_at FROM images WHERE image_id = ?")
         results = execute_concurrent_with_args(session, select, [(i,) for i in image_ids], concurrency=64)
         rows = [r.result_or_exc.one() for r in results if r.success]
-        stamps = [row.processed_at for row in rows if row is not None]
+        return sorted(row.processed_at.replace(tzinfo=timezone.utc).timestamp() for row in rows if row is not None)
     finally:
         cluster.shutdown()
-    return (max(stamps) - min(stamps)).total_seconds(), len(stamps)
+
+
+#: The share of a run's rows, from the first written, that bounds its steady state at each end:
+#: CPU per event is also reported between these two moments, without the job's start-up (the
+#: TaskManager's JIT compiling the new job's classes - 12-14 s of CPU in a 100k run, measured per
+#: thread - Python workers importing their modules, opening sessions) or its draining end.
+STEADY_SHARE = (0.2, 0.8)
+
+
+def steady_window(stamps: list[float], share: tuple[float, float] = STEADY_SHARE) -> tuple[float, float, int]:
+    """From sorted row stamps: the moments the first ``share[0]`` and ``share[1]`` of the rows
+    were written, and how many rows were written between them."""
+    if len(stamps) < 2:
+        raise ValueError("a steady window needs at least two rows")
+    lo, hi = (min(len(stamps) - 1, int(len(stamps) * s)) for s in share)
+    return stamps[lo], stamps[hi], hi - lo
 
 
 def slots_needed(parallelism: int, extra: list[str]) -> int:
@@ -158,7 +174,7 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         sent = await testing.produce(bootstrap, source, [p.value for p in planned], timestamps=[p.sent_at for p in planned])
         print(f"produced {sent} events in {time.monotonic() - t0:.1f}s", flush=True)
         common = [f"--topic={source}", "--startup_mode=earliest-offset", "--bounded=1", f"--parallelism={parallelism}"]
-        timings, cpu = {}, {}
+        timings, cpu, timelines = {}, {}, {}
         jobs = {
             label: ("passthrough", [*common, f"--sink_topic={sink}-{label}", f"--python={python}",
                                     f"--job_name=bench-{label}-{run}", f"--group_id=bench-{label}-{run}"], False)
@@ -174,10 +190,16 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
                     profiled = asyncio.create_task(profile_pipeline(RUN_DIR, profile_s))
                 timings[label] = await timed_job(rest, job, args, env, per_task=per_task)
             cpu[label] = (sent, meter.used())
+            timelines[label] = meter.timeline
         spans = {label: await kafka_span(config.kafka, f"{sink}-{label}", 2) for label in ("jvm", "python")}
         ids = sorted({p.image_id for p in planned if p.image_id})
-        spans["pipeline"], rows = await asyncio.to_thread(cassandra_span, config, ids)
-        print(f"pipeline wrote {rows} images rows for {len(ids)} distinct planned ids")
+        stamps = await asyncio.to_thread(cassandra_stamps, config, ids)
+        spans["pipeline"] = stamps[-1] - stamps[0]
+        print(f"pipeline wrote {len(stamps)} images rows for {len(ids)} distinct planned ids")
+        start, end, between = steady_window(stamps)
+        # rows stand for events: replays and exact copies of one id write no row of their own
+        cpu[f"pipeline, rows {STEADY_SHARE[0]:.0%}-{STEADY_SHARE[1]:.0%}"] = (
+            round(between * sent / len(stamps)), used_between(timelines["pipeline"], start, end))
         names = {"jvm": "pass-through, JVM only (Flink SQL, Kafka->Kafka)", "python": "pass-through via a Python identity map",
                  "pipeline": "pipeline (clean+dedup+windows+Cassandra)"}  # fmt: skip
         life = {label: sent / t for label, t in timings.items()}
@@ -188,7 +210,9 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         for base in ("jvm", "python"):
             print(f"ratio pipeline / {base:6s} pass-through: life {life['pipeline'] / life[base]:.3f}   "
                   f"steady {steady['pipeline'] / steady[base]:.3f}")  # fmt: skip
-        print("CPU while each job ran (submission to FINISHED), by stack component:", *report(cpu), sep="\n")
+        print("CPU while each job ran (submission to FINISHED), by stack component; last, the pipeline's steady state\n"
+              "(between the moments 20 % and 80 % of its rows were written: no start-up, no draining end):",
+              *report(cpu), sep="\n")
         print(f"(this machine has {os.cpu_count()} cores: total ms/event T bounds a run at {os.cpu_count()} * 1000 / T events/s;"
               " the CDC chain keeps working through its backlog after the pipeline finishes)")  # fmt: skip
         if profiled is not None:

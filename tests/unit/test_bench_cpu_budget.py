@@ -6,7 +6,9 @@ import signal
 import subprocess
 import sys
 
-from bench.cpu_budget import GROUPS, CpuMeter, grouped, metered, procs, report
+import pytest
+
+from bench.cpu_budget import GROUPS, CpuMeter, grouped, metered, procs, report, used_between
 from imgstream.polling import until_sync
 
 # a component like postgres: the leader burns CPU, and so does a child in a session of its own
@@ -88,3 +90,21 @@ def test_report_per_event():
     assert len(values) == len(GROUPS) + 1
     assert values[list(GROUPS).index("kafka")] == 2.0 and values[list(GROUPS).index("cdc+connect+pg")] == 1.5
     assert values[-1] == 7.5
+
+
+def test_used_between_interpolates_between_samples():
+    timeline = [(10.0, {"kafka": 0.0}), (12.0, {"kafka": 2.0, "cassandra": 1.0}), (14.0, {"kafka": 6.0, "cassandra": 1.0})]
+    assert used_between(timeline, 10.0, 14.0) == {"kafka": 6.0, "cassandra": 1.0}
+    # 11 -> 13: kafka 1.0 -> 4.0; cassandra appeared at 12 (0 before it), half of it by 11
+    between = used_between(timeline, 11.0, 13.0)
+    assert between["kafka"] == 3.0 and between["cassandra"] == 0.5
+    assert used_between(timeline, 12.0, 12.0) == {"kafka": 0.0, "cassandra": 0.0}
+
+
+def test_used_between_refuses_moments_outside_the_samples():
+    timeline = [(10.0, {"kafka": 0.0}), (12.0, {"kafka": 2.0})]
+    for start, end in ((9.0, 11.0), (11.0, 13.0), (11.5, 11.0)):
+        with pytest.raises(ValueError):
+            used_between(timeline, start, end)
+    with pytest.raises(ValueError):
+        used_between([], 0.0, 0.0)

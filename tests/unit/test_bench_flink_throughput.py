@@ -22,3 +22,16 @@ def test_the_pipeline_takes_two_slots_per_subtask_unless_decide_shares_cleans_gr
     assert slots_needed(1, []) == 2
     assert slots_needed(2, ["--checkpoint_interval_ms=1"]) == 4
     assert slots_needed(2, ["--decide_slot_group="]) == 2
+
+
+def test_the_steady_window_spans_the_middle_rows():
+    import pytest
+
+    from bench.flink_throughput import steady_window
+
+    stamps = [float(t) for t in range(100, 200)]  # one row a second
+    assert steady_window(stamps) == (120.0, 180.0, 60)
+    assert steady_window(stamps, (0.0, 1.0)) == (100.0, 199.0, 99)  # never past the last row
+    assert steady_window([5.0, 7.0], (0.2, 0.8)) == (5.0, 7.0, 1)
+    with pytest.raises(ValueError):
+        steady_window([5.0])
