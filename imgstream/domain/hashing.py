@@ -167,6 +167,10 @@ def _check_distance(max_distance: int) -> None:
         raise ValueError(f"max_distance must be in 0..{MAX_BANDED_DISTANCE}, got {max_distance}")
 
 
+#: Per band, its flip masks grouped by their top bits: ``((top bits, masks), ...)`` (:meth:`BandPlan.routed_probes`).
+SplitMasks = tuple[tuple[tuple[int, tuple[int, ...]], ...], ...]
+
+
 @dataclass(frozen=True)
 class BandPlan:
     """How the near-duplicate index splits hashes into band keys and where an image looks.
@@ -187,6 +191,7 @@ class BandPlan:
     _formats: tuple[tuple[str, int, int, int], ...] = field(init=False, repr=False, compare=False)
     _masks: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
     _prefixes: frozenset[str] = field(init=False, repr=False, compare=False)
+    _split_cache: dict[int, SplitMasks] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_distance(self.max_distance)
@@ -234,24 +239,35 @@ class BandPlan:
             for flip in masks
         ]
 
-    def band_probes(self, value: HashLike) -> list[tuple[int, int, str]]:
-        """``(band index, band value, key)`` of every key :meth:`probe_keys` returns, in its
-        order: what a sharded index needs to route each key to the shard owning it."""
+    def routed_probes(self, value: HashLike, split_bits: int) -> list[tuple[int, int, tuple[str, ...], bool]]:
+        """:meth:`probe_keys` grouped for a sharded index that splits each band by the top
+        ``split_bits`` bits of its value: ``(band index, top bits of the probed values, keys in
+        probe order, whether the group holds the band's own value)`` per group. A probe's top
+        bits are its band's top bits XOR its flip mask's, so the masks are grouped once per
+        ``split_bits`` and an image costs one key per probe, not a route computed per key."""
         h = parse_hash(value)
-        return [
-            (index, band ^ flip, prefix + digits[band ^ flip])
-            for index, ((prefix, shift, mask, width), masks) in enumerate(zip(self._formats, self._masks))
-            for band, digits in (((h >> shift) & mask, hex_digits(width)),)
-            for flip in masks
-        ]
+        out = []
+        for index, ((prefix, shift, mask, width), groups) in enumerate(zip(self._formats, self._split_masks(split_bits))):
+            band = (h >> shift) & mask
+            digits = hex_digits(width)
+            top = band >> (width - split_bits)
+            for flip_top, flips in groups:
+                out.append((index, top ^ flip_top, tuple([prefix + digits[band ^ flip] for flip in flips]), not flip_top))
+        return out
 
-    def band_keys(self, value: HashLike) -> list[tuple[int, int, str]]:
-        """``(band index, band value, key)`` of every key :meth:`keys` returns."""
-        h = parse_hash(value)
-        return [
-            (index, (h >> shift) & mask, prefix + hex_digits(width)[(h >> shift) & mask])
-            for index, (prefix, shift, mask, width) in enumerate(self._formats)
-        ]
+    def _split_masks(self, split_bits: int) -> SplitMasks:
+        """Per band, its flip masks grouped by their top ``split_bits`` bits (the group of 0, with
+        the empty mask, first; masks in probe order within each group); computed once per value."""
+        cached = self._split_cache.get(split_bits)
+        if cached is None:
+            per_band = []
+            for (_, _, _, width), masks in zip(self._formats, self._masks):
+                groups: dict[int, list[int]] = {}
+                for flip in masks:
+                    groups.setdefault(flip >> (width - split_bits), []).append(flip)
+                per_band.append(tuple((flip_top, tuple(flips)) for flip_top, flips in groups.items()))
+            cached = self._split_cache[split_bits] = tuple(per_band)
+        return cached
 
     def owns(self, key: str) -> bool:
         """Whether ``key`` is a key of this plan's layout (not of another band count)."""

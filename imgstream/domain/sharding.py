@@ -190,14 +190,14 @@ class ShardPlan:
 
     def near_routes(self, phash: int) -> dict[int, NearRoute]:
         """The near shards an image visits, each with the probe and registration keys it owns
-        (every key of ``band_plan.probe_keys`` and ``band_plan.keys`` exactly once)."""
-        probes: dict[int, list[str]] = {}
-        registers: dict[int, list[str]] = {}
-        for index, value, key in self.band_plan.band_probes(phash):
-            probes.setdefault(self.near_shard(index, value), []).append(key)
-        for index, value, key in self.band_plan.band_keys(phash):
-            registers.setdefault(self.near_shard(index, value), []).append(key)
-        return {shard: NearRoute(tuple(keys), tuple(registers.get(shard, ()))) for shard, keys in probes.items()}
+        (every key of ``band_plan.probe_keys`` and ``band_plan.keys`` exactly once): a key of
+        band ``i`` and value ``v`` goes to :meth:`near_shard` ``(i, v)``."""
+        bits = self.near_split_bits
+        registers = self.band_plan.keys(phash)
+        return {
+            (index << bits) | top: NearRoute(keys, (registers[index],) if own else ())
+            for index, top, keys, own in self.band_plan.routed_probes(phash, bits)
+        }
 
 
 class ShardedDeduplicator:

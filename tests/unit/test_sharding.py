@@ -141,6 +141,12 @@ def test_near_routes_hand_out_every_probe_and_registration_key_exactly_once(phas
     assert sorted(probes) == sorted(band_plan.probe_keys(phash))
     assert sorted(registers) == sorted(band_plan.keys(phash))
     assert all(0 <= shard < plan.near_shards for shard in routes)
+    for shard, route in routes.items():  # each key in the shard near_shard names for its band and value
+        for key in route.probe_keys + route.register_keys:
+            index, value = key.split(".", 1)[1].split(":")
+            assert plan.near_shard(int(index), int(value, 16)) == shard, (key, shard)
+    for index, key in enumerate(band_plan.keys(phash)):  # registered where the band's own value is probed
+        assert key in next(r.probe_keys for r in routes.values() if key in r.register_keys)
     # each band: its home shard and the neighbours within the radius in the split bits
     # (radius 1: one per split bit)
     assert len(routes) <= band_plan.bands * sum(comb(bits, k) for k in range(band_plan.radius + 1))
