@@ -299,8 +299,8 @@ class DecideExact(OrderedStage):
                 f"{self.key}: its JSON reads differently to the JVM's parser (a key given twice?)")
 
     def place(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> None:
-        """Hold a cleaned event (or a rejected one) at its place in decision order."""
-        self.use_key(ctx.get_current_key())
+        """Hold a cleaned event (or a rejected one) at its place in decision order (the current
+        key already in use: :meth:`process_element`)."""
         watermark = ctx.timer_service().current_watermark()
         ts, image_id = int(image["event_time"]), str(image.get("image_id") or "")
         image = with_lateness(image, watermark, self.window_ms, self.allowed_lateness_ms)

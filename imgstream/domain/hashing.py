@@ -257,7 +257,7 @@ class BandPlan:
 
     def _split_masks(self, split_bits: int) -> SplitMasks:
         """Per band, its flip masks grouped by their top ``split_bits`` bits (the group of 0, with
-        the empty mask, first; masks in probe order within each group); computed once per value."""
+        the empty mask, first; masks in probe order within each group); computed once per ``split_bits``."""
         cached = self._split_cache.get(split_bits)
         if cached is None:
             per_band = []

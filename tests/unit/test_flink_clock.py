@@ -8,28 +8,10 @@ import pytest
 from flink_jobs.functions import Cleaner
 from imgstream.domain.events import format_time
 from imgstream.domain.windows import from_millis
+from tests.fixtures.flink_fakes import FakeMetrics
 
 HOUR = 3_600_000
 APPENDED = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-
-
-class FakeCounter:
-    def __init__(self):
-        self.count = 0
-
-    def inc(self, n=1):
-        self.count += n
-
-
-class FakeMetrics:
-    def __init__(self):
-        self.counters, self.gauges = {}, {}
-
-    def counter(self, name):
-        return self.counters.setdefault(name, FakeCounter())
-
-    def gauge(self, name, fn):
-        self.gauges[name] = fn
 
 
 class FakeRuntime:

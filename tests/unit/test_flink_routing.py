@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from imgstream.domain.cleaning import Cleaned, Source, clean
+from imgstream.domain.cleaning import ASCII_WHITESPACE, Cleaned, Source, clean
 from imgstream.domain.dedup import DedupPolicy
 from imgstream.domain.sharding import ShardPlan
 
@@ -26,6 +26,11 @@ def _event(sha):
 ODD_VALID = ["\t " + "AB" * 32 + "\r\n", "Ab" * 32]
 INVALID = ['{"sha256": "xyz"}', "not json", '{"sha256": 5}', json.dumps({"sha256": "a" * 63}), "[1]", "",
            _event("\u00a0" + "ab" * 32), _event("ab" * 32 + "0")]  # fmt: skip
+
+
+def test_cleaning_strips_the_white_space_of_the_sqls_pattern():
+    # the SQL's pattern strips Java's \s: space, \t, \n, \x0B, \f, \r (ASCII only)
+    assert sorted(ASCII_WHITESPACE) == sorted(" \t\n\x0b\f\r")
 
 
 @pytest.mark.parametrize("shards", [1, 3, 32])

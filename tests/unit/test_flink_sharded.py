@@ -15,6 +15,7 @@ from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows
 from imgstream.domain.dedup import DedupPolicy
 from imgstream.domain.hashing import format_hash
 from imgstream.domain.sharding import ShardPlan
+from tests.fixtures.flink_fakes import FakeMetrics
 
 W, L = 60_000, 120_000
 LONG_MIN = -(2**63)
@@ -39,25 +40,6 @@ class KeyedState:
         del self._data()[key]
 
 
-class Counter:
-    def __init__(self):
-        self.count = 0
-
-    def inc(self, n=1):
-        self.count += n
-
-
-class Metrics:
-    def __init__(self):
-        self.counters, self.gauges = {}, {}
-
-    def counter(self, name):
-        return self.counters.setdefault(name, Counter())
-
-    def gauge(self, name, fn):
-        self.gauges[name] = fn
-
-
 class Runtime:
     record_timestamp = 0
 
@@ -74,7 +56,7 @@ class Runtime:
         return default
 
     def get_metrics_group(self):
-        return Metrics()
+        return FakeMetrics()
 
     # the context of process_element / on_timer
     def get_current_key(self):
@@ -131,6 +113,7 @@ class Stages:
         runtime = self.runtimes[name][i]
         runtime.key = key
         if name == "exact":  # a cleaned event: what process_element makes of a raw record
+            self.ops[name][i].use_key(key)
             self.ops[name][i].place(item, runtime)
             return
         for record in self.ops[name][i].process_element(item, runtime) or ():
