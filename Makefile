@@ -8,6 +8,9 @@ PY          := $(VENV)/bin/python
 STATE       := .stack
 STACKCTL    := $(PY) local-stack/stackctl.py
 JVM_POMS    := $(wildcard local-stack/jvm/pom.xml local-stack/jvm/*/pom.xml)
+# sources compiled into jars of our own (the Flink job's operators, the Connect SMT)
+JVM_SOURCES  = $(shell find local-stack/jvm -path '*/src/main/*' -type f)
+FLINK_OPS   := $(STATE)/lib/flink/imgstream-flink-ops.jar
 PYTEST_ARGS ?=
 KUBECONFORM := $(STATE)/bin/kubeconform
 
@@ -51,9 +54,15 @@ $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 jars: $(STATE)/lib/.resolved
 
 # JVM components are pinned in local-stack/jvm/**/pom.xml and copied into an ignored folder.
-$(STATE)/lib/.resolved: $(JVM_POMS)
+$(STATE)/lib/.resolved: $(JVM_POMS) $(JVM_SOURCES)
 	@echo "[deps] resolving JVM artifacts with Maven (first run downloads several hundred MB)"
 	@python3 local-stack/sync_jars.py
+	@touch $@
+
+# The job's own operators alone (what `make unit` needs of the JVM side: its mini-clusters run them).
+$(FLINK_OPS): local-stack/jvm/pom.xml local-stack/jvm/flink/pom.xml $(shell find local-stack/jvm/flink/src -type f)
+	@echo "[deps] compiling the Flink job's JVM operators (local-stack/jvm/flink)"
+	@python3 local-stack/sync_jars.py flink
 	@touch $@
 
 # kubeconform validates k8s/ offline (k8s/validate.py; tests/unit/test_k8s_validate.py runs it).
@@ -88,7 +97,7 @@ clean: down
 test: deps
 	@$(STACKCTL) with-stack -- $(PY) -m pytest -ra --timeout=900 tests/unit tests/integration tests/e2e --ignore=tests/e2e/test_crash_matrix.py $(PYTEST_ARGS)
 
-unit: venv $(KUBECONFORM)
+unit: venv $(KUBECONFORM) $(FLINK_OPS)
 	@$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # Render both overlays and validate every resource (Kubernetes 1.33 strict + CRD schemas).

@@ -31,6 +31,8 @@ from flink_jobs.worker_gc import FULL_EVERY_S, YOUNG_EVERY_S, GcSchedule
 
 #: The Kafka connector jar (a shaded fat jar) matching apache-flink 2.2.x.
 KAFKA_CONNECTOR_JAR = "flink-sql-connector-kafka-5.0.0-2.2.jar"
+#: The job's own JVM operators, compiled from local-stack/jvm/flink/src (``make jars``).
+OPS_JAR = "imgstream-flink-ops.jar"
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,9 @@ class PipelineConfig:
     #: operator on the path (clean and the three decide stages) can add up to this much to
     #: every verdict: at PyFlink's default (1 s) that was ~2 s of the status latency at 50/s.
     python_bundle_time_ms: int = 100
+    #: Records ``decide: exact``'s batching (``flink_jobs.pipeline.batched``) holds at most in
+    #: each subtask before it lets every batch go early; normally batches leave at each watermark.
+    batch_max_records: int = 10_000
     #: Garbage collection in the Python workers (``flink_jobs/worker_gc.py``): CPython's automatic
     #: collector off, a collection of what is younger than the last one every this many seconds;
     #: 0 keeps the automatic collector. Its full collections traverse the whole index and took
@@ -185,6 +190,8 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.parallelism <= self.max_parallelism:
             raise ValueError(f"parallelism must be in 1..max_parallelism ({self.max_parallelism}), got {self.parallelism}")
+        if self.batch_max_records < 1:
+            raise ValueError(f"batch_max_records must be at least 1, got {self.batch_max_records}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")
@@ -253,12 +260,22 @@ def connector_jars(extra: Sequence[str] = (), env: Mapping[str, str] | None = No
     Raises with the jar's name when it is missing, instead of Flink's later
     "Could not find the Java class".
     """
+    return [_jar(KAFKA_CONNECTOR_JAR, "IMGSTREAM_FLINK_KAFKA_JAR", env), *extra]
+
+
+def ops_jar(env: Mapping[str, str] | None = None) -> str:
+    """``file://`` URL of the job's own JVM operators (:data:`OPS_JAR`): ``IMGSTREAM_FLINK_OPS_JAR``,
+    else the jar in ``IMGSTREAM_FLINK_LIB`` or ``.stack/lib/flink``; raises naming it when missing."""
+    return _jar(OPS_JAR, "IMGSTREAM_FLINK_OPS_JAR", env)
+
+
+def _jar(name: str, variable: str, env: Mapping[str, str] | None) -> str:
     env = os.environ if env is None else env
     lib = Path(env.get("IMGSTREAM_FLINK_LIB", Path(__file__).resolve().parent.parent / ".stack" / "lib" / "flink"))
-    jar = Path(env.get("IMGSTREAM_FLINK_KAFKA_JAR") or lib / KAFKA_CONNECTOR_JAR)
+    jar = Path(env.get(variable) or lib / name)
     if not jar.is_file():
         raise FileNotFoundError(
-            f"Kafka connector jar {KAFKA_CONNECTOR_JAR} not found in {lib}; "
-            "run `make up` (it resolves local-stack/jvm/flink) or set IMGSTREAM_FLINK_LIB"
+            f"jar {name} not found in {lib}; run `make jars` (it resolves and compiles local-stack/jvm/flink) "
+            f"or set IMGSTREAM_FLINK_LIB or {variable}"
         )
-    return [jar.resolve().as_uri(), *extra]
+    return jar.resolve().as_uri()

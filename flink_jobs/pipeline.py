@@ -3,10 +3,11 @@
 Topology (operator names as shown in the Flink web UI; ``[key]`` = keyed by; every operator at
 the job's parallelism)::
 
-    source: Kafka images.uploaded (per-partition watermarks on received_at, in the JVM)
-      -> clean ---------------------------------------> kafka-dead-letters (images.dlq)
-         |  (images, and rejected events as verdicts)
-         -> [exact shard] decide: exact - replay drop + exact dedup, in decision order
+    source: Kafka images.uploaded (per-partition watermarks on received_at; each record's exact
+            shard from its SHA-256, in SQL: all in the JVM)
+      -> [exact shard] batch: per shard and watermark (JVM: one batch per shard per interval)
+         -> clean, decide: exact - cleaning, replay drop + exact dedup, in decision order
+              |-- dead letters --> kafka-dead-letters (images.dlq)
               |-- near ops --> [near shard] decide: near - probe + register band keys
               v                      | best matches
             [window shard] decide: verdicts, windows <-'  (verdicts, upload-stats windows;
@@ -24,9 +25,11 @@ Each ``decide`` stage holds ``1/N`` of the state at parallelism ``N`` (shards: S
 replay and exact, band keys for near, (producer, window) for windows), and applies it in the
 decision order every stage agrees on, so the verdicts equal the single-index reference
 (``imgstream.domain.sharding``; ``flink_jobs.sharded``). Each hop between Python operators is a
-JVM round trip per record, so past ``decide: exact``'s input the stages exchange one batch per
-step and key pair (``flink_jobs.sharded``), not a record per image (and per near shard). State is Flink ``MapState`` mirrored per key in the Python worker
-(see ``flink_jobs.mirror``): a decision costs no round trip to the JVM.
+JVM round trip per element, so the records reach ``decide: exact`` in batches made in the JVM
+(:func:`batched`), and past it the stages exchange one batch per step and key pair
+(``flink_jobs.sharded``), not a record per image (and per near shard). State is Flink
+``MapState`` mirrored per key in the Python worker (see ``flink_jobs.mirror``): a decision
+costs no round trip to the JVM.
 
 ``build`` wires everything from a raw stream and returns the output streams; ``attach_sinks``
 adds the production sinks; ``main`` reads config, builds the Kafka source and runs.
@@ -58,7 +61,7 @@ from imgstream.adapters.kafka import TopicSpec, ensure_topics
 
 from flink_jobs.cassandra_sink import CassandraWriter
 from flink_jobs import worker_gc
-from flink_jobs.config import PipelineConfig, connector_jars
+from flink_jobs.config import PipelineConfig, connector_jars, ops_jar
 from flink_jobs.functions import DLQ_TAG, ApplyDeletions, Cleaner, WriteSteps
 from flink_jobs.sharded import BATCH_TYPE, NEAR_TAG, DecideExact, DecideNear, DecideWindows
 
@@ -104,7 +107,7 @@ def build(
     policy, plan = config.dedup(), config.shard_plan()
     cleaner = Cleaner(config.topic, config.clock_skew_tolerance_ms)
     exact = (
-        by_first_field(raw, RECORD_TYPE)
+        batched(by_first_field(raw, RECORD_TYPE), config.batch_max_records, config.decide_slot_group)
         .process(DecideExact(policy, plan, config.window_ms, config.allowed_lateness_ms, cleaner), BATCH_TYPE)
         .name("clean, decide: exact")
         # a new uid: its state is routed by another rule than "decide-exact"'s (crc32 of the
@@ -287,6 +290,34 @@ def by_first_field(stream: DataStream, value_type: TypeInformation) -> KeyedStre
     return KeyedStream(keyed, value_type, stream)
 
 
+#: An item of a batch: a raw record and its timestamp (the event time), as WatermarkBatcher makes it.
+BATCH_ITEM_TYPE = Types.ROW([RECORD_TYPE, Types.LONG()])
+#: What ``decide: exact`` takes: ``Row(shard, [items])``, one per shard and watermark interval.
+RECORD_BATCH_TYPE = Types.ROW([Types.INT(), Types.LIST(BATCH_ITEM_TYPE)])
+#: Name and uid of the JVM operator that batches the records (no state: a savepoint taken
+#: before it existed maps onto the job as it is).
+BATCHER_NAME, BATCHER_UID = "batch: per shard and watermark", "batch-records"
+
+
+def batched(keyed: KeyedStream, max_records: int, slot_group: str = "") -> KeyedStream:
+    """``keyed`` (rows ``(int key, record)``) as one ``Row(key, [(record, timestamp), ...])``
+    per key and watermark interval, grouped in the JVM (``dev.imgstream.flink.WatermarkBatcher``,
+    local-stack/jvm/flink) and still keyed by the same key, without a shuffle: the Python
+    operator after it pays PyFlink's per-element machinery once per batch, not per record.
+    A batch leaves before the watermark that follows its records, so each record meets the
+    watermark it arrived under; at most ``max_records`` are held (then all leave early).
+    ``slot_group`` must be the next operator's, so the two chain into one task."""
+    jvm = get_gateway().jvm
+    j_batched = keyed._j_data_stream.transform(BATCHER_NAME, RECORD_BATCH_TYPE.get_java_type_info(),
+                                               jvm.dev.imgstream.flink.WatermarkBatcher(max_records))  # fmt: skip
+    j_batched.uid(BATCHER_UID)
+    if slot_group:
+        j_batched.slotSharingGroup(slot_group)
+    j_keyed = jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils.reinterpretAsKeyedStream(
+        j_batched, jvm.KeyByKeySelector(), Types.ROW([Types.INT()]).get_java_type_info())
+    return KeyedStream(j_keyed, Types.LIST(BATCH_ITEM_TYPE), DataStream(j_batched))
+
+
 def sha256_sql(text_sql: str) -> str:
     """SQL for the ``sha256`` of a raw upload whose value is ``text_sql``, as cleaning
     normalises it (ASCII white space stripped, lower case); NULL when it is not a valid one
@@ -363,6 +394,7 @@ def environment(
     for key, value in (extra or {}).items():
         conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.add_jars(ops_jar())  # the job's JVM operators (batched); also loads them in this client
     env.set_parallelism(config.parallelism)
     env.set_max_parallelism(config.max_parallelism)
     for package in ("imgstream", "flink_jobs"):

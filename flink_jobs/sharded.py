@@ -4,6 +4,7 @@ Three keyed operators, each keyed by a *shard* (an ``int``, :class:`~imgstream.d
 so each subtask holds the state of its shards only - ``1/N`` of the index at parallelism ``N``::
 
     source (raw records keyed in the JVM by their SHA-256's shard)
+      -> [exact shard]  batch: per shard and watermark (JVM)
       -> [exact shard]  clean, decide: exact    cleaning, replay drop + exact dedup
                |  exact duplicates, rejected events, and images that need the near index
                |  '--> near ops (side output): one per near shard the image visits
@@ -26,10 +27,12 @@ keyed in the JVM by its first field,
 so the hops cost a round trip per step and key pair, not per image (and 8 per image to the near
 shards); an image and its matches meet in the verdict stage's ``pending`` under one key.
 
-**One crossing per record.** The records reach Python once: ``decide: exact`` cleans them
-itself (:class:`~flink_jobs.functions.Cleaner`), keyed in the JVM by the source's SQL
-(:func:`flink_jobs.pipeline.exact_shard_sql`). A ``clean`` operator of its own, before it, cost
-every record a second round trip between the JVM and a Python worker (out of one, into the other).
+**One crossing per batch of records.** The records reach Python once: ``decide: exact`` cleans
+them itself (:class:`~flink_jobs.functions.Cleaner`), keyed in the JVM by the source's SQL
+(:func:`flink_jobs.pipeline.exact_shard_sql`) and grouped there into one batch per shard and
+watermark interval (:func:`flink_jobs.pipeline.batched`), so PyFlink's per-element machinery runs
+once per batch. A ``clean`` operator of its own, before it, cost every record a second round
+trip between the JVM and a Python worker (out of one, into the other).
 
 Each operator's state is ``MapState`` mirrored per key in the worker (``MirroredMap.use``).
 """
@@ -278,15 +281,24 @@ class DecideExact(OrderedStage):
         if LAYOUT not in self.layout:
             self.layout[LAYOUT] = self.plan.signature
 
-    def process_element(self, record: Any, ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
-        """A raw record ``(value, partition, offset)``, keyed in the JVM by its exact shard
-        (:func:`flink_jobs.pipeline.exact_shard_sql`): cleaned here, then placed."""
+    def process_element(self, batch: list[Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
+        """A batch of raw records ``((value, partition, offset), timestamp)`` of one exact shard
+        (the key), as :func:`flink_jobs.pipeline.batched` groups them in the JVM (keyed by
+        :func:`flink_jobs.pipeline.exact_shard_sql`): each cleaned here, positioned under the
+        watermark it arrived under (the current one: the batch came before the next), and held
+        as one ``pending`` entry."""
         self.use_key(ctx.get_current_key())
-        for out in self.cleaner.outputs(record[0], record[1], record[2], ctx.timestamp(), self.misrouted):
-            if isinstance(out, tuple):
-                yield out  # a dead letter (its rejected verdict follows, and is placed)
-            else:
-                self.place(out, ctx)
+        watermark = ctx.timer_service().current_watermark()
+        held = []
+        misrouted, positioned = self.misrouted, self.positioned
+        for (value, partition, offset), timestamp in batch:
+            for out in self.cleaner.outputs(value, partition, offset, timestamp, misrouted):
+                if isinstance(out, tuple):
+                    yield out  # a dead letter (its rejected verdict follows, and is held)
+                else:
+                    held.append(positioned(out, watermark))
+        held.sort(key=_first)
+        self.hold(held, "", ctx)
 
     def misrouted(self, event: ImageUploaded) -> str | None:
         """Why a valid event cannot be decided here: its content belongs to another shard than
@@ -298,14 +310,12 @@ class DecideExact(OrderedStage):
         return (f"sha256 {event.sha256} belongs to exact shard {shard}, but the source routed the record to shard "
                 f"{self.key}: its JSON reads differently to the JVM's parser (a key given twice?)")
 
-    def place(self, image: dict[str, Any], ctx: KeyedProcessFunction.Context) -> None:
-        """Hold a cleaned event (or a rejected one) at its place in decision order (the current
-        key already in use: :meth:`process_element`)."""
-        watermark = ctx.timer_service().current_watermark()
+    def positioned(self, image: dict[str, Any], watermark: int) -> tuple[str, dict[str, Any]]:
+        """A cleaned event (or a rejected one) that arrived under ``watermark``, as the
+        ``(pending key, image with its lateness)`` item that holds its place in decision order."""
         ts, image_id = int(image["event_time"]), str(image.get("image_id") or "")
         image = with_lateness(image, watermark, self.window_ms, self.allowed_lateness_ms)
-        order = order_key(ts, image_id, watermark)
-        self.hold([(pending_key(order, image["partition"], image["offset"]), image)], "", ctx)
+        return pending_key(order_key(ts, image_id, watermark), image["partition"], image["offset"]), image
 
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
         to_windows: list[tuple[int, Any]] = []

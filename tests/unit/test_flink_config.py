@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("pyflink")
 
 from flink_jobs.cassandra_sink import STATEMENTS, image_writes, requests, window_writes  # noqa: E402
-from flink_jobs.config import PipelineConfig, connector_jars  # noqa: E402
+from flink_jobs.config import PipelineConfig, connector_jars, ops_jar  # noqa: E402
 from imgstream.domain.dedup import ProducerPolicy, Scope  # noqa: E402
 from imgstream.domain.windows import STAT_FIELDS  # noqa: E402
 
@@ -32,7 +32,8 @@ def test_config_from_env_and_args():
 @pytest.mark.parametrize(
     "argv",
     [["window_ms=1"], ["--dedup_policy=a=nowhere"], ["--window_ms=abc"], ["--python_execution_mode=fork"], ["--python_execution_mode=thread"],
-     ["--state_backend=leveldb"], ["--dlq_delivery=maybe"], ["--near_bands=65"], ["--near_bands=1"]],
+     ["--state_backend=leveldb"], ["--dlq_delivery=maybe"], ["--near_bands=65"], ["--near_bands=1"],
+     ["--batch_max_records=0"], ["--batch_max_records=-5"]],
 )  # fmt: skip
 def test_config_rejects_bad_input_at_the_entry_point(argv):
     with pytest.raises(ValueError):
@@ -45,6 +46,14 @@ def test_missing_connector_jar_is_named(tmp_path):
     jar = tmp_path / "flink-sql-connector-kafka-5.0.0-2.2.jar"
     jar.write_bytes(b"")
     assert connector_jars(env={"IMGSTREAM_FLINK_LIB": str(tmp_path)}) == [jar.as_uri()]
+
+
+def test_missing_ops_jar_is_named_with_the_command_that_builds_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"imgstream-flink-ops\.jar.*make jars"):
+        ops_jar(env={"IMGSTREAM_FLINK_LIB": str(tmp_path)})
+    elsewhere = tmp_path / "other.jar"
+    elsewhere.write_bytes(b"")
+    assert ops_jar(env={"IMGSTREAM_FLINK_LIB": str(tmp_path), "IMGSTREAM_FLINK_OPS_JAR": str(elsewhere)}) == elsewhere.as_uri()
 
 
 def test_job_settings_that_keep_the_python_workers_busy():

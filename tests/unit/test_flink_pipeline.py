@@ -168,12 +168,15 @@ def _window_rows(out):
     return sorted(json.dumps(w, sort_keys=True) for w in out["window"])
 
 
-@pytest.mark.parametrize("parallelism", [2, 4])
-def test_parallelism_2_and_4_give_the_outputs_of_parallelism_1(scenario, parallelism):
+@pytest.mark.parametrize("parallelism, batch_max_records", [(2, None), (4, None), (2, 1)])
+def test_parallelism_2_and_4_give_the_outputs_of_parallelism_1(scenario, parallelism, batch_max_records):
     """Issue 17: decide's stages at parallelism N, each subtask holding its shards' state:
-    the same verdicts (and lateness), window versions and dead letters as one subtask."""
+    the same verdicts (and lateness), window versions and dead letters as one subtask. With
+    ``batch_max_records=1`` every record leaves the JVM's batching alone, at once (as before
+    it existed): the grouping into batches changes nothing either."""
     planned, expected, one = scenario
-    out = run_pipeline(planned, parallelism=parallelism)
+    overrides = {} if batch_max_records is None else {"batch_max_records": batch_max_records}
+    out = run_pipeline(planned, parallelism=parallelism, **overrides)
     assert _verdict_rows(out) == _verdict_rows(one)
     assert not any(v.get("recheck") for v in one["verdict"] + out["verdict"])  # a fresh job re-checks nothing
     assert _window_rows(out) == _window_rows(one)
@@ -195,6 +198,6 @@ def test_every_operator_is_named_with_its_parallelism_and_max_parallelism():
         plan = json.loads(env.get_execution_plan())
         assert env.get_max_parallelism() == 120
     nodes = {n["contents"]: n["parallelism"] for n in plan["nodes"]}
-    for name in ("clean, decide: exact", "decide: near", "decide: verdicts, windows"):
+    for name in ("batch: per shard and watermark", "clean, decide: exact", "decide: near", "decide: verdicts, windows"):
         assert any(name in contents for contents in nodes), (name, nodes)
         assert all(p == 3 for contents, p in nodes.items() if name in contents)

@@ -14,7 +14,7 @@ from flink_jobs.functions import DLQ_TAG
 from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows
 from imgstream.domain.dedup import DedupPolicy
 from imgstream.domain.hashing import format_hash
-from imgstream.domain.sharding import ShardPlan
+from imgstream.domain.sharding import ShardPlan, due_of
 from tests.fixtures.flink_fakes import FakeMetrics
 
 W, L = 60_000, 120_000
@@ -41,8 +41,6 @@ class KeyedState:
 
 
 class Runtime:
-    record_timestamp = 0
-
     def __init__(self, states=None, timers=None):
         self.states = states if states is not None else {}
         self.timers = timers if timers is not None else set()  # (key, ts)
@@ -61,9 +59,6 @@ class Runtime:
     # the context of process_element / on_timer
     def get_current_key(self):
         return self.key
-
-    def timestamp(self):
-        return self.record_timestamp
 
     def timer_service(self):
         return self
@@ -113,8 +108,9 @@ class Stages:
         runtime = self.runtimes[name][i]
         runtime.key = key
         if name == "exact":  # a cleaned event: what process_element makes of a raw record
-            self.ops[name][i].use_key(key)
-            self.ops[name][i].place(item, runtime)
+            op = self.ops[name][i]
+            op.use_key(key)
+            op.hold([op.positioned(item, runtime.watermark)], "", runtime)
             return
         for record in self.ops[name][i].process_element(item, runtime) or ():
             self._route(name, record)
@@ -452,10 +448,10 @@ def test_decide_exact_cleans_raw_records_and_refuses_one_routed_to_a_foreign_sha
     op, runtime = DecideExact(DedupPolicy(), plan, W, L), Runtime()
     op.open(runtime)
     sha = "c" * 63 + "1"
-    runtime.key, runtime.record_timestamp = plan.exact_shard(sha), 1_000
+    runtime.key = plan.exact_shard(sha)
 
     def feed(value, offset):
-        return list(op.process_element((value, 0, offset), runtime))
+        return list(op.process_element([((value, 0, offset), 1_000)], runtime))
 
     assert feed(_raw(1, sha), 0) == []  # placed: nothing leaves before the watermark
     assert feed(b'{"event_type": "stream.heartbeat", "received_at": "1970-01-01T00:00:01.000Z"}', 1) == []
@@ -471,3 +467,30 @@ def test_decide_exact_cleans_raw_records_and_refuses_one_routed_to_a_foreign_sha
 
 def _pending(runtime, key):
     return [payload for items in runtime.states.get("pending", {}).get(key, {}).values() for _, payload in items]
+
+
+def test_decide_exact_holds_a_batch_as_one_pending_entry_in_decision_order():
+    """A batch (one shard's records of one watermark interval, as WatermarkBatcher groups them)
+    becomes one ``pending`` entry, its items sorted by pending key: positioned under the
+    watermark current when the batch arrived (late records among them flagged late), whatever
+    order the records came in; its dead letters leave at once, and their rejected verdicts are
+    held with the rest."""
+    plan = ShardPlan.for_policy(DedupPolicy(), shards=1)
+    op, runtime = DecideExact(DedupPolicy(), plan, W, L), Runtime()
+    op.open(runtime)
+    runtime.key, runtime.watermark = 0, 5_000
+    batch = [((_raw(n, f"{n:064x}", f"1970-01-01T00:00:{s:02d}.000Z"), 0, n), s * 1_000)
+             for n, s in ((1, 9), (2, 4), (3, 7))]  # fmt: skip
+    batch.insert(1, ((b"[1, 2]", 0, 9), 6_000))
+    ((tag, letter),) = list(op.process_element(batch, runtime))
+    assert tag is DLQ_TAG and json.loads(letter)["reason"] != ""
+    entries = runtime.states["pending"][0]
+    assert len(entries) == 1
+    ((first, items),) = entries.items()
+    keys = [pk for pk, _ in items]
+    assert keys == sorted(keys) and first == keys[0]
+    by_offset = {image["offset"]: image for _, image in items}
+    assert sorted(by_offset) == [1, 2, 3, 9]
+    assert by_offset[2]["lateness"] != by_offset[1]["lateness"]  # 4 s is behind the 5 s watermark
+    assert by_offset[9]["status"] == "rejected"
+    assert due_of(first) == 5_001  # the late record: due right after the watermark it arrived under
