@@ -25,8 +25,9 @@ MEASURED: Mapping[str, tuple[float, str, str]] = {
     "gateway_cpu_ms_small": (7.8, "CPU ms per 50 KB upload, gateway process",
                              "docs/gateway.md, bench/gateway_vs_raw.py 26 Nov 2026"),
     "gateway_cpu_ms_large": (112.0, "CPU ms per 4.9 MB upload, gateway process", "docs/gateway.md, same run"),
-    "pipeline_cpu_ms": (0.87, "CPU ms per event, Flink TaskManager JVM 0.22 + Python workers 0.65 (sharded job, p=2)",
-                        "docs/flink-jobs.md, Garbage collection (2026-12-05), 100k-event runs"),
+    "pipeline_cpu_ms": (0.78, "CPU ms per event, Flink TaskManager JVM 0.18 + Python workers 0.60 (sharded job, p=2, "
+                              "records batched in the JVM; steady state: rows 20-80 %, no start-up JIT)",
+                        "docs/flink-jobs.md, Batches into decide: exact (2026-12-05, third session), two 100k runs"),
     "jobmanager_cpu_ms": (0.10, "CPU ms per event, Flink JobManager", "docs/flink-jobs.md, CPU table"),
     "subtask_events_per_s": (990.0, "events/s one subtask of the busiest stage (decide: exact) sustains fully busy: "
                              "100k events in 100.7 busy subtask-seconds at p=2",
