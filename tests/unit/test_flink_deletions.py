@@ -9,6 +9,7 @@ from flink_jobs.cassandra_sink import MARK_DELETED, STATEMENTS, deletion_writes,
 from flink_jobs.functions import DLQ_TAG, ApplyDeletions, WriteSteps
 from imgstream.domain.deletion import Decision
 from imgstream.domain.events import TOPIC_DELETED, ImageDeleted
+from tests.fixtures.flink_fakes import FakeCounter
 
 W = 60_000
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -65,21 +66,13 @@ def test_apply_deletions_is_idempotent_under_duplicated_and_replayed_events():
     table = Images(**{IMAGE: {"producer": "alice", "status": "accepted"}})
     operator = ApplyDeletions(table, TOPIC_DELETED)
     operator.writer.open()
-
-    class Counter:
-        def __init__(self):
-            self.n = 0
-
-        def inc(self):
-            self.n += 1
-
-    operator.applied, operator.ignored = Counter(), Counter()
+    operator.applied, operator.ignored = FakeCounter(), FakeCounter()
     value = _event().to_json().decode()
     for _ in range(3):  # the event, a duplicate, a replay after a restore
         assert list(operator.process_element(value, Ctx())) == []
     assert table.rows[IMAGE]["status"] == "deleted"
     assert len(table.written) == 1  # written once: the later ones changed nothing (not even processed_at)
-    assert (operator.applied.n, operator.ignored.n) == (1, 2)
+    assert (operator.applied.count, operator.ignored.count) == (1, 2)
     # another producer's deletion (a forged event) and an unknown id: no write, no row created
     other = str(uuid.uuid4())
     list(operator.process_element(_event(producer="mallory").to_json().decode(), Ctx()))
