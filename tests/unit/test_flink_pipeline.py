@@ -201,3 +201,55 @@ def test_every_operator_is_named_with_its_parallelism_and_max_parallelism():
     for name in ("batch: per shard and watermark", "clean, decide: exact", "decide: near", "decide: verdicts, windows"):
         assert any(name in contents for contents in nodes), (name, nodes)
         assert all(p == 3 for contents, p in nodes.items() if name in contents)
+
+
+def run_batcher(planned, batch_max_records):
+    """The records of ``planned`` through ``records_from_stream`` and the JVM batcher alone:
+    ``(key, [offsets])`` per batch the next operator receives."""
+    from pyflink.common import Duration, Row, Types, WatermarkStrategy
+    from pyflink.common.watermark_strategy import TimestampAssigner
+    from pyflink.datastream import KeyedProcessFunction
+
+    from flink_jobs.config import PipelineConfig
+    from flink_jobs.pipeline import RECORD_TYPE, batched, by_first_field, environment, records_from_stream
+
+    class FromField(TimestampAssigner):
+        def extract_timestamp(self, value, record_timestamp):
+            return value[3]
+
+    class Offsets(KeyedProcessFunction):
+        def process_element(self, batch, ctx):
+            yield json.dumps([ctx.get_current_key(), [record[2] for record, _ in batch]])
+
+    config = PipelineConfig(batch_max_records=batch_max_records)
+    with host_process_restored():
+        env, t_env = environment(config, jars=[])
+        rows = [Row(p.value, 0, offset, p.event_time or 0) for offset, p in enumerate(planned)]
+        raw = env.from_collection(rows, type_info=Types.ROW_NAMED(
+            ["value", "partition", "offset", "ts"], [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.LONG(), Types.LONG()],
+        )).assign_timestamps_and_watermarks(
+            WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(2_000)).with_timestamp_assigner(FromField()))
+        keyed = batched(by_first_field(records_from_stream(t_env, raw, config), RECORD_TYPE), batch_max_records)
+        with keyed.process(Offsets(), Types.STRING()).execute_and_collect() as results:
+            return [json.loads(item) for item in results]
+
+
+@pytest.mark.parametrize("batch_max_records", [10_000, 1])
+def test_the_jvm_batcher_hands_on_every_record_once_in_batches_of_one_shard(batch_max_records):
+    """``batched`` groups, and only groups: every record reaches the next operator exactly once,
+    under its own shard; by default many records share a batch (a small bounded input is read
+    before the first periodic watermark), and ``batch_max_records=1`` lets each go alone."""
+    from flink_jobs.config import PipelineConfig
+    from imgstream.domain.cleaning import Cleaned, Source, clean
+
+    planned = plan(seed=5, originals=100, exact_copies=30, near_copies=5, replays=5, malformed=0)
+    batches = run_batcher(planned, batch_max_records)
+    offsets = sorted(offset for _, batch in batches for offset in batch)
+    assert offsets == list(range(len(planned)))
+    shards = PipelineConfig().shard_plan()
+    for key, batch in batches:
+        for offset in batch:
+            cleaned = clean(planned[offset].value, Source("t", 0, offset, 0))
+            assert isinstance(cleaned, Cleaned) and shards.exact_shard(cleaned.event.sha256) == key
+    sizes = [len(batch) for _, batch in batches]
+    assert max(sizes) == 1 if batch_max_records == 1 else max(sizes) > 1
