@@ -183,11 +183,46 @@ def root_cause(output: str, limit: int = 600) -> str:
     return causes[-1][len("Caused by:"):].strip()[:limit] if causes else ""
 
 
+#: How long a savepoint waits for the job's tasks to run: a job just submitted, resumed or
+#: restarting has tasks still deploying, and Flink refuses to snapshot it.
+TASKS_RUNNING_S = 120
+
+
+def tasks_not_running(job: Mapping[str, Any]) -> dict[str, str]:
+    """The tasks (vertex name -> status) of ``job`` (Flink's ``GET /jobs/:id``) that keep a
+    savepoint from being taken: all but RUNNING and FINISHED; the job itself when not RUNNING."""
+    if job.get("state") != "RUNNING":
+        return {"(job)": str(job.get("state"))}
+    return {str(v["name"]): str(v["status"]) for v in job.get("vertices", [])
+            if v.get("status") not in ("RUNNING", "FINISHED")}  # fmt: skip
+
+
+def wait_tasks_running(name: str, job_id: str, env: Mapping[str, str], timeout_s: float | None = None) -> None:
+    """Return once every task of ``job_id`` runs (within ``timeout_s``, default
+    :data:`TASKS_RUNNING_S`); raise naming those that do not."""
+    timeout_s = TASKS_RUNNING_S if timeout_s is None else timeout_s
+    waiting: dict[str, str] = {}
+
+    def all_running() -> bool | None:
+        waiting.clear()
+        waiting.update(tasks_not_running(_call(f"{_rest(env)}/jobs/{job_id}")))
+        return None if waiting else True
+
+    try:
+        until_sync(all_running, f"the tasks of {name}", timeout=timeout_s, interval=1.0)
+    except PollTimeout:
+        names = ", ".join(f"{task[:60]}: {status}" for task, status in waiting.items())
+        raise SystemExit(f"{name} cannot be savepointed yet: after {timeout_s:.0f}s these are not running ({names}); "
+                         "see `make flink-status` and try again") from None
+
+
 def stop_with_savepoint(name: str, env: Mapping[str, str]) -> str:
-    """Stop the running job ``name`` with a savepoint; returns the savepoint path."""
+    """Stop the running job ``name`` with a savepoint (once its tasks all run); returns the
+    savepoint path."""
     job_id = running_jobs(env).get(name)
     if job_id is None:
         raise SystemExit(f"no running job named {name}")
+    wait_tasks_running(name, job_id, env)
     trigger = _call(f"{_rest(env)}/jobs/{job_id}/stop", "POST", {"drain": False})["request-id"]
 
     def completed() -> dict[str, Any] | None:
@@ -199,7 +234,9 @@ def stop_with_savepoint(name: str, env: Mapping[str, str]) -> str:
     except PollTimeout:
         raise SystemExit(f"savepoint of {name} did not complete within {SAVEPOINT_TIMEOUT_S}s") from None
     if "failure-cause" in operation:
-        raise SystemExit(f"savepoint failed: {operation['failure-cause'].get('stack-trace', '')[:2000]}")
+        trace = str(operation["failure-cause"].get("stack-trace", ""))
+        cause = root_cause(trace) or trace.strip().splitlines()[0][:600] if trace.strip() else "no cause given"
+        raise SystemExit(f"savepoint of {name} failed: {cause} (the job keeps running)")
     print(f"{name} stopped; savepoint {operation['location']}")
     return str(operation["location"])
 
