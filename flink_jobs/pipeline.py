@@ -279,14 +279,17 @@ def records_from_stream(t_env: StreamTableEnvironment, raw: DataStream, config: 
     return records(t_env, name, config)
 
 
+#: The key of every keyed stage (its shard), as PyFlink types an ``int`` key: ``Row(key)``.
+SHARD_KEY_TYPE = Types.ROW([Types.INT()])
+
+
 def by_first_field(stream: DataStream, value_type: TypeInformation) -> KeyedStream:
     """``stream`` of rows ``(int key, value, ...)`` keyed by the key in the JVM: the keyed Python
     operator after it gets ``value`` (of ``value_type``), with the key as its current key.
     PyFlink's ``key_by`` would run a Python function per record to find the key: one more
     round trip into Python (a stage of its own after a union). The key's type is PyFlink's for
     an ``int`` key (``Row(key)``), so state keyed either way is the same."""
-    keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
-                                        Types.ROW([Types.INT()]).get_java_type_info())  # fmt: skip
+    keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(), SHARD_KEY_TYPE.get_java_type_info())
     return KeyedStream(keyed, value_type, stream)
 
 
@@ -314,7 +317,7 @@ def batched(keyed: KeyedStream, max_records: int, slot_group: str = "") -> Keyed
     if slot_group:
         j_batched.slotSharingGroup(slot_group)
     j_keyed = jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils.reinterpretAsKeyedStream(
-        j_batched, jvm.KeyByKeySelector(), Types.ROW([Types.INT()]).get_java_type_info())
+        j_batched, jvm.KeyByKeySelector(), SHARD_KEY_TYPE.get_java_type_info())
     return KeyedStream(j_keyed, Types.LIST(BATCH_ITEM_TYPE), DataStream(j_batched))
 
 

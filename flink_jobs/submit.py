@@ -234,8 +234,8 @@ def stop_with_savepoint(name: str, env: Mapping[str, str]) -> str:
     except PollTimeout:
         raise SystemExit(f"savepoint of {name} did not complete within {SAVEPOINT_TIMEOUT_S}s") from None
     if "failure-cause" in operation:
-        trace = str(operation["failure-cause"].get("stack-trace", ""))
-        cause = root_cause(trace) or trace.strip().splitlines()[0][:600] if trace.strip() else "no cause given"
+        trace = str(operation["failure-cause"].get("stack-trace", "")).strip()
+        cause = root_cause(trace) or (trace.splitlines()[0][:600] if trace else "no cause given")
         raise SystemExit(f"savepoint of {name} failed: {cause} (the job keeps running)")
     print(f"{name} stopped; savepoint {operation['location']}")
     return str(operation["location"])

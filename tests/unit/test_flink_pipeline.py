@@ -34,12 +34,12 @@ def run_pipeline(planned, **overrides):
         return _run_pipeline(planned, **overrides)
 
 
-def _run_pipeline(planned, **overrides):
+def raw_uploads(env, planned, heartbeat=True):
+    """``planned`` as the upload topic's records (partition 0, offsets in order), event time from
+    each record and a 2 s out-of-orderness watermark; ``heartbeat`` ends them with one."""
     from pyflink.common import Duration, Row, Types, WatermarkStrategy
     from pyflink.common.watermark_strategy import TimestampAssigner
 
-    from flink_jobs.config import PipelineConfig
-    from flink_jobs.pipeline import build, environment, records_from_stream
     from imgstream.domain.cleaning import heartbeat_value
     from imgstream.domain.timefmt import from_millis
 
@@ -47,10 +47,6 @@ def _run_pipeline(planned, **overrides):
         def extract_timestamp(self, value, record_timestamp):
             return value[4]
 
-    config = PipelineConfig(checkpoint_interval_ms=60_000, window_ms=WINDOW_MS, out_of_orderness_ms=2_000, **overrides)
-    # PyFlink's Python-operator chaining optimiser assigns one uid twice when the three
-    # collected streams are unioned (a test-only topology; each stream alone runs chained).
-    env, t_env = environment(config, jars=[], extra={"python.operator-chaining.enabled": "false"})
     raw_type = Types.ROW_NAMED(
         ["value", "topic", "partition", "offset", "ts"],
         [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG(), Types.LONG()],
@@ -59,11 +55,25 @@ def _run_pipeline(planned, **overrides):
     for offset, p in enumerate(planned):
         last = p.event_time or last
         rows.append(Row(p.value, "images.uploaded", 0, offset, last))
-    # a heartbeat carries only time: it must neither count nor reach the dead-letter stream
-    rows.append(Row(heartbeat_value(from_millis(last + 1)), "images.uploaded", 0, len(rows), last + 1))
-    raw = env.from_collection(rows, type_info=raw_type).assign_timestamps_and_watermarks(
+    if heartbeat:
+        # a heartbeat carries only time: it must neither count nor reach the dead-letter stream
+        rows.append(Row(heartbeat_value(from_millis(last + 1)), "images.uploaded", 0, len(rows), last + 1))
+    return env.from_collection(rows, type_info=raw_type).assign_timestamps_and_watermarks(
         WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(2_000)).with_timestamp_assigner(FromField())
     )
+
+
+def _run_pipeline(planned, **overrides):
+    from pyflink.common import Types
+
+    from flink_jobs.config import PipelineConfig
+    from flink_jobs.pipeline import build, environment, records_from_stream
+
+    config = PipelineConfig(checkpoint_interval_ms=60_000, window_ms=WINDOW_MS, out_of_orderness_ms=2_000, **overrides)
+    # PyFlink's Python-operator chaining optimiser assigns one uid twice when the three
+    # collected streams are unioned (a test-only topology; each stream alone runs chained).
+    env, t_env = environment(config, jars=[], extra={"python.operator-chaining.enabled": "false"})
+    raw = raw_uploads(env, planned)
     # keyed by the job's own SQL (the SHA-256's shard), as the Kafka source's records are
     streams = build(env, t_env, records_from_stream(t_env, raw, config), config, write=False)
     tagged = (
@@ -206,16 +216,11 @@ def test_every_operator_is_named_with_its_parallelism_and_max_parallelism():
 def run_batcher(planned, batch_max_records):
     """The records of ``planned`` through ``records_from_stream`` and the JVM batcher alone:
     ``(key, [offsets])`` per batch the next operator receives."""
-    from pyflink.common import Duration, Row, Types, WatermarkStrategy
-    from pyflink.common.watermark_strategy import TimestampAssigner
+    from pyflink.common import Types
     from pyflink.datastream import KeyedProcessFunction
 
     from flink_jobs.config import PipelineConfig
     from flink_jobs.pipeline import RECORD_TYPE, batched, by_first_field, environment, records_from_stream
-
-    class FromField(TimestampAssigner):
-        def extract_timestamp(self, value, record_timestamp):
-            return value[3]
 
     class Offsets(KeyedProcessFunction):
         def process_element(self, batch, ctx):
@@ -224,11 +229,7 @@ def run_batcher(planned, batch_max_records):
     config = PipelineConfig(batch_max_records=batch_max_records)
     with host_process_restored():
         env, t_env = environment(config, jars=[])
-        rows = [Row(p.value, 0, offset, p.event_time or 0) for offset, p in enumerate(planned)]
-        raw = env.from_collection(rows, type_info=Types.ROW_NAMED(
-            ["value", "partition", "offset", "ts"], [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.LONG(), Types.LONG()],
-        )).assign_timestamps_and_watermarks(
-            WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(2_000)).with_timestamp_assigner(FromField()))
+        raw = raw_uploads(env, planned, heartbeat=False)
         keyed = batched(by_first_field(records_from_stream(t_env, raw, config), RECORD_TYPE), batch_max_records)
         with keyed.process(Offsets(), Types.STRING()).execute_and_collect() as results:
             return [json.loads(item) for item in results]
