@@ -123,19 +123,11 @@ class PipelineConfig:
     #: waits, idle, until the worker has answered all of them (PyFlink's default is 1,000).
     #: Bundles also end on each watermark, each checkpoint and after ``python_bundle_time_ms``.
     python_bundle_size: int = 100_000
-    #: The longest a Python operator's bundle stays open. Each bundle's end is a synchronous
-    #: round trip with a state commit (~0.16 ms of Python per event at 100 ms against 1 s,
-    #: measured). With ``bundles_end_at_watermarks`` (the default) a watermark ends the open bundle
-    #: at once, so this only bounds bundles between watermarks (and the deletion branch's, which
-    #: has none). Without it, a watermark that meets an open bundle waits for it to finish
-    #: (PyFlink holds the output watermark until then), so each Python operator on the path
-    #: adds up to this much to every verdict: 1 s bundles that way cost ~3 s of status latency.
-    python_bundle_time_ms: int = 1_000
-    #: The upload path's Python operators end their bundle when a watermark arrives
-    #: (``dev.imgstream.flink.BundlesEndAtWatermarks``): the latency of the shortest bundles with
-    #: only as many bundle ends as watermarks. ``false``: PyFlink's own operators (the
-    #: watermark waits for the bundle time; use a short ``python_bundle_time_ms`` then).
-    bundles_end_at_watermarks: bool = True
+    #: The longest a Python operator's bundle stays open. A watermark that meets an open bundle
+    #: waits for it to finish (PyFlink holds the output watermark until then), so each Python
+    #: operator on the path (clean and the three decide stages) can add up to this much to
+    #: every verdict: at PyFlink's default (1 s) that was ~2 s of the status latency at 50/s.
+    python_bundle_time_ms: int = 100
     #: Records ``decide: exact``'s batching (``flink_jobs.pipeline.batched``) holds at most in
     #: each subtask before it lets every batch go early; normally batches leave at each watermark.
     batch_max_records: int = 10_000

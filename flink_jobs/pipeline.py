@@ -51,7 +51,6 @@ from typing import Mapping, Sequence
 from pyflink.common import Configuration, TypeInformation, Types, WatermarkStrategy
 from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
-from pyflink.datastream.functions import KeyedProcessFunction, ProcessFunction
 from pyflink.datastream.connectors.base import DeliveryGuarantee, Sink
 from pyflink.datastream.connectors.kafka import (KafkaOffsetResetStrategy, KafkaOffsetsInitializer,
                                                  KafkaRecordSerializationSchema, KafkaSink, KafkaSource)
@@ -107,11 +106,9 @@ def build(
     deletion topic, strings) adds the branch that applies them (only with ``write``)."""
     policy, plan = config.dedup(), config.shard_plan()
     cleaner = Cleaner(config.topic, config.clock_skew_tolerance_ms)
-    cut = config.bundles_end_at_watermarks
     exact = (
-        python_process(
-            batched(by_first_field(raw, RECORD_TYPE), config.batch_max_records, config.decide_slot_group),
-            DecideExact(policy, plan, config.window_ms, config.allowed_lateness_ms, cleaner), BATCH_TYPE, cut)
+        batched(by_first_field(raw, RECORD_TYPE), config.batch_max_records, config.decide_slot_group)
+        .process(DecideExact(policy, plan, config.window_ms, config.allowed_lateness_ms, cleaner), BATCH_TYPE)
         .name("clean, decide: exact")
         # a new uid: its state is routed by another rule than "decide-exact"'s (crc32 of the
         # SHA-256), so a savepoint of the old job must not map onto it (submit refuses, names
@@ -119,15 +116,16 @@ def build(
         .uid(EXACT_UID)
     )
     near = (
-        python_process(by_first_field(exact.get_side_output(NEAR_TAG), Types.PICKLED_BYTE_ARRAY()),
-                       DecideNear(policy), BATCH_TYPE, cut)
+        by_first_field(exact.get_side_output(NEAR_TAG), Types.PICKLED_BYTE_ARRAY())
+        .process(DecideNear(policy), BATCH_TYPE)
         .name("decide: near")
         .uid("decide-near")
     )
     windows = DecideWindows(config.window_ms, config.allowed_lateness_ms, config.kafka, config.topic,
                             config.recheck_written)  # fmt: skip
     results = (
-        python_process(by_first_field(exact.union(near), Types.PICKLED_BYTE_ARRAY()), windows, None, cut)
+        by_first_field(exact.union(near), Types.PICKLED_BYTE_ARRAY())
+        .process(windows)
         .name("decide: verdicts, windows")
         .uid("decide-windows")
     )
@@ -141,7 +139,7 @@ def build(
         # never fused into decide (PyFlink merges chained Python operators into one): its own
         # task, in clean's slot group (it would inherit decide's) and so in clean's Python worker
         results = (
-            python_process(results, WriteSteps(writer, config.window_ms), None, cut)
+            results.flat_map(WriteSteps(writer, config.window_ms))
             .name("cassandra: write steps")
             .uid("write-cassandra")
             .disable_chaining()
@@ -293,31 +291,6 @@ def by_first_field(stream: DataStream, value_type: TypeInformation) -> KeyedStre
     an ``int`` key (``Row(key)``), so state keyed either way is the same."""
     keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(), SHARD_KEY_TYPE.get_java_type_info())
     return KeyedStream(keyed, value_type, stream)
-
-
-def python_process(
-    stream: DataStream,
-    function: ProcessFunction | KeyedProcessFunction,
-    output_type: TypeInformation | None,
-    bundles_end_at_watermarks: bool,
-) -> DataStream:
-    """``stream.process(function, output_type)``; with ``bundles_end_at_watermarks``, the Python
-    operator is ``dev.imgstream.flink.BundlesEndAtWatermarks``'s (local-stack/jvm/flink): PyFlink's
-    own, except that a watermark ends the open bundle at once instead of waiting for the bundle
-    time. The verdicts leave at watermarks, so they go on without waiting, and bundles end only as
-    often as watermarks arrive: the bundle time can be long (each end is a synchronous round trip
-    and a state commit in the worker). Uses PyFlink's operator factory as ``process`` does (the
-    apache-flink version is pinned; ``tests/unit/test_flink_pipeline.py`` checks the operators)."""
-    if not bundles_end_at_watermarks:
-        return stream.process(function, output_type)
-    from pyflink.datastream.data_stream import _get_one_input_stream_operator
-    from pyflink.fn_execution.flink_fn_execution_pb2 import UserDefinedDataStreamFunction as Kinds
-
-    keyed = isinstance(stream, KeyedStream)
-    kind = Kinds.KEYED_PROCESS if keyed else Kinds.PROCESS
-    j_operator, j_output_type = _get_one_input_stream_operator(stream, function, kind, output_type)
-    j_operator = get_gateway().jvm.dev.imgstream.flink.BundlesEndAtWatermarks.of(j_operator)
-    return DataStream(stream._j_data_stream.transform("KEYED PROCESS" if keyed else "PROCESS", j_output_type, j_operator))
 
 
 #: An item of a batch: a raw record and its timestamp (the event time), as WatermarkBatcher makes it.

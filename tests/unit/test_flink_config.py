@@ -61,8 +61,7 @@ def test_job_settings_that_keep_the_python_workers_busy():
 
     conf = flink_configuration(PipelineConfig.from_env({}, ["--parallelism=3"]), jars=[])
     assert conf.get_string("python.fn-execution.bundle.size", "") == "100000"  # PyFlink's is 1,000
-    # PyFlink's default too; the bundles end at watermarks (BundlesEndAtWatermarks), not by time
-    assert conf.get_string("python.fn-execution.bundle.time", "") == "1000"
+    assert conf.get_string("python.fn-execution.bundle.time", "") == "100"  # PyFlink's is 1,000 ms
     assert conf.get_string("pipeline.auto-watermark-interval", "") == "500 ms"
     assert conf.get_string("taskmanager.numberOfTaskSlots", "") == "6"  # a mini-cluster fits both groups
     shared = flink_configuration(PipelineConfig.from_env({}, ["--decide_slot_group="]), jars=[])
@@ -179,9 +178,9 @@ def test_a_step_is_written_verdicts_first_then_window_versions_in_order():
             self.calls.append([name for name, _ in batch])
 
     recorder = Recorder()
-    assert list(WriteSteps(recorder, 60_000).process_element(step)) == []  # the rows are the result
+    assert list(WriteSteps(recorder, 60_000).flat_map(step)) == []  # the rows are the result
     assert recorder.calls == [[name for name, _ in writes]]
-    WriteSteps(recorder, 60_000).process_element({"verdicts": [], "windows": []})
+    WriteSteps(recorder, 60_000).flat_map({"verdicts": [], "windows": []})
     assert recorder.calls[-1] == []
 
 

@@ -178,17 +178,14 @@ def _window_rows(out):
     return sorted(json.dumps(w, sort_keys=True) for w in out["window"])
 
 
-@pytest.mark.parametrize("parallelism, overrides", [
-    (2, {}), (4, {}), (2, {"batch_max_records": 1}),
-    (2, {"bundles_end_at_watermarks": False, "python_bundle_time_ms": 100}),
-])
-def test_parallelism_2_and_4_give_the_outputs_of_parallelism_1(scenario, parallelism, overrides):
+@pytest.mark.parametrize("parallelism, batch_max_records", [(2, None), (4, None), (2, 1)])
+def test_parallelism_2_and_4_give_the_outputs_of_parallelism_1(scenario, parallelism, batch_max_records):
     """Issue 17: decide's stages at parallelism N, each subtask holding its shards' state:
     the same verdicts (and lateness), window versions and dead letters as one subtask. With
     ``batch_max_records=1`` every record leaves the JVM's batching alone, at once (as before
-    it existed): the grouping into batches changes nothing either. Nor do PyFlink's own
-    Python operators, whose bundles do not end at watermarks (the job before 2026-12-05)."""
+    it existed): the grouping into batches changes nothing either."""
     planned, expected, one = scenario
+    overrides = {} if batch_max_records is None else {"batch_max_records": batch_max_records}
     out = run_pipeline(planned, parallelism=parallelism, **overrides)
     assert _verdict_rows(out) == _verdict_rows(one)
     assert not any(v.get("recheck") for v in one["verdict"] + out["verdict"])  # a fresh job re-checks nothing
@@ -214,47 +211,6 @@ def test_every_operator_is_named_with_its_parallelism_and_max_parallelism():
     for name in ("batch: per shard and watermark", "clean, decide: exact", "decide: near", "decide: verdicts, windows"):
         assert any(name in contents for contents in nodes), (name, nodes)
         assert all(p == 3 for contents, p in nodes.items() if name in contents)
-
-
-def python_operators(write=True, **overrides):
-    """``{operator name: Java class}`` of the Python operators ``build`` wires."""
-    from flink_jobs.config import PipelineConfig
-    from flink_jobs.pipeline import build, environment, records_from_stream
-    from pyflink.common import Row, Types
-
-    with host_process_restored():
-        config = PipelineConfig(**overrides)
-        env, t_env = environment(config, jars=[])
-        raw = env.from_collection([Row(b"{}", "t", 0, 0)], type_info=Types.ROW_NAMED(
-            ["value", "topic", "partition", "offset"],
-            [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG()]))
-        streams = build(env, t_env, records_from_stream(t_env, raw, config), config, write=write)
-        found, todo = {}, [streams.results._j_data_stream.getTransformation()]
-        while todo:  # the transformations the results depend on
-            t = todo.pop()
-            factory = t.getOperatorFactory() if t.getClass().getSimpleName() == "OneInputTransformation" else None
-            if factory is not None and factory.getClass().getSimpleName() == "SimpleOperatorFactory":
-                kind = cls = factory.getOperator().getClass()
-                while cls is not None and cls.getSimpleName() != "AbstractPythonFunctionOperator":
-                    cls = cls.getSuperclass()
-                if cls is not None:
-                    found[t.getName()] = kind.getName()
-            todo.extend(t.getInputs())
-        return found
-
-
-def test_the_python_operators_end_their_bundles_at_watermarks_unless_told_not_to():
-    """Every Python operator of the upload path - the three decide stages (keyed) and the
-    Cassandra writer (not keyed) - is ``BundlesEndAtWatermarks``' by default, and PyFlink's own
-    with ``bundles_end_at_watermarks=false``."""
-    stages = {"clean, decide: exact", "decide: near", "decide: verdicts, windows", "cassandra: write steps"}
-    cut = python_operators()
-    assert stages <= set(cut), cut
-    assert {cut[s] for s in stages - {"cassandra: write steps"}} == {"dev.imgstream.flink.BundlesEndAtWatermarks$Keyed"}
-    assert cut["cassandra: write steps"] == "dev.imgstream.flink.BundlesEndAtWatermarks$Plain"
-    plain = python_operators(bundles_end_at_watermarks=False)
-    assert {plain[s].rsplit(".", 1)[-1] for s in stages} == {"ExternalPythonKeyedProcessOperator",
-                                                             "ExternalPythonProcessOperator"}
 
 
 def run_batcher(planned, batch_max_records):
