@@ -37,7 +37,7 @@ import procs  # noqa: E402  (local-stack/procs.py: the stack's pid files and /pr
 #: takes both.
 GROUPS: Mapping[str, tuple[str, ...]] = {
     "flink tm (jvm)": ("flink-taskmanager",),
-    "flink python": ("flink-taskmanager children",),
+    "flink python": ("flink-taskmanager children", "flink-taskmanager writers"),
     "flink jm": ("flink-jobmanager*",),
     "kafka": ("kafka*",),
     "cassandra": ("cassandra*",),
@@ -45,15 +45,20 @@ GROUPS: Mapping[str, tuple[str, ...]] = {
     "rest": ("s3*", "gateway*", "stats-api*", "heartbeat*"),
 }
 CHILDREN = " children"
+#: The TaskManager's Python workers with a connection to Cassandra: the writer's (``cassandra:
+#: write steps``), counted apart under "flink python" so a report can show them
+#: (:func:`writer_share`); the others run ``decide``.
+WRITERS = "flink-taskmanager writers"
 #: How often a :func:`metered` block samples: a process that exits between two samples loses
 #: at most this much of its CPU from the figures.
 SAMPLE_EVERY_S = 0.5
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _members(run_dir: Path) -> dict[tuple[int, int], tuple[str, float]]:
+def _members(run_dir: Path, writer_port: int | None = None) -> dict[tuple[int, int], tuple[str, float]]:
     """(pid, start time) -> (component, CPU seconds so far) of every process of a component;
-    a component's own process is named as it is, the others ``"<name> children"``."""
+    a component's own process is named as it is, the others ``"<name> children"``, except the
+    TaskManager's children with a TCP connection to ``writer_port``: :data:`WRITERS`."""
     table = procs.process_table()
     pids = procs.PidFiles(run_dir)
     leaders = {}
@@ -66,10 +71,33 @@ def _members(run_dir: Path) -> dict[tuple[int, int], tuple[str, float]]:
     for leader, name in leaders.items():  # descendants in other groups (postgres backends)
         for pid in [leader, *procs.descendants(leader, table)]:
             owner.setdefault(pid, name)
+    writers = connected_to(writer_port, [p for p, n in owner.items() if n == "flink-taskmanager"]) if writer_port else set()
     return {
-        (pid, table[pid].start_ticks): (name if pid in leaders else name + CHILDREN, table[pid].cpu_ticks / _TICK)
+        (pid, table[pid].start_ticks): (
+            name if pid in leaders else WRITERS if pid in writers else name + CHILDREN, table[pid].cpu_ticks / _TICK)
         for pid, name in owner.items()
     }
+
+
+def connected_to(port: int, pids: list[int]) -> set[int]:
+    """The processes of ``pids`` with a TCP connection to remote ``port`` (any address)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    found = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd.path)
+                    if link.startswith("socket:[") and link[8:-1] in inodes:
+                        found.add(pid)
+                        break
+    return found
 
 
 class CpuMeter:
@@ -80,15 +108,16 @@ class CpuMeter:
     when last seen.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, writer_port: int | None = None) -> None:
         self.run_dir = run_dir
+        self.writer_port = writer_port
         self._first: dict[tuple[int, int], float] | None = None
         self._last: dict[tuple[int, int], tuple[str, float]] = {}
         #: ``(time.time(), used())`` at every sample: what :func:`used_between` reads.
         self.timeline: list[tuple[float, dict[str, float]]] = []
 
     def sample(self) -> None:
-        members = _members(self.run_dir)
+        members = _members(self.run_dir, self.writer_port)
         if self._first is None:
             self._first = {key: seconds for key, (_, seconds) in members.items()}
         self._last.update(members)
@@ -104,9 +133,10 @@ class CpuMeter:
 
 
 @contextlib.asynccontextmanager
-async def metered(run_dir: Path, every_s: float = SAMPLE_EVERY_S) -> AsyncIterator[CpuMeter]:
-    """A :class:`CpuMeter` sampling every ``every_s`` while the block runs, and at its ends."""
-    meter = CpuMeter(run_dir)
+async def metered(run_dir: Path, every_s: float = SAMPLE_EVERY_S, writer_port: int | None = None) -> AsyncIterator[CpuMeter]:
+    """A :class:`CpuMeter` sampling every ``every_s`` while the block runs, and at its ends
+    (``writer_port``: see :data:`WRITERS`)."""
+    meter = CpuMeter(run_dir, writer_port)
     meter.sample()
 
     async def sampling() -> None:
@@ -165,4 +195,16 @@ def report(runs: Mapping[str, tuple[int, Mapping[str, float]]]) -> list[str]:
     for label, (events, used) in runs.items():
         per = {group: seconds * 1000 / max(events, 1) for group, seconds in grouped(used).items()}
         lines.append(f"{label:<{width}}" + "".join(f"{value:16.3f}" for value in per.values()) + f"{sum(per.values()):9.3f}")
+    return lines
+
+
+def writer_share(runs: Mapping[str, tuple[int, Mapping[str, float]]]) -> list[str]:
+    """Lines splitting "flink python" of each run into the Cassandra writer's workers
+    (:data:`WRITERS`) and the rest (``decide``), in ms of CPU per event."""
+    lines = []
+    for label, (events, used) in runs.items():
+        writers = used.get(WRITERS, 0.0) * 1000 / max(events, 1)
+        rest = used.get("flink-taskmanager" + CHILDREN, 0.0) * 1000 / max(events, 1)
+        if writers:
+            lines.append(f"{label}: flink python = {rest:.3f} decide workers + {writers:.3f} Cassandra writer's workers")
     return lines

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cpu_budget import metered, report, used_between  # noqa: E402
+from bench.cpu_budget import metered, report, used_between, writer_share  # noqa: E402
 from bench.percentiles import describe  # noqa: E402
 from bench.worker_profile import profile_pipeline  # noqa: E402
 from bench import quiet  # noqa: E402
@@ -185,7 +185,7 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
                                          f"--group_id=bench-pipeline-{run}", "--checkpoint_interval_ms=10000", *extra], True)  # fmt: skip
         profiled: asyncio.Task[list[str]] | None = None
         for label, (job, args, per_task) in jobs.items():
-            async with metered(RUN_DIR) as meter:
+            async with metered(RUN_DIR, writer_port=config.cassandra.port) as meter:
                 if label == "pipeline" and profile_s:
                     profiled = asyncio.create_task(profile_pipeline(RUN_DIR, profile_s))
                 timings[label] = await timed_job(rest, job, args, env, per_task=per_task)
@@ -212,7 +212,7 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
                   f"steady {steady['pipeline'] / steady[base]:.3f}")  # fmt: skip
         print("CPU while each job ran (submission to FINISHED), by stack component; last, the pipeline's steady state\n"
               "(between the moments 20 % and 80 % of its rows were written: no start-up, no draining end):",
-              *report(cpu), sep="\n")
+              *report(cpu), *writer_share(cpu), sep="\n")
         print(f"(this machine has {os.cpu_count()} cores: total ms/event T bounds a run at {os.cpu_count()} * 1000 / T events/s;"
               " the CDC chain keeps working through its backlog after the pipeline finishes)")  # fmt: skip
         if profiled is not None:

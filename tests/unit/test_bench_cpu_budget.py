@@ -3,12 +3,13 @@
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from bench.cpu_budget import GROUPS, CpuMeter, grouped, metered, procs, report, used_between
+from bench.cpu_budget import WRITERS, GROUPS, CpuMeter, grouped, metered, procs, report, used_between, writer_share
 from imgstream.polling import until_sync
 
 # a component like postgres: the leader burns CPU, and so does a child in a session of its own
@@ -108,3 +109,49 @@ def test_used_between_refuses_moments_outside_the_samples():
             used_between(timeline, start, end)
     with pytest.raises(ValueError):
         used_between([], 0.0, 0.0)
+
+
+# a TaskManager: two workers that burn CPU, one of them connected to the Cassandra port first
+TASKMANAGER = """
+import subprocess, sys
+burn = "import time\\nend = time.process_time() + 0.4\\nwhile time.process_time() < end: pass\\n"
+connect = "import socket, sys\\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\\n"
+workers = [subprocess.Popen([sys.executable, "-c", connect + burn + "import signal\\nsignal.pause()", sys.argv[1]]),
+           subprocess.Popen([sys.executable, "-c", burn + "import signal\\nsignal.pause()"])]
+print(*(w.pid for w in workers), flush=True)
+import signal
+signal.pause()
+"""
+
+
+def test_taskmanager_workers_connected_to_cassandra_are_the_writers_share_of_flink_python(tmp_path):
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    tm = subprocess.Popen([sys.executable, "-c", TASKMANAGER, str(port)], start_new_session=True,
+                          stdout=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        procs.PidFiles(tmp_path).write("flink-taskmanager", tm.pid)
+        workers = [int(pid) for pid in tm.stdout.readline().split()]
+        meter = CpuMeter(tmp_path, writer_port=port)
+
+        def burnt() -> bool:
+            meter.sample()
+            used = meter.used()
+            return used.get(WRITERS, 0) >= 0.3 and used.get("flink-taskmanager children", 0) >= 0.3
+
+        until_sync(burnt, lambda: f"both workers were charged apart: {meter.used()}", timeout=30, interval=0.05)
+        used = meter.used()
+        assert grouped(used)["flink python"] == pytest.approx(used[WRITERS] + used["flink-taskmanager children"])
+        [line] = writer_share({"run": (1000, used)})
+        assert line.startswith("run: flink python = ") and "Cassandra writer's workers" in line
+        # without the port, every worker is a child as before
+        plain = CpuMeter(tmp_path)
+        plain.sample()
+        assert WRITERS not in plain.used()
+    finally:
+        for pid in workers:
+            subprocess.run(["kill", "-9", str(pid)], stderr=subprocess.DEVNULL)
+        tm.kill()
+        tm.wait()
+        server.close()
