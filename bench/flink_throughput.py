@@ -11,7 +11,8 @@ steady (events / time from the first output to the last: broker append times of 
 pass-throughs' output, ``processed_at`` of the pipeline's images rows). Then the end-to-end
 latency (received_at -> images row written) of a live paced stream, p50/p99. For each job, the
 CPU every stack component used while it ran, per event (``bench/cpu_budget.py``): on a machine
-with few cores that, not the job alone, bounds the events/s.
+with few cores that, not the job alone, bounds the events/s. Under the table, the pipeline's
+Python CPU split into its ``decide`` workers and the Cassandra writer's workers.
 
     .venv/bin/python bench/flink_throughput.py [--events=20000] [--live-seconds=30] [--live-rate=50] [--parallelism=2]
         [--profile-workers=45]   # also: where the pipeline's Python workers spend their time (py-spy)

@@ -126,7 +126,8 @@ class PipelineConfig:
     #: The longest a Python operator's bundle stays open. A watermark that meets an open bundle
     #: waits for it to finish (PyFlink holds the output watermark until then), so each Python
     #: operator on the path (clean and the three decide stages) can add up to this much to
-    #: every verdict: at PyFlink's default (1 s) that was ~2 s of the status latency at 50/s.
+    #: every verdict: at PyFlink's default (1 s) that was ~2 s of the status latency at 50/s;
+    #: 250 ms costs ~1.1 s more p95 for ~7 % less job CPU (docs/flink-jobs.md, Performance).
     python_bundle_time_ms: int = 100
     #: Records ``decide: exact``'s batching (``flink_jobs.pipeline.batched``) holds at most in
     #: each subtask before it lets every batch go early; normally batches leave at each watermark.
