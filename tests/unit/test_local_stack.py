@@ -51,6 +51,15 @@ def test_every_template_renders_with_the_values_the_stack_passes(tmp_path):
     assert oct(os.stat(tmp_path / ".stack" / "conf" / "s3" / "s3proxy.conf").st_mode & 0o777) == "0o600"
 
 
+def test_every_kafka_partition_is_bounded_in_size_not_only_in_time():
+    """The CDC topics (~10 KB a row change) grew to 63 GB in a week of benchmarks and filled the
+    disk: the broker's template bounds each partition, in segments small enough to delete by."""
+    text = (Path(component.TEMPLATES) / "kafka-server.properties").read_text()
+    props = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    retention, segment = int(props["log.retention.bytes"]), int(props["log.segment.bytes"])
+    assert 0 < retention <= 4 * 2**30 and segment <= retention // 4
+
+
 def test_kafka_cluster_id_has_kafka_uuid_shape():
     cid = kafka.kafka_uuid()
     assert len(cid) == 22 and "=" not in cid
