@@ -118,6 +118,9 @@ class CpuMeter:
 
     def sample(self) -> None:
         members = _members(self.run_dir, self.writer_port)
+        for key, (name, seconds) in members.items():
+            if self._last.get(key, ("", 0.0))[0] == WRITERS:  # once a writer, always: it closes its
+                members[key] = (WRITERS, seconds)  # connection at the job's end, before it exits
         if self._first is None:
             self._first = {key: seconds for key, (_, seconds) in members.items()}
         self._last.update(members)

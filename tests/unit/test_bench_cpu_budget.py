@@ -155,3 +155,17 @@ def test_taskmanager_workers_connected_to_cassandra_are_the_writers_share_of_fli
         tm.kill()
         tm.wait()
         server.close()
+
+
+def test_a_writer_stays_a_writer_after_it_closes_its_connection(tmp_path, monkeypatch):
+    """A writer closes its Cassandra connection when its job ends, before it exits: what it used
+    over the whole run is still the writer's."""
+    import bench.cpu_budget as cpu_budget
+
+    key, children = (123, 1), "flink-taskmanager children"
+    samples = iter([{key: (children, 0.0)}, {key: (WRITERS, 1.0)}, {key: (children, 2.0)}])
+    monkeypatch.setattr(cpu_budget, "_members", lambda run_dir, port=None: next(samples))
+    meter = CpuMeter(tmp_path, writer_port=9042)
+    for _ in range(3):
+        meter.sample()
+    assert meter.used() == {WRITERS: 2.0}
