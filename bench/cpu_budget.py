@@ -32,33 +32,34 @@ sys.path.append(str(Path(__file__).resolve().parents[1] / "local-stack"))
 
 import procs  # noqa: E402  (local-stack/procs.py: the stack's pid files and /proc reading)
 
+CHILDREN = " children"
+#: The TaskManager's Python workers.
+TM_WORKERS = "flink-taskmanager" + CHILDREN
+#: Those of them a :class:`CpuMeter` given a ``writer_port`` saw connected to it (Cassandra): the
+#: writer's (``cassandra: write steps``), counted apart under "flink python" so a report can
+#: show them (:func:`writer_share`); the others run ``decide``.
+WRITERS = "flink-taskmanager writers"
 #: Columns of the report: stack components grouped as an operator would read them. A
 #: component's own process is charged to its name, the rest to ``"<name> children"``; ``*``
 #: takes both.
 GROUPS: Mapping[str, tuple[str, ...]] = {
     "flink tm (jvm)": ("flink-taskmanager",),
-    "flink python": ("flink-taskmanager children", "flink-taskmanager writers"),
+    "flink python": (TM_WORKERS, WRITERS),
     "flink jm": ("flink-jobmanager*",),
     "kafka": ("kafka*",),
     "cassandra": ("cassandra*",),
     "cdc+connect+pg": ("cassandra-cdc*", "connect*", "postgres*"),
     "rest": ("s3*", "gateway*", "stats-api*", "heartbeat*"),
 }
-CHILDREN = " children"
-#: The TaskManager's Python workers with a connection to Cassandra: the writer's (``cassandra:
-#: write steps``), counted apart under "flink python" so a report can show them
-#: (:func:`writer_share`); the others run ``decide``.
-WRITERS = "flink-taskmanager writers"
 #: How often a :func:`metered` block samples: a process that exits between two samples loses
 #: at most this much of its CPU from the figures.
 SAMPLE_EVERY_S = 0.5
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _members(run_dir: Path, writer_port: int | None = None) -> dict[tuple[int, int], tuple[str, float]]:
+def _members(run_dir: Path) -> dict[tuple[int, int], tuple[str, float]]:
     """(pid, start time) -> (component, CPU seconds so far) of every process of a component;
-    a component's own process is named as it is, the others ``"<name> children"``, except the
-    TaskManager's children with a TCP connection to ``writer_port``: :data:`WRITERS`."""
+    a component's own process is named as it is, the others ``"<name> children"``."""
     table = procs.process_table()
     pids = procs.PidFiles(run_dir)
     leaders = {}
@@ -71,10 +72,8 @@ def _members(run_dir: Path, writer_port: int | None = None) -> dict[tuple[int, i
     for leader, name in leaders.items():  # descendants in other groups (postgres backends)
         for pid in [leader, *procs.descendants(leader, table)]:
             owner.setdefault(pid, name)
-    writers = connected_to(writer_port, [p for p, n in owner.items() if n == "flink-taskmanager"]) if writer_port else set()
     return {
-        (pid, table[pid].start_ticks): (
-            name if pid in leaders else WRITERS if pid in writers else name + CHILDREN, table[pid].cpu_ticks / _TICK)
+        (pid, table[pid].start_ticks): (name if pid in leaders else name + CHILDREN, table[pid].cpu_ticks / _TICK)
         for pid, name in owner.items()
     }
 
@@ -111,16 +110,21 @@ class CpuMeter:
     def __init__(self, run_dir: Path, writer_port: int | None = None) -> None:
         self.run_dir = run_dir
         self.writer_port = writer_port
+        #: TaskManager workers seen connected to ``writer_port``: writers for good (a writer closes
+        #: its connection when its job ends, before it exits), and not looked at again.
+        self._writers: set[tuple[int, int]] = set()
         self._first: dict[tuple[int, int], float] | None = None
         self._last: dict[tuple[int, int], tuple[str, float]] = {}
         #: ``(time.time(), used())`` at every sample: what :func:`used_between` reads.
         self.timeline: list[tuple[float, dict[str, float]]] = []
 
     def sample(self) -> None:
-        members = _members(self.run_dir, self.writer_port)
-        for key, (name, seconds) in members.items():
-            if self._last.get(key, ("", 0.0))[0] == WRITERS:  # once a writer, always: it closes its
-                members[key] = (WRITERS, seconds)  # connection at the job's end, before it exits
+        members = _members(self.run_dir)
+        if self.writer_port:
+            unknown = [key for key, (name, _) in members.items() if name == TM_WORKERS and key not in self._writers]
+            connected = connected_to(self.writer_port, [pid for pid, _ in unknown]) if unknown else set()
+            self._writers.update(key for key in unknown if key[0] in connected)
+            members.update({key: (WRITERS, members[key][1]) for key in self._writers if key in members})
         if self._first is None:
             self._first = {key: seconds for key, (_, seconds) in members.items()}
         self._last.update(members)
@@ -207,7 +211,7 @@ def writer_share(runs: Mapping[str, tuple[int, Mapping[str, float]]]) -> list[st
     lines = []
     for label, (events, used) in runs.items():
         writers = used.get(WRITERS, 0.0) * 1000 / max(events, 1)
-        rest = used.get("flink-taskmanager" + CHILDREN, 0.0) * 1000 / max(events, 1)
+        rest = used.get(TM_WORKERS, 0.0) * 1000 / max(events, 1)
         if writers:
             lines.append(f"{label}: flink python = {rest:.3f} decide workers + {writers:.3f} Cassandra writer's workers")
     return lines

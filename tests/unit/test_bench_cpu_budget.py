@@ -163,8 +163,10 @@ def test_a_writer_stays_a_writer_after_it_closes_its_connection(tmp_path, monkey
     import bench.cpu_budget as cpu_budget
 
     key, children = (123, 1), "flink-taskmanager children"
-    samples = iter([{key: (children, 0.0)}, {key: (WRITERS, 1.0)}, {key: (children, 2.0)}])
-    monkeypatch.setattr(cpu_budget, "_members", lambda run_dir, port=None: next(samples))
+    samples = iter([{key: (children, 0.0)}, {key: (children, 1.0)}, {key: (children, 2.0)}])
+    monkeypatch.setattr(cpu_budget, "_members", lambda run_dir: next(samples))
+    connections = iter([set(), {123}, set()])  # connected at the second sample only
+    monkeypatch.setattr(cpu_budget, "connected_to", lambda port, pids: next(connections) & set(pids))
     meter = CpuMeter(tmp_path, writer_port=9042)
     for _ in range(3):
         meter.sample()
