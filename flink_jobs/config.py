@@ -98,6 +98,12 @@ class PipelineConfig:
     #: to its worker - and ``decide`` fire its timers, so this sets how often the job stalls.
     #: 500 ms (was 1 s, issue 17): half a second less status latency for ~2 stalls more a second.
     watermark_interval_ms: int = 500
+    #: The grid ``decide``'s watermarks move on (``WatermarkBatcher``; 1 = every watermark as the
+    #: source makes it). The source's subtasks emit out of phase, so their minimum moves several
+    #: times per interval, and every move is a step - a timer round trip - of every shard key with
+    #: work in each of the three ``decide`` stages. On a grid it moves once per quantum. A lower
+    #: watermark is still a watermark: fewer events are late, windows close up to a quantum later.
+    watermark_quantum_ms: int = 1
     window_ms: int = MINUTE_MS
     #: Late events up to this far behind still update their window (a new revision).
     allowed_lateness_ms: int = 5 * MINUTE_MS
@@ -193,6 +199,8 @@ class PipelineConfig:
             raise ValueError(f"parallelism must be in 1..max_parallelism ({self.max_parallelism}), got {self.parallelism}")
         if self.batch_max_records < 1:
             raise ValueError(f"batch_max_records must be at least 1, got {self.batch_max_records}")
+        if self.watermark_quantum_ms < 1:
+            raise ValueError(f"watermark_quantum_ms must be at least 1, got {self.watermark_quantum_ms}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")

@@ -107,7 +107,8 @@ def build(
     policy, plan = config.dedup(), config.shard_plan()
     cleaner = Cleaner(config.topic, config.clock_skew_tolerance_ms)
     exact = (
-        batched(by_first_field(raw, RECORD_TYPE), config.batch_max_records, config.decide_slot_group)
+        batched(by_first_field(raw, RECORD_TYPE), config.batch_max_records, config.decide_slot_group,
+                config.watermark_quantum_ms)
         .process(DecideExact(policy, plan, config.window_ms, config.allowed_lateness_ms, cleaner), BATCH_TYPE)
         .name("clean, decide: exact")
         # a new uid: its state is routed by another rule than "decide-exact"'s (crc32 of the
@@ -302,17 +303,18 @@ RECORD_BATCH_TYPE = Types.ROW([Types.INT(), Types.LIST(BATCH_ITEM_TYPE)])
 BATCHER_NAME, BATCHER_UID = "batch: per shard and watermark", "batch-records"
 
 
-def batched(keyed: KeyedStream, max_records: int, slot_group: str = "") -> KeyedStream:
+def batched(keyed: KeyedStream, max_records: int, slot_group: str = "", watermark_quantum_ms: int = 1) -> KeyedStream:
     """``keyed`` (rows ``(int key, record)``) as one ``Row(key, [(record, timestamp), ...])``
     per key and watermark interval, grouped in the JVM (``dev.imgstream.flink.WatermarkBatcher``,
     local-stack/jvm/flink) and still keyed by the same key, without a shuffle: the Python
     operator after it pays PyFlink's per-element machinery once per batch, not per record.
     A batch leaves before the watermark that follows its records, so each record meets the
     watermark it arrived under; at most ``max_records`` are held (then all leave early).
-    ``slot_group`` must be the next operator's, so the two chain into one task."""
+    ``slot_group`` must be the next operator's, so the two chain into one task. Watermarks go on
+    on a grid of ``watermark_quantum_ms`` (1: as they come; see ``PipelineConfig``)."""
     jvm = get_gateway().jvm
     j_batched = keyed._j_data_stream.transform(BATCHER_NAME, RECORD_BATCH_TYPE.get_java_type_info(),
-                                               jvm.dev.imgstream.flink.WatermarkBatcher(max_records))  # fmt: skip
+                                               jvm.dev.imgstream.flink.WatermarkBatcher(max_records, watermark_quantum_ms))  # fmt: skip
     j_batched.uid(BATCHER_UID)
     if slot_group:
         j_batched.slotSharingGroup(slot_group)

@@ -178,14 +178,14 @@ def _window_rows(out):
     return sorted(json.dumps(w, sort_keys=True) for w in out["window"])
 
 
-@pytest.mark.parametrize("parallelism, batch_max_records", [(2, None), (4, None), (2, 1)])
-def test_parallelism_2_and_4_give_the_outputs_of_parallelism_1(scenario, parallelism, batch_max_records):
+@pytest.mark.parametrize("parallelism, overrides", [
+    (2, {}), (4, {}), (2, {"batch_max_records": 1}), (2, {"watermark_quantum_ms": 1_000})])
+def test_parallelism_2_and_4_give_the_outputs_of_parallelism_1(scenario, parallelism, overrides):
     """Issue 17: decide's stages at parallelism N, each subtask holding its shards' state:
     the same verdicts (and lateness), window versions and dead letters as one subtask. With
     ``batch_max_records=1`` every record leaves the JVM's batching alone, at once (as before
-    it existed): the grouping into batches changes nothing either."""
+    it existed): the grouping into batches changes nothing either; nor do watermarks on a grid."""
     planned, expected, one = scenario
-    overrides = {} if batch_max_records is None else {"batch_max_records": batch_max_records}
     out = run_pipeline(planned, parallelism=parallelism, **overrides)
     assert _verdict_rows(out) == _verdict_rows(one)
     assert not any(v.get("recheck") for v in one["verdict"] + out["verdict"])  # a fresh job re-checks nothing
@@ -254,3 +254,33 @@ def test_the_jvm_batcher_hands_on_every_record_once_in_batches_of_one_shard(batc
             assert isinstance(cleaned, Cleaned) and shards.exact_shard(cleaned.event.sha256) == key
     sizes = [len(batch) for _, batch in batches]
     assert max(sizes) == 1 if batch_max_records == 1 else max(sizes) > 1
+
+
+@pytest.mark.parametrize("quantum", [1, 200, 500, 1_000])
+def test_the_batcher_forwards_each_watermark_as_the_last_grid_line_at_or_before_it(quantum):
+    """``WatermarkBatcher.onGrid``, the JVM's own method: never above the watermark (a lower
+    watermark is still one), less than a quantum below it, on the grid (``W + 1`` a multiple of
+    the quantum, so the bucket ends of the stages line up), monotone; the end of input
+    (``Long.MAX_VALUE``) and the lowest values go on as they are."""
+    import random
+
+    from pyflink.java_gateway import get_gateway
+
+    from flink_jobs.config import PipelineConfig
+    from flink_jobs.pipeline import environment
+
+    low, high = -(2**63), 2**63 - 1
+    with host_process_restored():
+        environment(PipelineConfig(), jars=[])  # loads the job's operators into this gateway
+        on_grid = get_gateway().jvm.dev.imgstream.flink.WatermarkBatcher.onGrid
+        rng = random.Random(quantum)
+        marks = sorted({0, -1, 1, quantum - 1, quantum, 1_764_950_400_123, -5 * quantum - 3, high - quantum,
+                        *(rng.randrange(-(10**13), 10**13) for _ in range(300)),
+                        *(1_764_950_400_000 + i for i in range(2 * quantum + 2))})
+        got = [on_grid(mark, quantum) for mark in marks]
+        assert on_grid(high, quantum) == high and on_grid(low, quantum) == low
+    for mark, grid in zip(marks, got):
+        assert mark - quantum < grid <= mark, (mark, grid)
+        assert (grid + 1) % quantum == 0, (mark, grid)
+    assert got == sorted(got)
+    assert (len(set(got)) == len(marks)) == (quantum == 1)

@@ -31,21 +31,51 @@ import org.apache.flink.types.Row;
  * may be reordered, which {@code decide: exact} does not see (its order keys and lateness depend
  * on a record and its arrival watermark only). No state: everything held is emitted before a
  * barrier passes, so a checkpoint never holds a record here.
+ *
+ * <p>Watermarks on a grid ({@code quantumMs} &gt; 1): a watermark {@code W} is forwarded as the
+ * last grid line's {@code floor((W + 1) / quantum) * quantum - 1}, and only when that moves. Every
+ * stage after it fires its timers once per forwarded advance and key, and the source's subtasks
+ * emit their watermarks out of phase, so their minimum moves several times per interval; on the
+ * grid it moves once per {@code quantumMs}. A lower watermark is still a watermark: records are
+ * late less often, never more, and windows close at most {@code quantumMs} later. A quantum of 1
+ * forwards every watermark as it comes.
  */
 public final class WatermarkBatcher extends AbstractStreamOperator<Row> implements OneInputStreamOperator<Row, Row> {
 
     private static final long serialVersionUID = 1L;
 
     private final int maxBuffered;
+    private final long quantumMs;
     private transient Map<Object, List<Row>> held;
     private transient int count;
+    private transient long forwarded;
 
     /** @param maxBuffered records held at most before the batches are emitted early (a bound on memory) */
     public WatermarkBatcher(int maxBuffered) {
+        this(maxBuffered, 1L);
+    }
+
+    /**
+     * @param maxBuffered records held at most before the batches are emitted early (a bound on memory)
+     * @param quantumMs the grid watermarks are forwarded on (1: every watermark as it comes)
+     */
+    public WatermarkBatcher(int maxBuffered, long quantumMs) {
         if (maxBuffered < 1) {
             throw new IllegalArgumentException("maxBuffered must be at least 1, got " + maxBuffered);
         }
+        if (quantumMs < 1) {
+            throw new IllegalArgumentException("quantumMs must be at least 1, got " + quantumMs);
+        }
         this.maxBuffered = maxBuffered;
+        this.quantumMs = quantumMs;
+    }
+
+    /** {@code timestamp} on the grid of {@code quantumMs}: the last grid line at or before it, minus 1 ms. */
+    public static long onGrid(long timestamp, long quantumMs) {
+        if (quantumMs == 1 || timestamp == Long.MAX_VALUE || timestamp < Long.MIN_VALUE + quantumMs) {
+            return timestamp;
+        }
+        return Math.floorDiv(timestamp + 1, quantumMs) * quantumMs - 1;
     }
 
     @Override
@@ -53,6 +83,7 @@ public final class WatermarkBatcher extends AbstractStreamOperator<Row> implemen
         super.open();
         held = new HashMap<>();
         count = 0;
+        forwarded = Long.MIN_VALUE;
     }
 
     @Override
@@ -67,8 +98,13 @@ public final class WatermarkBatcher extends AbstractStreamOperator<Row> implemen
 
     @Override
     public void processWatermark(Watermark mark) throws Exception {
+        long next = onGrid(mark.getTimestamp(), quantumMs);
+        if (next <= forwarded) {
+            return;  // the grid line has not moved: the records held stay under the last one forwarded
+        }
         emit();
-        super.processWatermark(mark);
+        forwarded = next;
+        super.processWatermark(next == mark.getTimestamp() ? mark : new Watermark(next));
     }
 
     @Override
