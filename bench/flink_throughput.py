@@ -9,7 +9,10 @@ and the ratios, two ways: over the job's life (RUNNING -> FINISHED, start-up inc
 deployment, Python workers, Kafka transactions - seconds that dwarf a short JVM run) and
 steady (events / time from the first output to the last: broker append times of the
 pass-throughs' output, ``processed_at`` of the pipeline's images rows). Then the end-to-end
-latency (received_at -> images row written) of a live paced stream, p50/p99. For each job, the
+latency (received_at -> images row written) of a live paced stream, p50/p99, and the CPU per
+event of every component while it was produced: a live stream's watermarks follow the wall
+clock, so its ``decide`` stages take the steps a production job takes (a backlog's watermarks
+jump seconds of event time at each emission). For each job of the throughput phase, the
 CPU every stack component used while it ran, per event (``bench/cpu_budget.py``): on a machine
 with few cores that, not the job alone, bounds the events/s. Under the table, the pipeline's
 Python CPU split into its ``decide`` workers and the Cassandra writer's workers.
@@ -35,6 +38,7 @@ import time
 import uuid
 from datetime import timezone
 from pathlib import Path
+from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -223,9 +227,14 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
         await delete_topics(config.kafka, [source, f"{sink}-jvm", f"{sink}-python", dlq])
 
 
-async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: int, parallelism: int = 1) -> None:
+async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: int, parallelism: int = 1,
+                  extra: Sequence[str] = ()) -> None:
+    """A pipeline fed ``rate`` new images a second for ``seconds``, event time = now: the latency
+    received_at -> images row, and the CPU per event of every component while the images were
+    produced (a live stream, where the backlog of :func:`throughput` is not: its watermarks follow
+    the wall clock, so the steps per second of the ``decide`` stages are a live job's)."""
     bootstrap = config.kafka.bootstrap_servers
-    args = ["--checkpoint_interval_ms=10000", f"--parallelism={parallelism}"]
+    args = ["--checkpoint_interval_ms=10000", f"--parallelism={parallelism}", *extra]
     async with testing.pipeline_run(env, bootstrap, args) as run, testing.heartbeats(bootstrap, run.topic):
         def checkpointed() -> bool:
             return testing.flink_get(config.flink_rest, f"/jobs/{run.job_id}/checkpoints")["counts"]["completed"] >= 1
@@ -238,7 +247,14 @@ async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: 
                  start_ms=int(time.time() * 1000) + 200, step_ms=1000 // rate),
             f"bench{run.run_id}",
         )  # fmt: skip: own producers and ids per run (a seeded plan repeats its ids)
-        await testing.produce(bootstrap, run.topic, [p.value for p in planned], per_second=rate)
+        async with metered(RUN_DIR, writer_port=config.cassandra.port) as meter:
+            start = time.time()
+            await testing.produce(bootstrap, run.topic, [p.value for p in planned], per_second=rate)
+            end = time.time()
+        # the second half alone too: a job's first minute has its JVM compiling the new job's classes
+        half = (start + end) / 2
+        cpu = {f"pipeline live, {rate}/s new images": (count, used_between(meter.timeline, start, end)),
+               f"pipeline live, {rate}/s, second half": (count // 2, used_between(meter.timeline, half, end))}
         cluster, session = open_session(config.cassandra)
         select = session.prepare("SELECT received_at, processed_at FROM images WHERE image_id = ?")
         ids = [p.image_id for p in planned]
@@ -254,6 +270,7 @@ async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: 
         delays = [(r.processed_at - r.received_at).total_seconds() for r in rows]
         print(f"latency received_at -> images row, {count} events at {rate}/s: {describe(delays, (0.5, 0.99))} "
               "(includes the out-of-orderness bound: a verdict waits for the watermark)")  # fmt: skip
+        print("CPU while the images were produced, by stack component:", *report(cpu), *writer_share(cpu), sep="\n")
 
 
 def main() -> None:
@@ -276,7 +293,7 @@ def main() -> None:
         if args.events > 0:
             asyncio.run(throughput(config, env, args.events, args.job_arg, args.parallelism, args.profile_workers))
         if args.live_seconds > 0:
-            asyncio.run(latency(config, env, args.live_seconds, args.live_rate, args.parallelism))
+            asyncio.run(latency(config, env, args.live_seconds, args.live_rate, args.parallelism, args.job_arg))
 
 
 if __name__ == "__main__":
