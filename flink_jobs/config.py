@@ -23,7 +23,7 @@ from imgstream.domain.dedup import (
     DedupPolicy,
 )
 from imgstream.domain.clock import CLOCK_SKEW_TOLERANCE_MS
-from imgstream.domain.sharding import DEFAULT_NEAR_SPLIT_BITS, DEFAULT_SHARDS, ShardPlan
+from imgstream.domain.sharding import DEFAULT_NEAR_SPLIT_BITS, DEFAULT_SHARDS, ORDER_BUCKET_MS, ShardPlan
 from imgstream.domain.events import TOPIC_DEAD_LETTER, TOPIC_DELETED, TOPIC_UPLOADED
 from imgstream.domain.windows import MINUTE_MS
 
@@ -104,8 +104,8 @@ class PipelineConfig:
     #: work in each of the three ``decide`` stages. On a 1 s grid it moves once a second: a live
     #: stream at 500/s cost the Python workers ~26 % less CPU per event, for ~0.3-0.5 s more
     #: latency (docs/flink-jobs.md, Performance). A lower watermark is still a watermark: fewer
-    #: events are late, windows close up to a quantum later. Keep it a multiple of 200 ms (the
-    #: stages' buckets), so each forwarded watermark ends a bucket.
+    #: events are late, windows close up to a quantum later. 1 or a multiple of the stages'
+    #: 200 ms buckets (checked), so each forwarded watermark ends a bucket.
     watermark_quantum_ms: int = 1_000
     window_ms: int = MINUTE_MS
     #: Late events up to this far behind still update their window (a new revision).
@@ -202,8 +202,9 @@ class PipelineConfig:
             raise ValueError(f"parallelism must be in 1..max_parallelism ({self.max_parallelism}), got {self.parallelism}")
         if self.batch_max_records < 1:
             raise ValueError(f"batch_max_records must be at least 1, got {self.batch_max_records}")
-        if self.watermark_quantum_ms < 1:
-            raise ValueError(f"watermark_quantum_ms must be at least 1, got {self.watermark_quantum_ms}")
+        if self.watermark_quantum_ms != 1 and (self.watermark_quantum_ms < 1 or self.watermark_quantum_ms % ORDER_BUCKET_MS):
+            raise ValueError(f"watermark_quantum_ms must be 1 (no grid) or a positive multiple of {ORDER_BUCKET_MS} "
+                             f"(the stages' buckets), got {self.watermark_quantum_ms}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")

@@ -149,10 +149,6 @@ class Cleaner:
 
 # --- shared by the decide stages (flink_jobs/sharded.py) and the writer ---------------------
 
-#: Images wait for the watermark in buckets of this much event time (one timer per bucket,
-#: not per image: each timer registration is a round trip from Python to the JVM). It must
-#: divide the window length, so an image is decided before its window fires.
-ORDER_BUCKET_MS = 200
 #: How often (event time) the index drops entries whose TTL has passed. A prune visits the
 #: whole index, so it must be rare: every minute it took 16 % of deciding when a backlog
 #: (event time passing ~10x faster than real time) was worked off. An hour keeps at most an

@@ -53,11 +53,11 @@ from imgstream.config import KafkaConfig
 from imgstream.domain.dedup import NEEDS_NEAR, STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, NearMatch, best_match, near_verdict
 from imgstream.domain.events import TOPIC_UPLOADED, ImageUploaded
 from imgstream.domain.producers import SYNTHETIC_REALM, USER_REALM, dedup_realm
-from imgstream.domain.sharding import ShardPlan, due_of, order_key, pending_key
+from imgstream.domain.sharding import ORDER_BUCKET_MS, ShardPlan, due_of, order_key, pending_key
 from imgstream.domain.windows import Lateness, WindowBook, coalesce, window_start
 
 from flink_jobs.cassandra_sink import maybe_written
-from flink_jobs.functions import ORDER_BUCKET_MS, PRUNE_EVERY_MS, PRUNE_SLACK_MS, RECHECK, Cleaner, _ref, _ttl, with_lateness
+from flink_jobs.functions import PRUNE_EVERY_MS, PRUNE_SLACK_MS, RECHECK, Cleaner, _ref, _ttl, with_lateness
 from flink_jobs.mirror import MirroredMap
 from flink_jobs import worker_gc
 

@@ -65,6 +65,11 @@ DEFAULT_SHARDS = 32
 DEFAULT_NEAR_SPLIT_BITS = 1
 #: Most top bits a near shard may take: each costs one more visit per band and image.
 MAX_NEAR_SPLIT_BITS = 4
+#: The stages hold images until the watermark passes their bucket of this much event time
+#: (one timer per key and bucket end, not per image). Window lengths and the watermark grid of
+#: ``flink_jobs`` are multiples of it, so a window fires and a forwarded watermark lands on a
+#: bucket's end.
+ORDER_BUCKET_MS = 200
 #: Version of the exact routing in :attr:`ShardPlan.signature`: state routed by another rule
 #: (``crc32`` of the SHA-256 before 2026-12-05) must not be read by this one.
 EXACT_ROUTING = "java-hash"

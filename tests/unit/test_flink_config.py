@@ -34,7 +34,8 @@ def test_config_from_env_and_args():
     [["window_ms=1"], ["--dedup_policy=a=nowhere"], ["--window_ms=abc"], ["--python_execution_mode=fork"], ["--python_execution_mode=thread"],
      ["--state_backend=leveldb"], ["--dlq_delivery=maybe"], ["--near_bands=65"], ["--near_bands=1"],
      ["--batch_max_records=0"], ["--batch_max_records=-5"],
-     ["--watermark_quantum_ms=0"], ["--watermark_quantum_ms=-200"]],
+     ["--watermark_quantum_ms=0"], ["--watermark_quantum_ms=-200"], ["--watermark_quantum_ms=500"],
+     ["--watermark_quantum_ms=2"]],
 )  # fmt: skip
 def test_config_rejects_bad_input_at_the_entry_point(argv):
     with pytest.raises(ValueError):
