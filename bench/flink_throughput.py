@@ -17,7 +17,7 @@ CPU every stack component used while it ran, per event (``bench/cpu_budget.py``)
 with few cores that, not the job alone, bounds the events/s. Under the table, the pipeline's
 Python CPU split into its ``decide`` workers and the Cassandra writer's workers.
 
-    .venv/bin/python bench/flink_throughput.py [--events=20000] [--live-seconds=30] [--live-rate=50] [--parallelism=2]
+    .venv/bin/python bench/flink_throughput.py [--events=20000] [--live-seconds=30] [--live-rate=50] [--live-mix] [--parallelism=2]
         [--profile-workers=45]   # also: where the pipeline's Python workers spend their time (py-spy)
 
 Slots: the pipeline at parallelism ``p`` takes ``2p`` task slots (the Cassandra writer, and
@@ -38,7 +38,7 @@ import time
 import uuid
 from datetime import timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -157,6 +157,24 @@ def check_slots(rest: str, parallelism: int, extra: list[str]) -> None:
                          "resumes it) or pass --job-arg=--decide_slot_group=")
 
 
+class Mix(TypedDict):
+    """Counts of each kind of event for the generator (``flink_jobs.generator.plan``)."""
+
+    originals: int
+    exact_copies: int
+    near_copies: int
+    replays: int
+    malformed: int
+
+
+def mix(n: int, new_only: bool = False) -> Mix:
+    """The generator's counts for ``n`` events: 70 % originals, 10 % exact and 10 % near copies,
+    5 % replays and 5 % malformed events (the throughput phase's mix), or new images only."""
+    if new_only:
+        return Mix(originals=n, exact_copies=0, near_copies=0, replays=0, malformed=0)
+    return Mix(originals=int(n * 0.7), exact_copies=n // 10, near_copies=n // 10, replays=n // 20, malformed=n // 20)
+
+
 async def throughput(config: StackConfig, env: dict[str, str], events: int, extra: list[str],
                      parallelism: int = 1, profile_s: int = 0) -> None:
     bootstrap, rest = config.kafka.bootstrap_servers, config.flink_rest
@@ -170,9 +188,7 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
     try:
         n = max(events, 100)
         planned = testing.renamed(
-            plan(seed=1, originals=int(n * 0.7), exact_copies=n // 10, near_copies=n // 10, replays=n // 20,
-                 malformed=n // 20, step_ms=10,
-                 start_ms=int(time.time() * 1000) - 2 * n * 10),
+            plan(seed=1, **mix(n), step_ms=10, start_ms=int(time.time() * 1000) - 2 * n * 10),
             f"bench{run}",
         )  # fmt: skip
         t0 = time.monotonic()
@@ -228,11 +244,12 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
 
 
 async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: int, parallelism: int = 1,
-                  extra: Sequence[str] = ()) -> None:
+                  extra: Sequence[str] = (), new_only: bool = True) -> None:
     """A pipeline fed ``rate`` new images a second for ``seconds``, event time = now: the latency
     received_at -> images row, and the CPU per event of every component while the images were
     produced (a live stream, where the backlog of :func:`throughput` is not: its watermarks follow
-    the wall clock, so the steps per second of the ``decide`` stages are a live job's)."""
+    the wall clock, so the steps per second of the ``decide`` stages are a live job's). The stream
+    is new images only (``new_only``), or the throughput phase's mix."""
     bootstrap = config.kafka.bootstrap_servers
     args = ["--checkpoint_interval_ms=10000", f"--parallelism={parallelism}", *extra]
     async with testing.pipeline_run(env, bootstrap, args) as run, testing.heartbeats(bootstrap, run.topic):
@@ -241,10 +258,8 @@ async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: 
 
         await until(lambda: asyncio.to_thread(checkpointed), "the latency job to run", timeout=testing.DEADLINE_S,
                     interval=testing.CHECK_EVERY_S)
-        count = seconds * rate
         planned = testing.renamed(
-            plan(seed=2, originals=count, exact_copies=0, near_copies=0, replays=0, malformed=0,
-                 start_ms=int(time.time() * 1000) + 200, step_ms=1000 // rate),
+            plan(seed=2, **mix(seconds * rate, new_only), start_ms=int(time.time() * 1000) + 200, step_ms=1000 // rate),
             f"bench{run.run_id}",
         )  # fmt: skip: own producers and ids per run (a seeded plan repeats its ids)
         async with metered(RUN_DIR, writer_port=config.cassandra.port) as meter:
@@ -252,12 +267,13 @@ async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: 
             await testing.produce(bootstrap, run.topic, [p.value for p in planned], per_second=rate)
             end = time.time()
         # the second half alone too: a job's first minute has its JVM compiling the new job's classes
-        half = (start + end) / 2
-        cpu = {f"pipeline live, {rate}/s new images": (count, used_between(meter.timeline, start, end)),
+        count, half = len(planned), (start + end) / 2
+        kind = "new images" if new_only else "the bench's mix"
+        cpu = {f"pipeline live, {rate}/s {kind}": (count, used_between(meter.timeline, start, end)),
                f"pipeline live, {rate}/s, second half": (count // 2, used_between(meter.timeline, half, end))}
         cluster, session = open_session(config.cassandra)
         select = session.prepare("SELECT received_at, processed_at FROM images WHERE image_id = ?")
-        ids = [p.image_id for p in planned]
+        ids = sorted({p.image_id for p in planned if p.image_id})  # replays share an id, malformed have none
         def written() -> list | None:
             rows = [session.execute(select, (i,)).one() for i in ids]
             return rows if all(rows) else None
@@ -278,6 +294,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000, help="0 skips the throughput phase")
     parser.add_argument("--live-seconds", type=int, default=30)
     parser.add_argument("--live-rate", type=int, default=50)
+    parser.add_argument("--live-mix", action="store_true",
+                        help="the live stream in the throughput phase's mix (copies, replays, malformed), not new images only")
     parser.add_argument("--job-arg", action="append", default=[], help="extra --key=value for the pipeline job")
     parser.add_argument("--parallelism", type=int, default=1, help="of every job (the pipeline takes 2x in slots)")
     parser.add_argument("--profile-workers", type=int, default=0, metavar="SECONDS",
@@ -293,7 +311,8 @@ def main() -> None:
         if args.events > 0:
             asyncio.run(throughput(config, env, args.events, args.job_arg, args.parallelism, args.profile_workers))
         if args.live_seconds > 0:
-            asyncio.run(latency(config, env, args.live_seconds, args.live_rate, args.parallelism, args.job_arg))
+            asyncio.run(latency(config, env, args.live_seconds, args.live_rate, args.parallelism, args.job_arg,
+                                not args.live_mix))
 
 
 if __name__ == "__main__":

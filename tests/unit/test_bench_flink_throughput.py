@@ -35,3 +35,12 @@ def test_the_steady_window_spans_the_middle_rows():
     assert steady_window([5.0, 7.0], (0.2, 0.8)) == (5.0, 7.0, 1)
     with pytest.raises(ValueError):
         steady_window([5.0])
+
+
+def test_the_live_phase_and_the_backlog_share_one_mix_unless_asked_for_new_images_only():
+    from bench.flink_throughput import mix
+
+    counts = mix(100_000)
+    assert sum(counts.values()) == 100_000
+    assert (counts["originals"], counts["exact_copies"], counts["replays"], counts["malformed"]) == (70_000, 10_000, 5_000, 5_000)
+    assert mix(30_000, new_only=True) == {"originals": 30_000, "exact_copies": 0, "near_copies": 0, "replays": 0, "malformed": 0}
