@@ -245,7 +245,7 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
 
 async def latency(config: StackConfig, env: dict[str, str], seconds: int, rate: int, parallelism: int = 1,
                   extra: Sequence[str] = (), new_only: bool = True) -> None:
-    """A pipeline fed ``rate`` new images a second for ``seconds``, event time = now: the latency
+    """A pipeline fed ``rate`` events a second for ``seconds``, event time = now: the latency
     received_at -> images row, and the CPU per event of every component while the images were
     produced (a live stream, where the backlog of :func:`throughput` is not: its watermarks follow
     the wall clock, so the steps per second of the ``decide`` stages are a live job's). The stream

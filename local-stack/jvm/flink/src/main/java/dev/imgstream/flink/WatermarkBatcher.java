@@ -50,11 +50,6 @@ public final class WatermarkBatcher extends AbstractStreamOperator<Row> implemen
     private transient int count;
     private transient long forwarded;
 
-    /** @param maxBuffered records held at most before the batches are emitted early (a bound on memory) */
-    public WatermarkBatcher(int maxBuffered) {
-        this(maxBuffered, 1L);
-    }
-
     /**
      * @param maxBuffered records held at most before the batches are emitted early (a bound on memory)
      * @param quantumMs the grid watermarks are forwarded on (1: every watermark as it comes)
@@ -72,7 +67,7 @@ public final class WatermarkBatcher extends AbstractStreamOperator<Row> implemen
 
     /** {@code timestamp} on the grid of {@code quantumMs}: the last grid line at or before it, minus 1 ms. */
     public static long onGrid(long timestamp, long quantumMs) {
-        if (quantumMs == 1 || timestamp == Long.MAX_VALUE || timestamp < Long.MIN_VALUE + quantumMs) {
+        if (timestamp == Long.MAX_VALUE || timestamp < Long.MIN_VALUE + quantumMs) {  // no overflow of W + 1, nor below MIN
             return timestamp;
         }
         return Math.floorDiv(timestamp + 1, quantumMs) * quantumMs - 1;
