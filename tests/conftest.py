@@ -20,6 +20,13 @@ from imgstream.config import StackConfig, load_env_file
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Flink's operator test harness (flink-runtime's test jar; `make unit` resolves it into
+# .stack/lib/flink-test) must be on the class path PyFlink's gateway starts with - loaded later,
+# by another class loader, it cannot reach the package-private members of Flink's own classes.
+# The gateway starts once per test process and adds FLINK_TEST_LIBS only with FLINK_TESTING set.
+os.environ.setdefault("FLINK_TESTING", "1")
+os.environ.setdefault("FLINK_TEST_LIBS", str(REPO / ".stack" / "lib" / "flink-test" / "*.jar"))
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
