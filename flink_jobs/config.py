@@ -141,6 +141,9 @@ class PipelineConfig:
     #: Records ``decide: exact``'s batching (``flink_jobs.pipeline.batched``) holds at most in
     #: each subtask before it lets every batch go early; normally batches leave at each watermark.
     batch_max_records: int = 10_000
+    #: The batches a ``decide`` stage's step sends the next one are merged in the JVM per subtask,
+    #: destination key and watermark (``flink_jobs.pipeline.merged``); false: one per key pair.
+    merge_batches: bool = True
     #: Garbage collection in the Python workers (``flink_jobs/worker_gc.py``): CPython's automatic
     #: collector off, a collection of what is younger than the last one every this many seconds;
     #: 0 keeps the automatic collector. Its full collections traverse the whole index and took

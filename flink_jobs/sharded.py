@@ -105,6 +105,15 @@ def batches(items: Iterable[tuple[int, Any]], source: str) -> list[Row]:
     return [Row(shard, [source, group]) for shard, group in grouped.items()]
 
 
+def merge(parts: Iterable[list[Any]]) -> tuple[str, list[Any]]:
+    """Batches ``[source, items]`` of one upstream subtask's step for one key as one: all items,
+    sorted, under the first batch's source (``first#source`` stays unique: a source belongs to
+    one subtask, and an item reaches a key once)."""
+    parts = list(parts)
+    items = parts[0][1] if len(parts) == 1 else sorted((i for _, part in parts for i in part), key=_first)
+    return parts[0][0], items
+
+
 class OrderedStage(KeyedProcessFunction):
     """Holds items until the watermark passes their bucket, then hands whole due buckets to
     :meth:`step` in order-key order; state per key (shard), mirrored per key.
@@ -128,6 +137,11 @@ class OrderedStage(KeyedProcessFunction):
         self.decided_to: dict[Any, int] = {}  # per key: nothing pending is due at or before it
         self.pruned_at: dict[Any, int] = {}
         self.met: set[Any] = set()  # keys met in this attempt
+        metrics = runtime_context.get_metrics_group()
+        # per subtask, in the web UI (and REST): how much each step and batch carries
+        self.batches_in = metrics.counter("batchesIn")
+        self.items_in = metrics.counter("itemsIn")
+        self.steps = metrics.counter("steps")
         self.setup(runtime_context)
 
     def setup(self, runtime_context: RuntimeContext) -> None:
@@ -217,7 +231,10 @@ class OrderedStage(KeyedProcessFunction):
         if self.due_timer.get(self.key) == timestamp:
             del self.due_timer[self.key]
         watermark = max(timestamp, ctx.timer_service().current_watermark())
-        yield from self.step(self.take_due(watermark, ctx), timestamp, ctx)
+        due = self.take_due(watermark, ctx)
+        if due:
+            self.steps.inc()
+        yield from self.step(due, timestamp, ctx)
         if len(self.pending):
             # the next bucket needs a timer no later than its end. ``due_timer`` knows only this
             # attempt's registrations: after a restore the timer firing now may be a restored
@@ -231,11 +248,19 @@ class OrderedStage(KeyedProcessFunction):
             self.pruned_at[self.key] = timestamp
 
     def process_element(self, batch: list[Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
-        """A batch ``[source, items]`` of a stage before (its shard, the key, came as the row's
-        first field: :func:`batches`)."""
+        """The batches of a stage before for this key (its shard, the key, came as the row's first
+        field: :func:`batches`): one ``[source, items]``, or - merged in the JVM per subtask and
+        watermark (:func:`flink_jobs.pipeline.merged`) - a list of ``([source, items], timestamp)``,
+        held as one ``pending`` entry (see :func:`merge`)."""
         self.use_key(ctx.get_current_key())
-        self.hold(batch[1], batch[0], ctx)
+        source, items = batch if isinstance(batch[0], str) else merge(part for part, _ in batch)
+        self.counted(items)
+        self.hold(items, source, ctx)
         return ()
+
+    def counted(self, items: list[Any]) -> None:
+        self.batches_in.inc()
+        self.items_in.inc(len(items))
 
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
         raise NotImplementedError
@@ -288,6 +313,7 @@ class DecideExact(OrderedStage):
         watermark it arrived under (the current one: the batch came before the next), and held
         as one ``pending`` entry."""
         self.use_key(ctx.get_current_key())
+        self.counted(batch)
         watermark = ctx.timer_service().current_watermark()
         held = []
         misrouted, positioned = self.misrouted, self.positioned

@@ -179,12 +179,15 @@ def _window_rows(out):
 
 
 @pytest.mark.parametrize("parallelism, overrides", [
-    (2, {}), (4, {}), (2, {"batch_max_records": 1}), (2, {"watermark_quantum_ms": 1_000})])
+    (2, {}), (4, {}), (2, {"batch_max_records": 1}), (2, {"watermark_quantum_ms": 1_000}),
+    (2, {"merge_batches": False})])
 def test_parallelism_2_and_4_give_the_outputs_of_parallelism_1(scenario, parallelism, overrides):
     """Issue 17: decide's stages at parallelism N, each subtask holding its shards' state:
     the same verdicts (and lateness), window versions and dead letters as one subtask. With
     ``batch_max_records=1`` every record leaves the JVM's batching alone, at once (as before
-    it existed): the grouping into batches changes nothing either; nor do watermarks on a grid."""
+    it existed): the grouping into batches changes nothing either; nor do watermarks on a grid,
+    nor sending the batches between the stages key pair by key pair instead of merged per
+    subtask (``merge_batches=False``)."""
     planned, expected, one = scenario
     out = run_pipeline(planned, parallelism=parallelism, **overrides)
     assert _verdict_rows(out) == _verdict_rows(one)

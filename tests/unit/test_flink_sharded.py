@@ -46,6 +46,7 @@ class Runtime:
         self.timers = timers if timers is not None else set()  # (key, ts)
         self.key = None
         self.watermark = LONG_MIN
+        self.metrics = FakeMetrics()
 
     def get_map_state(self, descriptor):
         return KeyedState(self, descriptor.get_name())
@@ -54,7 +55,7 @@ class Runtime:
         return default
 
     def get_metrics_group(self):
-        return FakeMetrics()
+        return self.metrics
 
     # the context of process_element / on_timer
     def get_current_key(self):
@@ -78,8 +79,9 @@ class Stages:
     stage at ``parallelism`` subtasks (key ``k`` on subtask ``k % parallelism``; a subtask
     sees only its keys' state and timers, as after Flink redistributes key groups)."""
 
-    def __init__(self, shards=4, checkpoint=None, kafka=None, topic="", parallelism=1):
+    def __init__(self, shards=4, checkpoint=None, kafka=None, topic="", parallelism=1, merge=False):
         policy = DedupPolicy()
+        self.merge = merge  # each subtask's step outputs merged per key, as flink_jobs.pipeline.merged does
         self.plan = ShardPlan.for_policy(policy, shards=shards)
         self.parallelism = parallelism
         saved = checkpoint or {}
@@ -133,6 +135,7 @@ class Stages:
         for name in STAGES:  # each stage forwards the watermark after its timers
             for op, runtime in zip(self.ops[name], self.runtimes[name]):
                 runtime.watermark = watermark
+                out = []
                 while True:
                     due = sorted((ts, key) for key, ts in runtime.timers if ts <= watermark)
                     if not due:
@@ -141,7 +144,24 @@ class Stages:
                     runtime.timers.discard((key, ts))
                     runtime.key = key
                     for record in op.on_timer(ts, runtime):
-                        self._route(name, record)
+                        if self.merge and name != "windows":
+                            out.append(record)
+                        else:
+                            self._route(name, record)
+                self._route_merged(name, out)
+
+    def _route_merged(self, name, records):
+        """One subtask's outputs of one watermark advance, one merged record per next stage and
+        key: ``[([source, items], timestamp), ...]`` in the order they were made."""
+        merged = {}
+        for record in records:
+            if isinstance(record, tuple) and record[0] is NEAR_TAG:
+                stage, (key, batch) = "near", record[1]
+            else:
+                stage, (key, batch) = "windows", record
+            merged.setdefault((stage, key), []).append((batch, 0))
+        for (stage, key), batches in merged.items():
+            self._deliver(stage, key, batches)
 
     def verdicts(self):
         return [v for step in self.steps for v in step["verdicts"]]
@@ -431,6 +451,41 @@ def test_restores_at_many_points_of_many_streams_end_like_one_uninterrupted_run(
     assert differ == []
 
 
+@pytest.mark.parametrize("parallelism", [1, 2, 3])
+def test_batches_merged_per_subtask_and_key_decide_like_one_batch_per_key_pair(parallelism):
+    """``flink_jobs.pipeline.merged``: a stage's step outputs reach each key of the next stage
+    as one record per upstream subtask, held as one ``pending`` entry - the same verdicts and
+    table as batches sent key pair by key pair, including across a restore mid-stream."""
+    for seed in range(3):
+        arrival = _stream(seed=100 + seed)
+        whole = Stages(parallelism=1)
+        _feed(whole, arrival, 0, len(arrival))
+        whole.watermark(10**12)
+        merged = Stages(parallelism=parallelism, merge=True)
+        _feed(merged, arrival, 0, len(arrival))
+        merged.watermark(10**12)
+        assert _result([merged]) == _result([whole])
+        cut = len(arrival) // 2
+        first = Stages(parallelism=parallelism, merge=True)
+        _feed(first, arrival, 0, cut)
+        last_watermark = first.runtimes["exact"][0].watermark
+        second = Stages(parallelism=parallelism, checkpoint=first.checkpoint(), merge=True)
+        second.watermark(last_watermark)
+        _feed(second, arrival, cut, len(arrival))
+        second.watermark(10**12)
+        assert _result([first, second]) == _result([whole])
+    windows = merged.runtimes["windows"][0].metrics.counters
+    assert windows["batchesIn"].count < windows["itemsIn"].count  # merged records carried several items
+
+
+def test_merged_batches_are_one_sorted_entry_under_the_first_source():
+    from flink_jobs.sharded import merge
+
+    one = ["e1", [("b", 1), ("d", 2)]]
+    assert merge([one]) == ("e1", [("b", 1), ("d", 2)])
+    assert merge([one, ["e3", [("a", 3), ("c", 4)]]]) == ("e1", [("a", 3), ("b", 1), ("c", 4), ("d", 2)])
+
+
 def _raw(n, sha, received_at="1970-01-01T00:00:01.000Z"):
     return json.dumps({
         "schema_version": 1, "event_type": "image.uploaded", "image_id": f"00000000-0000-4000-8000-{n:012d}",
@@ -494,3 +549,10 @@ def test_decide_exact_holds_a_batch_as_one_pending_entry_in_decision_order():
     assert by_offset[2]["lateness"] != by_offset[1]["lateness"]  # 4 s is behind the 5 s watermark
     assert by_offset[9]["status"] == "rejected"
     assert due_of(first) == 5_001  # the late record: due right after the watermark it arrived under
+    counters = runtime.metrics.counters
+    assert (counters["batchesIn"].count, counters["itemsIn"].count, counters["steps"].count) == (1, 4, 0)
+    ((timer_key, timer_ts),) = runtime.timers
+    runtime.watermark = 10_000
+    steps = list(op.on_timer(timer_ts, runtime))
+    assert steps and counters["steps"].count == 1  # one step took the batch
+    assert not list(op.on_timer(timer_ts, runtime)) and counters["steps"].count == 1  # nothing due: no step
