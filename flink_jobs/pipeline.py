@@ -46,7 +46,7 @@ import asyncio
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from pyflink.common import Configuration, TypeInformation, Types, WatermarkStrategy
 from pyflink.common.serialization import SimpleStringSchema
@@ -116,25 +116,21 @@ def build(
         # make flink-reset) - the state's layout check would only fail it later, at a first timer
         .uid(EXACT_UID)
     )
-    group = config.decide_slot_group
-    if config.merge_batches:
-        near_ops = merged(exact.get_side_output(NEAR_TAG), "merge: near ops", "merge-near-ops", group)
-        batch_type: TypeInformation = MERGED_ITEMS_TYPE
-    else:
-        near_ops, batch_type = exact.get_side_output(NEAR_TAG), Types.PICKLED_BYTE_ARRAY()
+    def hop(stream: DataStream, name: str, uid: str) -> DataStream:
+        """A stage's batches on their way to the next: merged per subtask, or as they are."""
+        return merged(stream, name, uid, config.decide_slot_group) if config.merge_batches else stream
+
+    batch_type = MERGED_ITEMS_TYPE if config.merge_batches else Types.PICKLED_BYTE_ARRAY()
     near = (
-        by_first_field(near_ops, batch_type)
+        by_first_field(hop(exact.get_side_output(NEAR_TAG), "merge: near ops", "merge-near-ops"), batch_type)
         .process(DecideNear(policy), BATCH_TYPE)
         .name("decide: near")
         .uid("decide-near")
     )
     windows = DecideWindows(config.window_ms, config.allowed_lateness_ms, config.kafka, config.topic,
                             config.recheck_written)  # fmt: skip
-    if config.merge_batches:
-        to_windows = merged(exact, "merge: exact verdicts", "merge-exact-verdicts", group).union(
-            merged(near, "merge: near matches", "merge-near-matches", group))
-    else:
-        to_windows = exact.union(near)
+    to_windows = hop(exact, "merge: exact verdicts", "merge-exact-verdicts").union(
+        hop(near, "merge: near matches", "merge-near-matches"))
     results = (
         by_first_field(to_windows, batch_type)
         .process(windows)
@@ -324,11 +320,8 @@ def batched(keyed: KeyedStream, max_records: int, slot_group: str = "", watermar
     ``slot_group`` must be the next operator's, so the two chain into one task. Watermarks go on
     on a grid of ``watermark_quantum_ms`` (1: as they come; see ``PipelineConfig``)."""
     jvm = get_gateway().jvm
-    j_batched = keyed._j_data_stream.transform(BATCHER_NAME, RECORD_BATCH_TYPE.get_java_type_info(),
-                                               jvm.dev.imgstream.flink.WatermarkBatcher(max_records, watermark_quantum_ms))  # fmt: skip
-    j_batched.uid(BATCHER_UID)
-    if slot_group:
-        j_batched.slotSharingGroup(slot_group)
+    j_batched = _jvm_batcher(keyed, BATCHER_NAME, BATCHER_UID, RECORD_BATCH_TYPE, max_records, watermark_quantum_ms,
+                             slot_group)  # fmt: skip
     j_keyed = jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils.reinterpretAsKeyedStream(
         j_batched, jvm.KeyByKeySelector(), SHARD_KEY_TYPE.get_java_type_info())
     return KeyedStream(j_keyed, Types.LIST(BATCH_ITEM_TYPE), DataStream(j_batched))
@@ -352,14 +345,19 @@ def merged(stream: DataStream, name: str, uid: str, slot_group: str = "") -> Dat
     at 500 events/s they carried ~3 items each. Merged, a step sends (subtasks) x (keys of the
     next). Records keep their place before the watermark that follows them (the operator
     emits them before forwarding it), and no state is held across a barrier."""
-    jvm = get_gateway().jvm
-    j_merged = stream._j_data_stream.transform(
-        name, Types.ROW([Types.INT(), MERGED_ITEMS_TYPE]).get_java_type_info(),
-        jvm.dev.imgstream.flink.WatermarkBatcher(MERGE_MAX_RECORDS, 1))
-    j_merged.uid(uid)
+    return DataStream(_jvm_batcher(stream, name, uid, Types.ROW([Types.INT(), MERGED_ITEMS_TYPE]),
+                                   MERGE_MAX_RECORDS, 1, slot_group))
+
+
+def _jvm_batcher(stream: DataStream, name: str, uid: str, output_type: TypeInformation, max_records: int,
+                 watermark_quantum_ms: int, slot_group: str) -> Any:
+    """The Java stream of ``stream`` through a ``WatermarkBatcher`` named ``name`` (uid ``uid``)."""
+    j_batcher = get_gateway().jvm.dev.imgstream.flink.WatermarkBatcher(max_records, watermark_quantum_ms)
+    j_batched = stream._j_data_stream.transform(name, output_type.get_java_type_info(), j_batcher)
+    j_batched.uid(uid)
     if slot_group:
-        j_merged.slotSharingGroup(slot_group)
-    return DataStream(j_merged)
+        j_batched.slotSharingGroup(slot_group)
+    return j_batched
 
 
 def sha256_sql(text_sql: str) -> str:
