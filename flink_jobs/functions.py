@@ -23,13 +23,14 @@ from imgstream.domain.clock import CLOCK_SKEW_TOLERANCE_MS, clamp_event_time
 from imgstream.domain.dedup import ImageRef, Verdict
 from imgstream.domain.events import ImageUploaded
 from imgstream.domain.deletion import STATUS_DELETED
-from imgstream.domain.hashing import parse_hash
+from imgstream.domain.hashing import key_of_text, key_text, parse_hash
 from imgstream.domain.windows import classify
 
 from flink_jobs.cassandra_sink import (
     CassandraWriter, Write, deletion_writes, image_writes, superseded_writes, window_writes,
 )  # fmt: skip
 from flink_jobs import worker_gc
+from flink_jobs.mirror import KeyCodec
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,9 @@ class Cleaner:
 
 
 # --- shared by the decide stages (flink_jobs/sharded.py) and the writer ---------------------
+
+#: The near index's band keys (ints) as its state stores them: the text they had as strings.
+BAND_KEYS = KeyCodec(key_text, key_of_text)
 
 #: How often (event time) the index drops entries whose TTL has passed. A prune visits the
 #: whole index, so it must be rare: every minute it took 16 % of deciding when a backlog

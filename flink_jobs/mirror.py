@@ -9,25 +9,38 @@ to the ``MapState``, which stays the checkpointed source of truth. PyFlink commi
 writes before each checkpoint barrier, so a restore rebuilds exactly the mirror it lost.
 
 Memory: the mirror holds what the state holds; the operators prune it by event time.
+
+A mirror's keys may differ from the state's (:class:`KeyCodec`): the near index's band keys
+are ints in memory, stored as the text they had when they were strings.
 """
 
 from __future__ import annotations
 
-from typing import Any, ItemsView, Iterator, KeysView, MutableMapping, ValuesView
+from typing import Any, Callable, ItemsView, Iterator, KeysView, MutableMapping, NamedTuple, ValuesView
 
 
-class MirroredMap(MutableMapping[str, Any]):
+class KeyCodec(NamedTuple):
+    """A mirror's keys as the ``MapState`` stores them: ``text`` of a mirror key, and the
+    mirror key ``parse`` reads back from a state key."""
+
+    text: Callable[[Any], str]
+    parse: Callable[[str], Any]
+
+
+class MirroredMap(MutableMapping[Any, Any]):
     """``MutableMapping`` view of one key's ``MapState``, read once and written through.
 
     Values must be replaced, not mutated in place: an in-place change would reach the mirror
-    but never the state (and so be lost on restore).
+    but never the state (and so be lost on restore). Keys are the state's strings, or with
+    ``keys`` whatever its codec parses them to.
     """
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: Any, keys: KeyCodec | None = None) -> None:
         self._state = state
-        self._data: dict[str, Any] | None = None
+        self._codec = keys
+        self._data: dict[Any, Any] | None = None
         self._key: Any = None
-        self._by_key: dict[Any, dict[str, Any]] = {}  # the mirrors of the keys met in this attempt
+        self._by_key: dict[Any, dict[Any, Any]] = {}  # the mirrors of the keys met in this attempt
 
     def reset(self) -> None:
         """Forget every mirror (the state changed underneath); the next access reloads."""
@@ -50,26 +63,29 @@ class MirroredMap(MutableMapping[str, Any]):
             self.get = self._data.get  # type: ignore[method-assign,assignment]
 
     @property
-    def data(self) -> dict[str, Any]:
+    def data(self) -> dict[Any, Any]:
         if self._data is None:
-            self._data = self._by_key[self._key] = {key: value for key, value in self._state.items()}
+            parse = self._codec.parse if self._codec else None
+            self._data = self._by_key[self._key] = (
+                {parse(key): value for key, value in self._state.items()} if parse
+                else {key: value for key, value in self._state.items()})  # fmt: skip
             # Once loaded, ``get`` is the dict's own (C) method: near dedup probes 68 keys per
             # image, and a Python-level get per probe was 14 % of deciding's time.
             self.get = self._data.get  # type: ignore[method-assign,assignment]
         return self._data
 
-    def __getitem__(self, key: str) -> Any:
+    def __getitem__(self, key: Any) -> Any:
         return self.data[key]
 
-    def __setitem__(self, key: str, value: Any) -> None:
+    def __setitem__(self, key: Any, value: Any) -> None:
         self.data[key] = value
-        self._state.put(key, value)
+        self._state.put(self._codec.text(key) if self._codec else key, value)
 
-    def __delitem__(self, key: str) -> None:
+    def __delitem__(self, key: Any) -> None:
         del self.data[key]
-        self._state.remove(key)
+        self._state.remove(self._codec.text(key) if self._codec else key)
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.data)
 
     def __len__(self) -> int:
@@ -81,13 +97,13 @@ class MirroredMap(MutableMapping[str, Any]):
     # The mixins' versions go through __getitem__ and a KeyError per miss; these are the hot
     # path of every decision (a dozen lookups per image, most of them misses), and of a prune.
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: Any, default: Any = None) -> Any:
         return self.data.get(key, default)
 
-    def keys(self) -> KeysView[str]:
+    def keys(self) -> KeysView[Any]:
         return self.data.keys()
 
-    def items(self) -> ItemsView[str, Any]:
+    def items(self) -> ItemsView[Any, Any]:
         return self.data.items()
 
     def values(self) -> ValuesView[Any]:

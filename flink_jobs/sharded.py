@@ -23,9 +23,8 @@ decision order, and the verdicts equal the single index's (``imgstream.domain.sh
 
 **Batches.** Past ``decide: exact``'s input, records are batches: each step of a stage (one key,
 one watermark advance) sends each key of the next stage one ``Row(shard, [source, items])``,
-keyed in the JVM by its first field,
-so the hops cost a round trip per step and key pair, not per image (and 8 per image to the near
-shards); an image and its matches meet in the verdict stage's ``pending`` under one key.
+keyed in the JVM by its first field, so the hops cost a round trip per step and key pair, not
+per image; an image and its matches meet in the verdict stage's ``pending`` under one key.
 
 **One crossing per batch of records.** The records reach Python once: ``decide: exact`` cleans
 them itself (:class:`~flink_jobs.functions.Cleaner`), keyed in the JVM by the source's SQL
@@ -57,8 +56,8 @@ from imgstream.domain.sharding import ORDER_BUCKET_MS, ShardPlan, due_of, order_
 from imgstream.domain.windows import Lateness, WindowBook, coalesce, window_start
 
 from flink_jobs.cassandra_sink import maybe_written
-from flink_jobs.functions import PRUNE_EVERY_MS, PRUNE_SLACK_MS, RECHECK, Cleaner, _ref, _ttl, with_lateness
-from flink_jobs.mirror import MirroredMap
+from flink_jobs.functions import BAND_KEYS, PRUNE_EVERY_MS, PRUNE_SLACK_MS, RECHECK, Cleaner, _ref, _ttl, with_lateness
+from flink_jobs.mirror import KeyCodec, MirroredMap
 from flink_jobs import worker_gc
 
 log = logging.getLogger(__name__)
@@ -147,11 +146,11 @@ class OrderedStage(KeyedProcessFunction):
     def setup(self, runtime_context: RuntimeContext) -> None:
         """Subclasses open their state here."""
 
-    def mirrored(self, name: str, ttl_ms: int = 0) -> MirroredMap:
+    def mirrored(self, name: str, ttl_ms: int = 0, keys: KeyCodec | None = None) -> MirroredMap:
         descriptor = MapStateDescriptor(name, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
         if ttl_ms:
             _ttl(descriptor, ttl_ms)
-        mirror = MirroredMap(self.runtime.get_map_state(descriptor))
+        mirror = MirroredMap(self.runtime.get_map_state(descriptor), keys)
         self.mirrors.append(mirror)
         return mirror
 
@@ -387,7 +386,7 @@ class DecideNear(OrderedStage):
         policy = self.policy
         self.dedups = {
             realm: Deduplicator(policy, replays={}, exact={},
-                                bands=self.mirrored(realm_state("bands", realm), policy.near_ttl_ms))
+                                bands=self.mirrored(realm_state("bands", realm), policy.near_ttl_ms, BAND_KEYS))
             for realm in REALMS
         }  # fmt: skip
 
@@ -401,6 +400,8 @@ class DecideNear(OrderedStage):
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
         matches = []
         for pk, wshard, image_id, producer, phash, event_time, probe_keys, register_keys in items:
+            if probe_keys and type(probe_keys[0]) is str:  # held since before band keys were ints
+                probe_keys, register_keys = [[*map(BAND_KEYS.parse, keys)] for keys in (probe_keys, register_keys)]
             ref = ImageRef(image_id, producer, "", phash, event_time)
             match = self.dedups[dedup_realm(producer)].near_step(ref, probe_keys, register_keys)
             if match is not None:

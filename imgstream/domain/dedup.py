@@ -41,7 +41,7 @@ from functools import cached_property
 from enum import Enum
 from typing import Any, Iterable, Mapping, MutableMapping, NamedTuple
 
-from imgstream.domain.hashing import BandPlan, parse_hash
+from imgstream.domain.hashing import BandKey, BandPlan, parse_hash
 
 STATUS_PENDING = "pending"
 STATUS_ACCEPTED = "accepted"
@@ -365,11 +365,11 @@ class Deduplicator:
     """Replay drop, exact and near dedup over images fed in (event-time) order.
 
     ``process`` returns ``None`` for a dropped replay, else the verdict. The state lives in
-    three string-keyed mappings of plain lists (so a Flink job can back them with MapState):
+    three mappings of plain lists (so a Flink job can back them with MapState):
 
     * ``replays``: ``image_id`` -> event time of its first sighting;
     * ``exact``: ``sha256`` -> ``[first image (Seen list) or None, {producer: Seen list}]``;
-    * ``bands``: band key -> candidates (Seen lists), see :class:`~imgstream.domain.hashing.BandPlan`.
+    * ``bands``: band key (an ``int``; a string: an older layout's, :meth:`reband` moves it) -> Seen lists.
 
     Given plain dicts it is the in-memory reference the tests compare the job against; the
     job passes state-backed mappings and gets the same decisions by construction. Values are
@@ -382,12 +382,12 @@ class Deduplicator:
         *,
         replays: MutableMapping[str, int] | None = None,
         exact: MutableMapping[str, list[Any]] | None = None,
-        bands: MutableMapping[str, list[list[Any]]] | None = None,
+        bands: MutableMapping[BandKey | str, list[list[Any]]] | None = None,
     ) -> None:
         self.policy = policy or DedupPolicy()
         self.replays: MutableMapping[str, int] = {} if replays is None else replays
         self.exact: MutableMapping[str, list[Any]] = {} if exact is None else exact
-        self.bands: MutableMapping[str, list[list[Any]]] = {} if bands is None else bands
+        self.bands: MutableMapping[BandKey | str, list[list[Any]]] = {} if bands is None else bands
 
     def process(self, image: ImageRef) -> Verdict | None:
         """The verdict of the next image in decision order (``None``: a replay, dropped)."""
@@ -421,7 +421,7 @@ class Deduplicator:
             return Verdict.exact(image.image_id, exact.original.image_id)
         return NEEDS_NEAR
 
-    def near_step(self, image: ImageRef, probe_keys: Iterable[str], register_keys: Iterable[str]) -> NearMatch | None:
+    def near_step(self, image: ImageRef, probe_keys: Iterable[BandKey], register_keys: Iterable[BandKey]) -> NearMatch | None:
         """The closest earlier candidate under ``probe_keys`` (``None``: none, or the producer
         opted out), then ``image`` registered under ``register_keys``. A shard passes the keys
         it owns; the :func:`best_match` of the shards' answers is the whole index's."""
@@ -457,7 +457,7 @@ class Deduplicator:
             for candidate in map(Seen._make, bands[key]):
                 moved[candidate.image_id] = candidate
             del bands[key]
-        regrouped: dict[str, list[Seen]] = {}
+        regrouped: dict[BandKey, list[Seen]] = {}
         for candidate in sorted(moved.values(), key=lambda c: (c.event_time, c.image_id)):
             for key in plan.keys(candidate.phash):
                 regrouped.setdefault(key, []).append(candidate)

@@ -18,11 +18,11 @@ Pure functions, no framework imports: used by the Flink jobs and by unit tests a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import combinations
 from math import comb
-from typing import Protocol
 
 #: Width of the perceptual hash the gateway publishes (``phash.phash``: 16 hex chars).
 HASH_BITS = 64
@@ -40,6 +40,8 @@ DEFAULT_INDEX_BANDS = 4
 MAX_PROBES = 4096
 
 HashLike = str | int
+#: A key of the near-duplicate index (:func:`band_key`).
+BandKey = int
 
 
 def parse_hash(value: HashLike) -> int:
@@ -73,43 +75,47 @@ def hamming(a: HashLike, b: HashLike) -> int:
     return (parse_hash(a) ^ parse_hash(b)).bit_count()
 
 
-#: Widest band whose hex digits :func:`hex_digits` tabulates (65,536 short strings, ~4 MB);
-#: wider bands format each value. The default bands are 16 bits wide.
-MAX_TABULATED_BAND_BITS = 16
+#: A band key is an ``int``: the band count, the band's index and its value, in bits
+#: ``KEY_BANDS_SHIFT..``, ``KEY_INDEX_SHIFT..KEY_BANDS_SHIFT`` and ``0..KEY_INDEX_SHIFT`` (a band is at
+#: most 64 bits wide, an index below 64). Probing builds 68 keys per image: an ``int`` is one
+#: XOR, where a string was a concatenation, and it hashes, compares and pickles faster.
+KEY_INDEX_SHIFT = HASH_BITS
+KEY_BANDS_SHIFT = KEY_INDEX_SHIFT + 6
+#: A band key as a stored state key spells it (:func:`key_text`): ``<bands>.<index>:<hex>``.
+_KEY_TEXT = re.compile(r"([0-9]+)\.([0-9]+):([0-9a-f]+)")
 
 
-class HexDigits(Protocol):
-    """The hex digits of band values, indexed by the value (a tuple, or a formatter)."""
+def band_key(bands: int, index: int, value: int) -> int:
+    """The key of band ``index`` (of ``bands``) holding ``value``."""
+    return (bands << KEY_BANDS_SHIFT) | (index << KEY_INDEX_SHIFT) | value
 
-    def __getitem__(self, value: int, /) -> str: ...
+
+def key_text(key: BandKey | str) -> str:
+    """``key`` as Flink state stores it: ``<bands>.<index>:<value in hex>``, the value zero-padded
+    to its band's width (the spelling keys had when they were strings, so saved state reads
+    back). A string (a key of an older layout, see :func:`key_of_text`) is its own text."""
+    if isinstance(key, str):
+        return key
+    bands, index, value = key >> KEY_BANDS_SHIFT, (key >> KEY_INDEX_SHIFT) & 63, key & _HASH_MASK
+    width = band_layout(bands)[index][1]
+    return f"{bands}.{index}:{value:0{(width + 3) // 4}x}"
 
 
-class _FormattedHex:
-    """``hex_digits`` for bands too wide to tabulate: formats on every lookup."""
-
-    __slots__ = ("spec",)
-
-    def __init__(self, digits: int) -> None:
-        self.spec = f"0{digits}x"
-
-    def __getitem__(self, value: int) -> str:
-        return format(value, self.spec)
+def key_of_text(text: str) -> BandKey | str:
+    """The band key :func:`key_text` spells as ``text``; a text it does not spell exactly (a key
+    of a layout from before the band count was part of it, say) stays a string, which no
+    plan :meth:`~BandPlan.owns`: re-banding moves what it holds."""
+    parsed = _KEY_TEXT.fullmatch(text)
+    if parsed is None:
+        return text
+    bands, index, value = int(parsed[1]), int(parsed[2]), int(parsed[3], 16)
+    if not 1 <= bands <= HASH_BITS or index >= bands or value > _HASH_MASK:
+        return text
+    key = band_key(bands, index, value)
+    return key if key_text(key) == text else text
 
 
 @lru_cache(maxsize=None)
-def hex_digits(width: int) -> HexDigits:
-    """Zero-padded lower-case hex of every ``width``-bit value, indexed by the value.
-
-    Probing builds 68 keys per image; concatenating a tabulated string costs a fraction of
-    formatting each value. A table per width is built once per process (not pickled with a
-    plan); bands wider than :data:`MAX_TABULATED_BAND_BITS` get a formatter instead.
-    """
-    digits = (width + 3) // 4
-    if width > MAX_TABULATED_BAND_BITS:
-        return _FormattedHex(digits)
-    return tuple(format(value, f"0{digits}x") for value in range(1 << width))
-
-
 def band_layout(bands: int) -> tuple[tuple[int, int], ...]:
     """``(shift, width)`` of each band, most significant first, widths differing by at most 1.
 
@@ -180,17 +186,18 @@ class BandPlan:
     within :attr:`max_distance` bits is registered under at least one probed key
     (:func:`probe_radius`), so near dedup compares only what it finds there.
 
-    Keys read ``"<bands>.<index>:<band hex>"``: the band count is part of every key, so the
-    entries of another layout are recognisable (:meth:`owns`) and can be re-banded.
+    Keys are ints (:func:`band_key`) holding the band count, so the entries of another layout
+    are recognisable (:meth:`owns`) and can be re-banded; state stores them as text
+    (:func:`key_text`: ``"<bands>.<index>:<band hex>"``).
     """
 
     max_distance: int
     bands: int
     layout: tuple[tuple[int, int], ...] = field(init=False, repr=False)
     radius: int = field(init=False)
-    _formats: tuple[tuple[str, int, int, int], ...] = field(init=False, repr=False, compare=False)
+    #: per band: the key of its value 0, its shift and its mask
+    _formats: tuple[tuple[BandKey, int, int], ...] = field(init=False, repr=False, compare=False)
     _masks: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
-    _prefixes: frozenset[str] = field(init=False, repr=False, compare=False)
     _split_cache: dict[int, SplitMasks] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -204,14 +211,12 @@ class BandPlan:
             )
         radius = probe_radius(self.max_distance, self.bands)
         formats = tuple(
-            (f"{self.bands}.{index}:", shift, (1 << width) - 1, width)
-            for index, (shift, width) in enumerate(layout)
+            (band_key(self.bands, index, 0), shift, (1 << width) - 1) for index, (shift, width) in enumerate(layout)
         )
         object.__setattr__(self, "layout", layout)
         object.__setattr__(self, "radius", radius)
         object.__setattr__(self, "_formats", formats)
         object.__setattr__(self, "_masks", tuple(_flip_masks(width, radius) for _, width in layout))
-        object.__setattr__(self, "_prefixes", frozenset(prefix for prefix, *_ in formats))
 
     @classmethod
     def for_distance(cls, max_distance: int, bands: int | None = None) -> "BandPlan":
@@ -223,23 +228,23 @@ class BandPlan:
         """Lookups per image."""
         return sum(len(masks) for masks in self._masks)
 
-    def keys(self, value: HashLike) -> tuple[str, ...]:
+    def keys(self, value: HashLike) -> tuple[BandKey, ...]:
         """The keys ``value`` is registered under: one per band."""
         h = parse_hash(value)
-        return tuple(prefix + hex_digits(width)[(h >> shift) & mask] for prefix, shift, mask, width in self._formats)
+        return tuple(base | (h >> shift) & mask for base, shift, mask in self._formats)
 
-    def probe_keys(self, value: HashLike) -> list[str]:
+    def probe_keys(self, value: HashLike) -> list[BandKey]:
         """The keys to look ``value``'s near duplicates up in: every band value within
         :attr:`radius` bits of each of its own (its registration keys included)."""
         h = parse_hash(value)
         return [
-            prefix + digits[band ^ flip]
-            for (prefix, shift, mask, width), masks in zip(self._formats, self._masks)
-            for band, digits in (((h >> shift) & mask, hex_digits(width)),)
+            own ^ flip
+            for (base, shift, mask), masks in zip(self._formats, self._masks)
+            for own in (base | (h >> shift) & mask,)
             for flip in masks
         ]
 
-    def routed_probes(self, value: HashLike, split_bits: int) -> list[tuple[int, int, tuple[str, ...], bool]]:
+    def routed_probes(self, value: HashLike, split_bits: int) -> list[tuple[int, int, tuple[BandKey, ...], bool]]:
         """:meth:`probe_keys` grouped for a sharded index that splits each band by the top
         ``split_bits`` bits of its value: ``(band index, top bits of the probed values, keys in
         probe order, whether the group holds the band's own value)`` per group. A probe's top
@@ -247,12 +252,13 @@ class BandPlan:
         ``split_bits`` and an image costs one key per probe, not a route computed per key."""
         h = parse_hash(value)
         out = []
-        for index, ((prefix, shift, mask, width), groups) in enumerate(zip(self._formats, self._split_masks(split_bits))):
+        for index, ((base, shift, mask), (_, width), groups) in enumerate(
+                zip(self._formats, self.layout, self._split_masks(split_bits))):
             band = (h >> shift) & mask
-            digits = hex_digits(width)
+            own = base | band
             top = band >> (width - split_bits)
             for flip_top, flips in groups:
-                out.append((index, top ^ flip_top, tuple([prefix + digits[band ^ flip] for flip in flips]), not flip_top))
+                out.append((index, top ^ flip_top, tuple([own ^ flip for flip in flips]), not flip_top))
         return out
 
     def _split_masks(self, split_bits: int) -> SplitMasks:
@@ -261,7 +267,7 @@ class BandPlan:
         cached = self._split_cache.get(split_bits)
         if cached is None:
             per_band = []
-            for (_, _, _, width), masks in zip(self._formats, self._masks):
+            for (_, width), masks in zip(self.layout, self._masks):
                 groups: dict[int, list[int]] = {}
                 for flip in masks:
                     groups.setdefault(flip >> (width - split_bits), []).append(flip)
@@ -269,6 +275,7 @@ class BandPlan:
             cached = self._split_cache[split_bits] = tuple(per_band)
         return cached
 
-    def owns(self, key: str) -> bool:
-        """Whether ``key`` is a key of this plan's layout (not of another band count)."""
-        return key[: key.find(":") + 1] in self._prefixes
+    def owns(self, key: BandKey | str) -> bool:
+        """Whether ``key`` is a key of this plan's layout (not of another band count, nor a
+        string: a key of an older layout, :func:`key_of_text`)."""
+        return type(key) is int and key >> KEY_BANDS_SHIFT == self.bands

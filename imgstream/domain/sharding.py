@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
 from imgstream.domain.dedup import NEEDS_NEAR, Deduplicator, DedupPolicy, ImageRef, NearMatch, Verdict, best_match, near_verdict
-from imgstream.domain.hashing import BandPlan
+from imgstream.domain.hashing import BandKey, BandPlan
 from imgstream.domain.producers import dedup_realm
 
 #: Shards of the exact step and of the window stage. A shard is a key; Flink spreads keys over
@@ -110,8 +110,8 @@ def due_of(key: str) -> int:
 class NearRoute(NamedTuple):
     """The keys of one image one near shard owns: those it looks in, those it registers in."""
 
-    probe_keys: tuple[str, ...]
-    register_keys: tuple[str, ...]
+    probe_keys: tuple[BandKey, ...]
+    register_keys: tuple[BandKey, ...]
 
 
 def java_string_hash(sha256: str) -> int:

@@ -132,3 +132,21 @@ def test_mirrors_are_kept_per_key_so_alternating_keys_read_each_map_once():
     mirror.use("index")
     mirror["b"] = [2]
     assert maps["index"] == {"a": [1], "b": [2]} and "b" not in maps["index-synthetic"]
+
+
+def test_band_keys_are_ints_in_the_mirror_and_their_old_text_in_the_state():
+    # the near index's codec: a savepoint written while keys were strings reads back as the
+    # same keys, and what the mirror writes is that text again
+    from flink_jobs.functions import BAND_KEYS
+    from imgstream.domain.hashing import BandPlan
+
+    plan = BandPlan.for_distance(6)
+    key = plan.keys(0xABCD_0000_0000_0001)[0]
+    state = FakeMapState({"4.0:abcd": [["old"]], "00:1ff": [["older layout"]]})
+    mirror = MirroredMap(state, BAND_KEYS)
+    assert mirror.get(key) == [["old"]] and plan.owns(key)
+    assert mirror.get("00:1ff") == [["older layout"]] and not plan.owns("00:1ff")
+    mirror[key] = [["new"]]
+    del mirror["00:1ff"]
+    assert state.data == {"4.0:abcd": [["new"]]}
+    assert dict(MirroredMap(state, BAND_KEYS).items()) == {key: [["new"]]}

@@ -13,8 +13,8 @@ import pytest
 from flink_jobs.functions import DLQ_TAG
 from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows
 from imgstream.domain.dedup import DedupPolicy
-from imgstream.domain.hashing import format_hash
-from imgstream.domain.sharding import ShardPlan, due_of
+from imgstream.domain.hashing import format_hash, key_text
+from imgstream.domain.sharding import ShardPlan, due_of, order_key, pending_key
 from tests.fixtures.flink_fakes import FakeMetrics
 
 W, L = 60_000, 120_000
@@ -556,3 +556,28 @@ def test_decide_exact_holds_a_batch_as_one_pending_entry_in_decision_order():
     steps = list(op.on_timer(timer_ts, runtime))
     assert steps and counters["steps"].count == 1  # one step took the batch
     assert not list(op.on_timer(timer_ts, runtime)) and counters["steps"].count == 1  # nothing due: no step
+
+
+def test_near_ops_held_since_band_keys_were_strings_decide_as_int_keys_do():
+    # a savepoint taken before band keys were ints holds near ops whose keys are text; restored,
+    # they must find (and register under) the same keys as new ops
+    policy = DedupPolicy()
+    plan = ShardPlan.for_policy(policy, shards=4)
+    outputs = []
+    for spell in (tuple, lambda keys: tuple(map(key_text, keys))):
+        runtime, op = Runtime(), DecideNear(policy)
+        op.open(runtime)
+        for n, (phash, ts) in enumerate([(0x0123_4567_89AB_CDEF, 1_000), (0x0123_4567_89AB_CDEE, 2_000)]):
+            pk = pending_key(order_key(ts, f"id{n}", LONG_MIN), 0, n)
+            for shard, route in plan.near_routes(phash).items():
+                runtime.key = shard
+                op.process_element(["e0", [(pk, 7, f"id{n}", "p", phash, ts, spell(route.probe_keys),
+                                            spell(route.register_keys))]], runtime)  # fmt: skip
+        runtime.watermark, out = 10_000, []
+        for key, ts in sorted(runtime.timers, key=lambda t: (t[1], t[0])):
+            runtime.key = key
+            out += list(op.on_timer(ts, runtime))
+        outputs.append(out)
+        assert all(type(k) is str for keys in runtime.states["bands"].values() for k in keys)  # text in state
+        assert all(plan.band_plan.owns(k) for dedup in op.dedups.values() for k in dedup.bands)  # ints in memory
+    assert outputs[0] == outputs[1] and outputs[0]  # the copy found its original either way

@@ -8,10 +8,10 @@ from imgstream.domain.hashing import (
     BandPlan,
     band_layout,
     default_bands,
-    MAX_TABULATED_BAND_BITS,
     format_hash,
     hamming,
-    hex_digits,
+    key_of_text,
+    key_text,
     parse_hash,
     probe_count,
 )
@@ -61,13 +61,6 @@ def test_hamming_counts_flipped_bits(h, positions):
     assert hamming(h, flip(h, positions)) == len(positions)
 
 
-@pytest.mark.parametrize("width", [1, 4, 9, MAX_TABULATED_BAND_BITS, MAX_TABULATED_BAND_BITS + 1, 64])
-def test_hex_digits_tabulated_or_formatted_spell_values_alike(width):
-    digits = hex_digits(width)
-    for value in {0, 1, 2 ** (width - 1), 2**width - 1, 0xABCDEF % 2**width}:
-        assert digits[value] == f"{value:0{(width + 3) // 4}x}"
-
-
 @pytest.mark.parametrize("bands", [1, 2, 3, 7, 9, 11, 64])
 def test_band_layout_covers_every_bit_once(bands):
     layout = band_layout(bands)
@@ -83,10 +76,11 @@ def test_bands_reassemble_the_hash(h, bands):
     plan = BandPlan(0, bands)  # radius 0: any band count is a valid plan
     value = 0
     for key, (shift, width) in zip(plan.keys(h), plan.layout):
-        digits = key.partition(":")[2]
+        digits = key_text(key).partition(":")[2]
         assert len(digits) == (width + 3) // 4 and digits == digits.lower()  # padded, one spelling
         band = int(digits, 16)
         assert 0 <= band < 2**width
+        assert key & (2**64 - 1) == band
         value |= band << shift
     assert value == h
 
@@ -140,7 +134,9 @@ def test_keys_are_one_per_band_owned_and_probed(h, plan):
 
 def test_same_bits_in_different_bands_do_not_collide():
     # all-zero hash: every band value is 0, but the keys differ by band index
-    assert BandPlan.for_distance(6).keys(0) == ("4.0:0000", "4.1:0000", "4.2:0000", "4.3:0000")
+    keys = BandPlan.for_distance(6).keys(0)
+    assert len(set(keys)) == 4
+    assert [key_text(k) for k in keys] == ["4.0:0000", "4.1:0000", "4.2:0000", "4.3:0000"]
 
 
 def test_keys_of_another_layout_are_not_owned():
@@ -148,8 +144,8 @@ def test_keys_of_another_layout_are_not_owned():
     other = BandPlan.for_distance(6, bands=7)
     assert not any(plan.owns(k) for k in other.keys(0))
     assert not plan.owns("00:1ff")  # the layout before the band count was part of the key
-    assert not plan.owns("4.0")  # no value
-    assert plan.owns("4.3:ffff")
+    assert not plan.owns("4.3:ffff")  # text is a state key, never an index's
+    assert plan.owns(key_of_text("4.3:ffff"))
 
 
 @given(hashes, plans())
@@ -161,3 +157,33 @@ def test_probing_can_miss_pairs_beyond_the_threshold(h, plan):
     other = flip(h, positions)
     assert hamming(h, other) > plan.max_distance
     assert not set(plan.keys(other)) & set(plan.probe_keys(h))
+
+
+# --- band keys: ints in memory, text in state ----------------------------------------------
+
+
+@given(hashes, plans())
+def test_band_keys_read_back_from_their_stored_text(h, plan):
+    for key in plan.probe_keys(h):
+        text = key_text(key)
+        assert key_of_text(text) == key
+        index, digits = text.split(":")
+        bands, band = index.split(".")
+        assert int(bands) == plan.bands and len(digits) == (plan.layout[int(band)][1] + 3) // 4
+        assert int(digits, 16) == key & (2**64 - 1)
+
+
+def test_band_keys_spell_what_stored_string_keys_were():
+    # the text a savepoint taken before keys were ints holds: it must read back as the same keys
+    plan = BandPlan.for_distance(6)
+    h = 0x0123_4567_89AB_CDEF
+    assert [key_text(k) for k in plan.keys(h)] == ["4.0:0123", "4.1:4567", "4.2:89ab", "4.3:cdef"]
+    assert BandPlan.for_distance(6, bands=7).keys(0)[0] == key_of_text("7.0:000")  # 10 bits: 3 digits
+
+
+@pytest.mark.parametrize("text", ["00:1ff", "4.0", "4.0:000", "4.0:00000", "4.4:0000", "4.0:ABCD", "0.0:0",
+                                  "65.0:0", "4.0:-001", "x", ""])
+def test_texts_that_are_no_band_key_stay_strings_no_plan_owns(text):
+    assert key_of_text(text) == text
+    assert key_text(text) == text
+    assert not BandPlan.for_distance(6).owns(text)
