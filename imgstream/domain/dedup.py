@@ -432,7 +432,7 @@ class Deduplicator:
             # the stored lists are compared as they are; only the close ones become Seen
             phash, limit = image.phash, policy.near_max_distance
             close = [c for key in probe_keys for c in bands.get(key, ()) if (c[_PHASH] ^ phash).bit_count() <= limit]
-            match = near_match(image, map(Seen._make, close), producer_policy.scope, limit)
+            match = near_match(image, map(Seen._make, close), producer_policy.scope, limit) if close else None
         for key in register_keys:
             candidates = list(map(Seen._make, bands.get(key, ())))
             kept = register_candidate(candidates, image, ttl_ms=policy.near_ttl_ms, cap=policy.max_band_candidates)
