@@ -82,7 +82,7 @@ def hamming(a: HashLike, b: HashLike) -> int:
 KEY_INDEX_SHIFT = HASH_BITS
 KEY_BANDS_SHIFT = KEY_INDEX_SHIFT + 6
 #: A band key as a stored state key spells it (:func:`key_text`): ``<bands>.<index>:<hex>``.
-_KEY_TEXT = re.compile(r"([0-9]+)\.([0-9]+):([0-9a-f]+)")
+_KEY_TEXT = re.compile(r"([0-9]{1,2})\.([0-9]{1,2}):([0-9a-f]{1,16})")
 
 
 def band_key(bands: int, index: int, value: int) -> int:

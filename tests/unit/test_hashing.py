@@ -182,7 +182,7 @@ def test_band_keys_spell_what_stored_string_keys_were():
 
 
 @pytest.mark.parametrize("text", ["00:1ff", "4.0", "4.0:000", "4.0:00000", "4.4:0000", "4.0:ABCD", "0.0:0",
-                                  "65.0:0", "4.0:-001", "x", ""])
+                                  "65.0:0", "4.0:-001", "x", "", "4" * 5000 + ".0:0", "1.0:" + "f" * 17])
 def test_texts_that_are_no_band_key_stay_strings_no_plan_owns(text):
     assert key_of_text(text) == text
     assert key_text(text) == text
