@@ -65,10 +65,9 @@ class MirroredMap(MutableMapping[Any, Any]):
     @property
     def data(self) -> dict[Any, Any]:
         if self._data is None:
-            parse = self._codec.parse if self._codec else None
+            items = self._state.items()
             self._data = self._by_key[self._key] = (
-                {parse(key): value for key, value in self._state.items()} if parse
-                else {key: value for key, value in self._state.items()})  # fmt: skip
+                {self._codec.parse(key): value for key, value in items} if self._codec else dict(items))
             # Once loaded, ``get`` is the dict's own (C) method: near dedup probes 68 keys per
             # image, and a Python-level get per probe was 14 % of deciding's time.
             self.get = self._data.get  # type: ignore[method-assign,assignment]

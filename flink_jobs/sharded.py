@@ -30,8 +30,7 @@ per image; an image and its matches meet in the verdict stage's ``pending`` unde
 them itself (:class:`~flink_jobs.functions.Cleaner`), keyed in the JVM by the source's SQL
 (:func:`flink_jobs.pipeline.exact_shard_sql`) and grouped there into one batch per shard and
 watermark interval (:func:`flink_jobs.pipeline.batched`), so PyFlink's per-element machinery runs
-once per batch. A ``clean`` operator of its own, before it, cost every record a second round
-trip between the JVM and a Python worker (out of one, into the other).
+once per batch (a ``clean`` operator of its own cost every record a second round trip).
 
 Each operator's state is ``MapState`` mirrored per key in the worker (``MirroredMap.use``).
 """
@@ -396,12 +395,13 @@ class DecideNear(OrderedStage):
         if foreign:  # near shards own band keys by layout: other bands need a fresh index
             log.warning("near shard %r holds %d band keys of another layout (near_bands changed?): they are "
                         "not searched; start the job on fresh state (make flink-reset)", key, foreign)
+        for entry, ops in list(self.pending.items()):  # restored ops held since before band keys were ints
+            if any(type(k) is str for op in ops for k in op[6]):
+                self.pending[entry] = [(*op[:6], *([*map(BAND_KEYS.parse, keys)] for keys in op[6:])) for op in ops]
 
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
         matches = []
         for pk, wshard, image_id, producer, phash, event_time, probe_keys, register_keys in items:
-            if probe_keys and type(probe_keys[0]) is str:  # held since before band keys were ints
-                probe_keys, register_keys = [[*map(BAND_KEYS.parse, keys)] for keys in (probe_keys, register_keys)]
             ref = ImageRef(image_id, producer, "", phash, event_time)
             match = self.dedups[dedup_realm(producer)].near_step(ref, probe_keys, register_keys)
             if match is not None:

@@ -81,6 +81,7 @@ def hamming(a: HashLike, b: HashLike) -> int:
 #: XOR, where a string was a concatenation, and it hashes, compares and pickles faster.
 KEY_INDEX_SHIFT = HASH_BITS
 KEY_BANDS_SHIFT = KEY_INDEX_SHIFT + 6
+_INDEX_MASK = (1 << (KEY_BANDS_SHIFT - KEY_INDEX_SHIFT)) - 1
 #: A band key as a stored state key spells it (:func:`key_text`): ``<bands>.<index>:<hex>``.
 _KEY_TEXT = re.compile(r"([0-9]{1,2})\.([0-9]{1,2}):([0-9a-f]{1,16})")
 
@@ -96,7 +97,7 @@ def key_text(key: BandKey | str) -> str:
     back). A string (a key of an older layout, see :func:`key_of_text`) is its own text."""
     if isinstance(key, str):
         return key
-    bands, index, value = key >> KEY_BANDS_SHIFT, (key >> KEY_INDEX_SHIFT) & 63, key & _HASH_MASK
+    bands, index, value = key >> KEY_BANDS_SHIFT, (key >> KEY_INDEX_SHIFT) & _INDEX_MASK, key & _HASH_MASK
     width = band_layout(bands)[index][1]
     return f"{bands}.{index}:{value:0{(width + 3) // 4}x}"
 

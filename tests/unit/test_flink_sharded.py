@@ -565,14 +565,16 @@ def test_near_ops_held_since_band_keys_were_strings_decide_as_int_keys_do():
     plan = ShardPlan.for_policy(policy, shards=4)
     outputs = []
     for spell in (tuple, lambda keys: tuple(map(key_text, keys))):
-        runtime, op = Runtime(), DecideNear(policy)
-        op.open(runtime)
+        held, before = Runtime(), DecideNear(policy)  # the attempt that held them, then its savepoint
+        before.open(held)
         for n, (phash, ts) in enumerate([(0x0123_4567_89AB_CDEF, 1_000), (0x0123_4567_89AB_CDEE, 2_000)]):
             pk = pending_key(order_key(ts, f"id{n}", LONG_MIN), 0, n)
             for shard, route in plan.near_routes(phash).items():
-                runtime.key = shard
-                op.process_element(["e0", [(pk, 7, f"id{n}", "p", phash, ts, spell(route.probe_keys),
-                                            spell(route.register_keys))]], runtime)  # fmt: skip
+                held.key = shard
+                before.process_element(["e0", [(pk, 7, f"id{n}", "p", phash, ts, spell(route.probe_keys),
+                                                spell(route.register_keys))]], held)  # fmt: skip
+        runtime, op = Runtime(copy.deepcopy(held.states), set(held.timers)), DecideNear(policy)  # restored
+        op.open(runtime)
         runtime.watermark, out = 10_000, []
         for key, ts in sorted(runtime.timers, key=lambda t: (t[1], t[0])):
             runtime.key = key
