@@ -103,7 +103,9 @@ async def test_upload_rotation_and_graceful_stop(gateway_process: RunningService
     assert await asyncio.to_thread(gw.proc.wait, 30) == 0
 
     lines = [json.loads(line) for line in gw.log.read_text().splitlines() if line.startswith("{")]
-    messages = [line["msg"] for line in lines]
+    # the gateway's own lines: the Cassandra driver may still log at interpreter exit (its event
+    # loop thread joined with a 1 s timeout, "could not be joined" on a busy machine)
+    messages = [line["msg"] for line in lines if not line.get("logger", "").startswith("cassandra")]
     assert "listening" in messages and "signal received: draining" in messages and messages[-1] == "stopped"
     stored = [line for line in lines if line["msg"] == "image stored"]
     assert len(stored) == 5 and all(line["producer"] == PRODUCER for line in stored)
