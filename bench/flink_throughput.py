@@ -75,9 +75,32 @@ def task_times(job: dict) -> list[str]:
     return lines
 
 
-async def timed_job(rest: str, job: str, args: list[str], env: dict[str, str], per_task: bool = False) -> float:
+def checkpoint_sizes(job: dict, checkpoints: dict, details: dict | None, events: int) -> list[str]:
+    """What the job's checkpoints cost (REST bodies of ``/jobs/<id>``, ``.../checkpoints`` and
+    ``.../checkpoints/details/<latest completed>``): how many, how long, and the size of the
+    last one, whole and per task, also per event of the run. With the ``hashmap`` backend every
+    checkpoint is written whole, so that size is what each one writes once the input is in."""
+    counts, summary = checkpoints["counts"], checkpoints.get("summary", {})
+    duration = summary.get("end_to_end_duration", {})
+    lines = [f"checkpoints: {counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed; end to end "
+             f"avg {duration.get('avg', 0) / 1000:.1f}s, max {duration.get('max', 0) / 1000:.1f}s"]  # fmt: skip
+    if not details:
+        return lines
+    names = {vertex["id"]: vertex["name"] for vertex in job["vertices"]}
+    size = details["state_size"]
+    lines.append(f"  last completed: {size / 1e6:.1f} MB of state ({size / max(events, 1):.0f} bytes per event), "
+                 f"{details['checkpointed_size'] / 1e6:.1f} MB written")  # fmt: skip
+    tasks = sorted(details["tasks"].items(), key=lambda item: -item[1]["state_size"])
+    lines += [f"  {task['state_size'] / 1e6:8.1f} MB  {names.get(vertex, vertex)[:80]}"
+              for vertex, task in tasks if task["state_size"]]
+    return lines
+
+
+async def timed_job(rest: str, job: str, args: list[str], env: dict[str, str], per_task: bool = False,
+                    events: int = 0) -> float:
     """Submit a bounded job, wait for FINISHED, return seconds from RUNNING to FINISHED.
-    With ``per_task``, print where each of its tasks spent the time (:func:`task_times`)."""
+    With ``per_task``, print where each of its tasks spent the time (:func:`task_times`) and
+    what its checkpoints cost (:func:`checkpoint_sizes`, per event of ``events``)."""
     job_id = await asyncio.to_thread(submit.run, job, args, env)
 
     def ended() -> dict | None:
@@ -92,6 +115,10 @@ async def timed_job(rest: str, job: str, args: list[str], env: dict[str, str], p
         print(f"WARNING: {job} restarted {len(failures)}x; first: {failures[0]['exceptionName']}", flush=True)
     if per_task:
         print(f"{job}, time per task over its life:", *task_times(body), sep="\n", flush=True)
+        checkpoints = testing.flink_get(rest, f"/jobs/{job_id}/checkpoints")
+        last = (checkpoints.get("latest") or {}).get("completed")
+        details = testing.flink_get(rest, f"/jobs/{job_id}/checkpoints/details/{last['id']}") if last else None
+        print(*checkpoint_sizes(body, checkpoints, details, events), sep="\n", flush=True)
     stamps = body["timestamps"]
     return (stamps["FINISHED"] - stamps["RUNNING"]) / 1000
 
@@ -209,7 +236,7 @@ async def throughput(config: StackConfig, env: dict[str, str], events: int, extr
             async with metered(RUN_DIR, writer_port=config.cassandra.port) as meter:
                 if label == "pipeline" and profile_s:
                     profiled = asyncio.create_task(profile_pipeline(RUN_DIR, profile_s))
-                timings[label] = await timed_job(rest, job, args, env, per_task=per_task)
+                timings[label] = await timed_job(rest, job, args, env, per_task=per_task, events=sent)
             cpu[label] = (sent, meter.used())
             timelines[label] = meter.timeline
         spans = {label: await kafka_span(config.kafka, f"{sink}-{label}", 2) for label in ("jvm", "python")}

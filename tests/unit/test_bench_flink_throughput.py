@@ -44,3 +44,21 @@ def test_the_live_phase_and_the_backlog_share_one_mix_unless_asked_for_new_image
     assert sum(counts.values()) == 100_000
     assert (counts["originals"], counts["exact_copies"], counts["replays"], counts["malformed"]) == (70_000, 10_000, 5_000, 5_000)
     assert mix(30_000, new_only=True) == {"originals": 30_000, "exact_copies": 0, "near_copies": 0, "replays": 0, "malformed": 0}
+
+
+def test_checkpoint_sizes_name_each_task_with_state_and_the_size_per_event():
+    from bench.flink_throughput import checkpoint_sizes
+
+    job = {"vertices": [{"id": "a", "name": "decide: near"}, {"id": "b", "name": "clean, decide: exact"},
+                        {"id": "c", "name": "cassandra: write steps"}]}
+    checkpoints = {"counts": {"completed": 9, "failed": 1},
+                   "summary": {"end_to_end_duration": {"avg": 5_685, "max": 7_288}}}
+    details = {"state_size": 64_000_000, "checkpointed_size": 64_000_000,
+               "tasks": {"a": {"state_size": 40_000_000}, "b": {"state_size": 24_000_000}, "c": {"state_size": 0}}}
+    lines = checkpoint_sizes(job, checkpoints, details, 100_000)
+    assert lines[0] == "checkpoints: 9 completed, 1 failed; end to end avg 5.7s, max 7.3s"
+    assert "64.0 MB of state (640 bytes per event)" in lines[1]
+    assert lines[2].split() == ["40.0", "MB", "decide:", "near"]  # the largest first
+    assert lines[3].endswith("clean, decide: exact") and len(lines) == 4  # a task without state is left out
+    assert checkpoint_sizes(job, {"counts": {}}, None, 10) == [
+        "checkpoints: 0 completed, 0 failed; end to end avg 0.0s, max 0.0s"]  # none completed: no sizes
