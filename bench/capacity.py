@@ -37,6 +37,13 @@ MEASURED: Mapping[str, tuple[float, str, str]] = {
     "kafka_cpu_ms": (0.36, "CPU ms per event, Kafka broker (upload, DLQ, CDC topics)", "docs/flink-jobs.md, CPU table"),
     "sink_rows_per_task_s": (1269.0, "rows/s one JDBC sink task drains", "docs/cdc.md, backlog drain"),
     "stats_cpu_ms": (1.73, "server CPU ms per stats request, the mix below", "docs/stats-api.md, bench table"),
+    "index_state_bytes": (644.0, "bytes of Flink state per event held in the dedup index (the hashmap "
+                                 "backend's checkpoint: written whole at each one)",
+                          "docs/flink-jobs.md, State size and checkpoints (2026-12-06), 100k events at p=2"),
+    "index_worker_bytes": (2400.0, "bytes of Python worker memory per event held (the decide workers' "
+                                   "resident growth: mirrors, PyFlink's caches)", "docs/flink-jobs.md, same section"),
+    "near_state_share": (0.59, "share of the index state in decide: near (38.3 of 64.4 MB)",
+                         "docs/flink-jobs.md, same section"),
 }
 #: Stats request mix behind stats_cpu_ms: 50 % image by id (1.02 ms), 20 % minute series (1.74),
 #: 10 % duplicates page (2.87), 10 % summary (2.16), 10 % hourly by producer (3.71).
@@ -77,6 +84,16 @@ SMALL_BYTES, LARGE_BYTES = 50_000, 4_900_000
 ROWS_PER_EVENT = 1.15
 #: Bytes per image metadata row (Scylla and PostgreSQL, before replication/indexes).
 ROW_BYTES = 600
+#: How long the dedup index holds an image: the near and exact TTLs (``DEFAULT_NEAR_TTL_MS``,
+#: ``DEFAULT_EXACT_TTL_MS`` in imgstream/domain/dedup.py; a test keeps them equal).
+INDEX_RETENTION_S = 7 * 86_400
+#: Keys of ``decide: near`` at the default layout: 4 bands x 2**near_split_bits (1). Subtasks
+#: beyond them idle, so each near shard's part of the index must fit one subtask.
+NEAR_SHARDS = 8
+#: What a TaskManager pod (6 GiB, k8s/base/flink-pipeline) leaves for the index, heap state and
+#: its two workers' mirrors together: ~1.5 GiB go to Flink's framework, network and metaspace
+#: memory and ~0.25 GiB to each worker before it holds any state.
+TM_INDEX_GB = 4.0
 
 
 @dataclass
@@ -104,6 +121,11 @@ class Plan:
     s3_tb_per_month: float
     metadata_rows_per_month: float
     metadata_tb_per_month: float
+    index_events: float
+    index_state_gb: float
+    index_worker_gb: float
+    near_shard_gb: float
+    taskmanagers_for_index: int
     monthly_usd: dict[str, float]
 
     @property
@@ -148,9 +170,17 @@ def plan(uploads_per_s: float = 1000.0, large_share: float = 0.1, stats_rps: flo
     metadata_tb = rows_month * ROW_BYTES / 1e12
     scylla_nodes = max(3, 3 * math.ceil(scylla_cores / (8 * 0.5) / 3))  # 8 vCPU nodes at 50 %, whole AZ rows
 
+    # the dedup index holds every event of its retention: memory, not CPU, bounds the job at length
+    index_events = uploads_per_s * INDEX_RETENTION_S
+    index_state_gb = index_events * _m("index_state_bytes") / 1e9
+    index_worker_gb = index_events * _m("index_worker_bytes") / 1e9
+    near_shard_gb = (index_state_gb + index_worker_gb) * _m("near_state_share") / NEAR_SHARDS
+    taskmanagers_for_index = math.ceil((index_state_gb + index_worker_gb) / TM_INDEX_GB)
+
     ingest = uploads_per_s * mean_bytes / 1e6
     s3_tb = ingest * SECONDS_PER_MONTH / 1e6
-    vcpu = gateway_pods * GATEWAY_POD_CORES + stats_pods * STATS_POD_CORES + taskmanagers * TM_CORES + 2 \
+    vcpu = gateway_pods * GATEWAY_POD_CORES + stats_pods * STATS_POD_CORES \
+        + max(taskmanagers, taskmanagers_for_index) * TM_CORES + 2 \
         + connect_workers * 1 + 2  # + 2 JobManagers, + heartbeat/exporters/submitters (~2)
     p = PRICES
     bill = {
@@ -170,7 +200,9 @@ def plan(uploads_per_s: float = 1000.0, large_share: float = 0.1, stats_rps: flo
     return Plan(uploads_per_s, large_share, stats_rps, round(gateway_cores, 1), gateway_pods, in_flight_target,
                 bytes_target, stats_pods, int(stats_per_pod), partitions, parallelism, slots,
                 taskmanagers, connect_workers, sink_tasks, scylla_nodes, round(scylla_cores, 1), round(ingest, 1),
-                round(s3_tb, 1), rows_month, round(metadata_tb, 2), {k: round(v, 0) for k, v in bill.items()})
+                round(s3_tb, 1), rows_month, round(metadata_tb, 2), index_events, round(index_state_gb),
+                round(index_worker_gb), round(near_shard_gb), taskmanagers_for_index,
+                {k: round(v, 0) for k, v in bill.items()})
 
 
 def report(p: Plan) -> str:
@@ -191,6 +223,13 @@ def report(p: Plan) -> str:
              f"events/s per subtask of the busiest stage x {FLINK_TARGET_UTILISATION}) |",
              f"| TaskManager slots / TaskManagers ({TM_CORES} cores, {TM_SLOTS} slots) | {p.tm_slots} / {p.taskmanagers} | "
              "2 x parallelism: the writer, and decide's slot group (cleaning in it) |",
+             f"| dedup index, {INDEX_RETENTION_S // 86_400} days of events | {p.index_events / 1e9:.2f} G events: "
+             f"{p.index_state_gb:,.0f} GB of Flink state + {p.index_worker_gb:,.0f} GB in the Python workers | "
+             f"measured bytes per event ({_m('index_state_bytes'):.0f} + {_m('index_worker_bytes'):.0f}) x load x retention |",
+             f"| TaskManagers to hold the index | {p.taskmanagers_for_index} | index / {TM_INDEX_GB:.0f} GB per TaskManager: "
+             f"{'above' if p.taskmanagers_for_index > p.taskmanagers else 'within'} the CPU's {p.taskmanagers} (the bill counts the larger) |",
+             f"| one `decide: near` shard's part | {p.near_shard_gb:,.0f} GB | near share x index / {NEAR_SHARDS} near shards: "
+             f"{'fits' if p.near_shard_gb <= TM_INDEX_GB / TM_SLOTS else 'does NOT fit'} a slot's {TM_INDEX_GB / TM_SLOTS:.0f} GB |",
              f"| Kafka Connect workers / sink tasks | {p.connect_workers} / {p.sink_tasks} | "
              f"{ROWS_PER_EVENT} rows per event / {_m('sink_rows_per_task_s'):.0f} rows/s per task |",
              f"| ScyllaDB nodes | {p.scylla_nodes} ({p.scylla_cores_used} cores of writes) | measured store CPU x RF 3 x 2 (CDC log) |",

@@ -61,3 +61,20 @@ def test_prod_bounds_carry_the_design_load():
     assert sum(r["members"] for r in racks) >= DESIGN.scylla_nodes
     gateway_pod = by_name(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
     assert gateway_pod["resources"]["requests"]["cpu"] == str(capacity.GATEWAY_POD_CORES)
+
+
+def test_the_dedup_index_is_sized_by_its_retention_and_counted_in_the_bill():
+    from imgstream.domain.dedup import DEFAULT_EXACT_TTL_MS, DEFAULT_NEAR_TTL_MS, DedupPolicy
+    from imgstream.domain.sharding import DEFAULT_NEAR_SPLIT_BITS, ShardPlan
+
+    assert capacity.INDEX_RETENTION_S * 1000 == DEFAULT_NEAR_TTL_MS == DEFAULT_EXACT_TTL_MS
+    assert capacity.NEAR_SHARDS == ShardPlan.for_policy(DedupPolicy(), near_split_bits=DEFAULT_NEAR_SPLIT_BITS).near_shards
+    low, high = capacity.plan(100), capacity.plan(1000)
+    assert high.index_events == 10 * low.index_events == 1000 * capacity.INDEX_RETENTION_S
+    assert high.index_state_gb == round(high.index_events * 644 / 1e9)  # the measured bytes per event
+    assert 9 * low.taskmanagers_for_index < high.taskmanagers_for_index <= 10 * low.taskmanagers_for_index
+    # the bill prices the larger of the CPU's and the index's TaskManagers
+    vcpu = next(k for k in high.monthly_usd if k.startswith("EKS workers"))
+    assert int(vcpu.split("(")[1].split()[0]) >= high.taskmanagers_for_index * capacity.TM_CORES
+    report = capacity.report(high)
+    assert "does NOT fit" in report  # a near shard's part at 1,000 uploads/s: the report says so
