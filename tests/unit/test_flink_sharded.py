@@ -7,6 +7,7 @@ import copy
 import itertools
 import json
 import random
+import sys
 
 import pytest
 
@@ -583,3 +584,28 @@ def test_near_ops_held_since_band_keys_were_strings_decide_as_int_keys_do():
         assert all(type(k) is str for keys in runtime.states["bands"].values() for k in keys)  # text in state
         assert all(plan.band_plan.owns(k) for dedup in op.dedups.values() for k in dedup.bands)  # ints in memory
     assert outputs[0] == outputs[1] and outputs[0]  # the copy found its original either way
+
+
+def test_stored_candidates_share_one_copy_of_the_producers_name():
+    # each near shard decodes its own copy of an image's op; the candidates it stores must not
+    # each keep a copy of the producer's name (measured: ~16 % of the near index's memory)
+    policy = DedupPolicy()
+    plan = ShardPlan.for_policy(policy, shards=4)
+    runtime, op = Runtime(), DecideNear(policy)
+    op.open(runtime)
+    phash, ts = 0x0123_4567_89AB_CDEF, 1_000
+    pk = pending_key(order_key(ts, "id0", LONG_MIN), 0, 0)
+    for shard, route in plan.near_routes(phash).items():
+        runtime.key = shard
+        producer = "".join(["synthetic-", "alice"])  # a new string object per op, as from the wire
+        op.process_element(["e0", [(pk, 7, "id0", producer, phash, ts, tuple(route.probe_keys),
+                                    tuple(route.register_keys))]], runtime)  # fmt: skip
+    runtime.watermark = 10_000
+    for key, timer in sorted(runtime.timers, key=lambda t: (t[1], t[0])):
+        runtime.key = key
+        list(op.on_timer(timer, runtime))
+    stored = [candidate for name, shards in runtime.states.items() if name.startswith("bands")
+              for by_key in shards.values() for candidates in by_key.values() for candidate in candidates]  # fmt: skip
+    assert len(stored) == plan.band_plan.bands  # registered once per band
+    assert len({id(candidate[1]) for candidate in stored}) == 1  # one name object for them all
+    assert stored[0][1] is sys.intern("synthetic-alice")
