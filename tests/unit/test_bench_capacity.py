@@ -71,7 +71,7 @@ def test_the_dedup_index_is_sized_by_its_retention_and_counted_in_the_bill():
     assert capacity.NEAR_SHARDS == ShardPlan.for_policy(DedupPolicy(), near_split_bits=DEFAULT_NEAR_SPLIT_BITS).near_shards
     low, high = capacity.plan(100), capacity.plan(1000)
     assert high.index_events == 10 * low.index_events == 1000 * capacity.INDEX_RETENTION_S
-    assert high.index_state_gb == round(high.index_events * 644 / 1e9)  # the measured bytes per event
+    assert high.index_state_gb == round(high.index_events * capacity.MEASURED["index_state_bytes"][0] / 1e9)
     assert 9 * low.taskmanagers_for_index < high.taskmanagers_for_index <= 10 * low.taskmanagers_for_index
     # the bill prices the larger of the CPU's and the index's TaskManagers
     vcpu = next(k for k in high.monthly_usd if k.startswith("EKS workers"))
