@@ -37,12 +37,12 @@ MEASURED: Mapping[str, tuple[float, str, str]] = {
     "kafka_cpu_ms": (0.36, "CPU ms per event, Kafka broker (upload, DLQ, CDC topics)", "docs/flink-jobs.md, CPU table"),
     "sink_rows_per_task_s": (1269.0, "rows/s one JDBC sink task drains", "docs/cdc.md, backlog drain"),
     "stats_cpu_ms": (1.73, "server CPU ms per stats request, the mix below", "docs/stats-api.md, bench table"),
-    "index_state_bytes": (596.0, "bytes of Flink state per event held in the dedup index (the hashmap "
+    "index_state_bytes": (644.0, "bytes of Flink state per event held in the dedup index (the hashmap "
                                  "backend's checkpoint: written whole at each one)",
                           "docs/flink-jobs.md, State size and checkpoints (2026-12-06), 100k events at p=2"),
-    "index_worker_bytes": (2040.0, "bytes of Python worker memory per event held (the decide workers' "
-                                   "resident growth: mirrors, PyFlink's caches; 204 MB over 100k events)",
-                           "docs/flink-jobs.md, same section: after the interned names and the exact firsts kept once"),
+    "index_worker_bytes": (2400.0, "bytes of Python worker memory per event held (the decide workers' "
+                                   "resident growth: mirrors, PyFlink's caches; ~240 MB over 100k events)",
+                           "docs/flink-jobs.md, same section: before the interned names (offline -16 % on the near index)"),
     "near_state_share": (0.59, "share of the index state in decide: near (38.3 of 64.4 MB)",
                          "docs/flink-jobs.md, same section"),
 }

@@ -11,7 +11,6 @@ coordinates and, once decided, the verdict fields (``status``, ``duplicate_of``,
 from __future__ import annotations
 
 import logging
-from sys import intern
 from typing import AbstractSet as Set, Any, Callable, Iterable
 
 from pyflink.common import Types
@@ -64,18 +63,7 @@ def _ttl(state: Any, ttl_ms: int) -> Any:
 
 
 def _ref(image: dict[str, Any]) -> ImageRef:
-    return stored_ref(image["image_id"], image["producer"], image["sha256"], parse_hash(image["phash"]), image["event_time"])
-
-
-def stored_ref(image_id: str, producer: str, sha256: str, phash: int, event_time: int) -> ImageRef:
-    """The :class:`ImageRef` of an image the index may store, its producer's name interned.
-
-    Every stored candidate (each band registration, the exact firsts) keeps the producer, and
-    a worker decodes each near shard's copy of an image on its own: without interning each
-    candidate kept a copy of the name, ~16 % of the near index's memory (docs/flink-jobs.md,
-    "State size and checkpoints"). Producers are few, so the interned set stays small.
-    """
-    return ImageRef(image_id, intern(producer), sha256, phash, event_time)
+    return ImageRef(image["image_id"], image["producer"], image["sha256"], parse_hash(image["phash"]), image["event_time"])
 
 
 def with_lateness(image: dict[str, Any], watermark: int, window_ms: int, allowed_lateness_ms: int) -> dict[str, Any]:

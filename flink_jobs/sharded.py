@@ -48,14 +48,14 @@ from pyflink.datastream.state import MapStateDescriptor
 
 from imgstream.adapters.kafka import end_offsets
 from imgstream.config import KafkaConfig
-from imgstream.domain.dedup import NEEDS_NEAR, STATUS_REJECTED, DedupPolicy, Deduplicator, NearMatch, best_match, near_verdict
+from imgstream.domain.dedup import NEEDS_NEAR, STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, NearMatch, best_match, near_verdict
 from imgstream.domain.events import TOPIC_UPLOADED, ImageUploaded
 from imgstream.domain.producers import SYNTHETIC_REALM, USER_REALM, dedup_realm
 from imgstream.domain.sharding import ORDER_BUCKET_MS, ShardPlan, due_of, order_key, pending_key
 from imgstream.domain.windows import Lateness, WindowBook, coalesce, window_start
 
 from flink_jobs.cassandra_sink import maybe_written
-from flink_jobs.functions import BAND_KEYS, PRUNE_EVERY_MS, PRUNE_SLACK_MS, RECHECK, Cleaner, _ref, _ttl, stored_ref, with_lateness
+from flink_jobs.functions import BAND_KEYS, PRUNE_EVERY_MS, PRUNE_SLACK_MS, RECHECK, Cleaner, _ref, _ttl, with_lateness
 from flink_jobs.mirror import KeyCodec, MirroredMap
 from flink_jobs import worker_gc
 
@@ -402,7 +402,7 @@ class DecideNear(OrderedStage):
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
         matches = []
         for pk, wshard, image_id, producer, phash, event_time, probe_keys, register_keys in items:
-            ref = stored_ref(image_id, producer, "", phash, event_time)
+            ref = ImageRef(image_id, producer, "", phash, event_time)
             match = self.dedups[dedup_realm(producer)].near_step(ref, probe_keys, register_keys)
             if match is not None:
                 matches.append((wshard, (pk, match.to_list())))

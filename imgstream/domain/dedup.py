@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from functools import cached_property
+from sys import intern
 from enum import Enum
 from typing import Any, Iterable, Mapping, MutableMapping, NamedTuple
 
@@ -176,7 +177,10 @@ class Seen(NamedTuple):
 
     @classmethod
     def of(cls, image: ImageRef) -> "Seen":
-        return cls(image.image_id, image.producer, image.event_time, image.phash)
+        """What the index stores of ``image`` (every stored one is made here), the producer's
+        name interned: each near shard decodes its own copy of an image, and one copy of the
+        name per candidate was ~16 % of the near index's memory."""
+        return cls(image.image_id, intern(image.producer), image.event_time, image.phash)
 
     def to_list(self) -> list[Any]:
         """Compact, JSON-able form for Flink state."""
@@ -188,8 +192,8 @@ class Seen(NamedTuple):
         return cls._make(data)
 
 
-#: Where a stored candidate (a :meth:`Seen.to_list`) keeps its pHash and its producer.
-_PHASH, _PRODUCER = Seen._fields.index("phash"), Seen._fields.index("producer")
+#: Where a stored candidate (a :meth:`Seen.to_list`) keeps its pHash.
+_PHASH = Seen._fields.index("phash")
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,14 +413,9 @@ class Deduplicator:
         producer_policy = policy.for_producer(image.producer)
         stored_global, own = self.exact.get(image.sha256) or [None, {}]
         stored_own = own.get(image.producer)
-        if stored_own is None and stored_global is not None and stored_global[_PRODUCER] == image.producer:
-            stored_own = stored_global  # a producer's first that is also the global first: kept once
         exact = exact_decision(image, producer_policy.scope, None if stored_global is None else Seen.from_list(stored_global),
                                None if stored_own is None else Seen.from_list(stored_own), policy.exact_ttl_ms)  # fmt: skip
-        own = {p: s for p, s in own.items() if p != image.producer}  # the same image (same time: same expiry) once
-        if exact.first_own != exact.first_global:
-            own[image.producer] = exact.first_own.to_list()
-        self.exact[image.sha256] = [exact.first_global.to_list(), own]
+        self.exact[image.sha256] = [exact.first_global.to_list(), {**own, image.producer: exact.first_own.to_list()}]
         if exact.original is not None:
             return Verdict.exact(image.image_id, exact.original.image_id)
         return NEEDS_NEAR

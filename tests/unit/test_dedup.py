@@ -2,7 +2,6 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from imgstream.domain.dedup import (
-    NEEDS_NEAR,
     DedupPolicy,
     Deduplicator,
     NearMatch,
@@ -342,48 +341,3 @@ def test_reband_keeps_the_newest_candidates_under_the_cap():
     d = Deduplicator(DedupPolicy(max_band_candidates=3), bands=stored)
     assert d.reband() == 5
     assert {tuple(c[0] for c in cands) for cands in d.bands.values()} == {(iid(3), iid(4), iid(5))}
-
-
-class ExplicitExact:
-    """The exact index as it was stored before 2026-12-06: every producer's first kept under
-    its name, also when it is the global first (the reference for the compact form)."""
-
-    def __init__(self, policy):
-        self.policy, self.exact = policy, {}
-
-    def step(self, image):
-        stored_global, own = self.exact.get(image.sha256) or [None, {}]
-        stored_own = own.get(image.producer)
-        exact = exact_decision(image, self.policy.for_producer(image.producer).scope,
-                               None if stored_global is None else Seen.from_list(stored_global),
-                               None if stored_own is None else Seen.from_list(stored_own), self.policy.exact_ttl_ms)
-        self.exact[image.sha256] = [exact.first_global.to_list(), {**own, image.producer: exact.first_own.to_list()}]
-        return NEEDS_NEAR if exact.original is None else Verdict.exact(image.image_id, exact.original.image_id)
-
-    def prune(self, now):
-        plain = Deduplicator(self.policy, exact=self.exact)  # the prune of that time, unchanged since
-        plain.prune(now)
-
-
-@settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["p1", "p2", "p3"]), st.integers(0, 2), st.integers(0, 6_000), st.booleans()),
-                min_size=1, max_size=40),
-       st.integers(0, 40))
-def test_exact_firsts_stored_once_decide_as_when_stored_for_every_producer(uploads, switch):
-    """A producer's first that is also the global first is no longer stored twice. Against the
-    explicit form - with TTLs expiring, a producer-scoped producer, prunes, and a state written
-    in the explicit form taken over midway (a savepoint of the earlier job) - the verdicts are
-    the same."""
-    policy = DedupPolicy(exact_ttl_ms=10_000, producers={"p2": ProducerPolicy(Scope.PRODUCER)})
-    reference, compact, t = ExplicitExact(policy), Deduplicator(policy), 0
-    for n, (producer, content, gap, prune) in enumerate(uploads, start=1):
-        if n == switch:  # restored from the explicit form
-            compact = Deduplicator(policy, exact={sha: [g, dict(own)] for sha, (g, own) in reference.exact.items()})
-        t += gap
-        image = img(n, producer=producer, sha=f"{content:064x}", t=t)
-        assert compact.exact_step(image) == reference.step(image), n
-        if prune:
-            compact.prune(t)
-            reference.prune(t)
-    stored = sum(len(own) for _, own in compact.exact.values())
-    assert stored <= sum(len(own) for _, own in reference.exact.values())
