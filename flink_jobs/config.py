@@ -138,17 +138,6 @@ class PipelineConfig:
     #: every verdict: at PyFlink's default (1 s) that was ~2 s of the status latency at 50/s;
     #: 250 ms costs ~1.1 s more p95 for ~7 % less job CPU (docs/flink-jobs.md, Performance).
     python_bundle_time_ms: int = 100
-    #: The bundle time of the upload path's Python operators while the job catches up on a
-    #: backlog (``flink_jobs.bundles``: their input watermark more than ``python_catchup_lag_ms``
-    #: behind the wall clock): each bundle's end is a synchronous round trip with a state
-    #: commit, ~0.16 ms of Python per event at 100 ms against 1 s in a backlog, and a verdict
-    #: that is minutes late already gains nothing from short bundles. 0: PyFlink's own operators,
-    #: ``python_bundle_time_ms`` always.
-    python_catchup_bundle_time_ms: int = 1_000
-    #: How far behind the wall clock an operator's input watermark must be for it to run the
-    #: long bundles: far above what a live stream lags (the out-of-orderness bound, the 1 s grid
-    #: and each stage's bundle: a few seconds), so live verdicts never wait for them.
-    python_catchup_lag_ms: int = 30_000
     #: Records ``decide: exact``'s batching (``flink_jobs.pipeline.batched``) holds at most in
     #: each subtask before it lets every batch go early; normally batches leave at each watermark.
     batch_max_records: int = 10_000
@@ -219,11 +208,6 @@ class PipelineConfig:
         if self.watermark_quantum_ms != 1 and (self.watermark_quantum_ms < 1 or self.watermark_quantum_ms % ORDER_BUCKET_MS):
             raise ValueError(f"watermark_quantum_ms must be 1 (no grid) or a positive multiple of {ORDER_BUCKET_MS} "
                              f"(the stages' buckets), got {self.watermark_quantum_ms}")
-        if self.python_catchup_bundle_time_ms and self.python_catchup_bundle_time_ms < self.python_bundle_time_ms:
-            raise ValueError(f"python_catchup_bundle_time_ms must be 0 (off) or at least python_bundle_time_ms "
-                             f"({self.python_bundle_time_ms}), got {self.python_catchup_bundle_time_ms}")
-        if self.python_catchup_lag_ms < 1:
-            raise ValueError(f"python_catchup_lag_ms must be at least 1, got {self.python_catchup_lag_ms}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")

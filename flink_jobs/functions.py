@@ -15,7 +15,7 @@ from typing import AbstractSet as Set, Any, Callable, Iterable
 
 from pyflink.common import Types
 from pyflink.common.time import Time
-from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream import FlatMapFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import StateTtlConfig
 
 from imgstream.domain.cleaning import REASON_MISROUTED, Cleaned, DeadLetter, Heartbeat, Source, clean, clean_deletion, refuse
@@ -167,7 +167,7 @@ PRUNE_SLACK_MS = 24 * 3600 * 1000
 RECHECK = "recheck"
 
 
-class WriteSteps(ProcessFunction):
+class WriteSteps(FlatMapFunction):
     """Writes each step of ``decide: verdicts, windows`` to Cassandra - its verdicts (images, duplicates,
     late_events rows) and window versions (upload_stats) - and emits nothing: the rows are
     the result. (Passing each step on cost encoding it again in Python and decoding it in the
@@ -201,7 +201,7 @@ class WriteSteps(ProcessFunction):
     def close(self) -> None:
         self.writer.close()
 
-    def process_element(self, step: dict[str, Any], ctx: ProcessFunction.Context | None = None) -> Iterable[Any]:
+    def flat_map(self, step: dict[str, Any]) -> Iterable[Any]:
         recheck = [v for v in step["verdicts"] if v.get(RECHECK)]
         if not recheck:
             self.writer.write(step_writes(step, self.window_ms))

@@ -61,7 +61,6 @@ from imgstream.adapters.kafka import TopicSpec, ensure_topics
 
 from flink_jobs.cassandra_sink import CassandraWriter
 from flink_jobs import worker_gc
-from flink_jobs.bundles import python_process
 from flink_jobs.config import PipelineConfig, connector_jars, ops_jar
 from flink_jobs.functions import DLQ_TAG, ApplyDeletions, Cleaner, WriteSteps
 from flink_jobs.sharded import BATCH_TYPE, NEAR_TAG, DecideExact, DecideNear, DecideWindows
@@ -108,10 +107,9 @@ def build(
     policy, plan = config.dedup(), config.shard_plan()
     cleaner = Cleaner(config.topic, config.clock_skew_tolerance_ms)
     exact = (
-        python_process(batched(by_first_field(raw, RECORD_TYPE), config.batch_max_records, config.decide_slot_group,
-                               config.watermark_quantum_ms),
-                       DecideExact(policy, plan, config.window_ms, config.allowed_lateness_ms, cleaner), BATCH_TYPE,
-                       config)
+        batched(by_first_field(raw, RECORD_TYPE), config.batch_max_records, config.decide_slot_group,
+                config.watermark_quantum_ms)
+        .process(DecideExact(policy, plan, config.window_ms, config.allowed_lateness_ms, cleaner), BATCH_TYPE)
         .name("clean, decide: exact")
         # a new uid: its state is routed by another rule than "decide-exact"'s (crc32 of the
         # SHA-256), so a savepoint of the old job must not map onto it (submit refuses, names
@@ -124,8 +122,8 @@ def build(
 
     batch_type = MERGED_ITEMS_TYPE if config.merge_batches else Types.PICKLED_BYTE_ARRAY()
     near = (
-        python_process(by_first_field(hop(exact.get_side_output(NEAR_TAG), "merge: near ops", "merge-near-ops"),
-                                      batch_type), DecideNear(policy), BATCH_TYPE, config)
+        by_first_field(hop(exact.get_side_output(NEAR_TAG), "merge: near ops", "merge-near-ops"), batch_type)
+        .process(DecideNear(policy), BATCH_TYPE)
         .name("decide: near")
         .uid("decide-near")
     )
@@ -134,7 +132,8 @@ def build(
     to_windows = hop(exact, "merge: exact verdicts", "merge-exact-verdicts").union(
         hop(near, "merge: near matches", "merge-near-matches"))
     results = (
-        python_process(by_first_field(to_windows, batch_type), windows, None, config)
+        by_first_field(to_windows, batch_type)
+        .process(windows)
         .name("decide: verdicts, windows")
         .uid("decide-windows")
     )
@@ -148,7 +147,7 @@ def build(
         # never fused into decide (PyFlink merges chained Python operators into one): its own
         # task, in clean's slot group (it would inherit decide's) and so in clean's Python worker
         results = (
-            python_process(results, WriteSteps(writer, config.window_ms), None, config)
+            results.flat_map(WriteSteps(writer, config.window_ms))
             .name("cassandra: write steps")
             .uid("write-cassandra")
             .disable_chaining()

@@ -180,9 +180,9 @@ def test_a_step_is_written_verdicts_first_then_window_versions_in_order():
             self.calls.append([name for name, _ in batch])
 
     recorder = Recorder()
-    assert list(WriteSteps(recorder, 60_000).process_element(step)) == []  # the rows are the result
+    assert list(WriteSteps(recorder, 60_000).flat_map(step)) == []  # the rows are the result
     assert recorder.calls == [[name for name, _ in writes]]
-    WriteSteps(recorder, 60_000).process_element({"verdicts": [], "windows": []})
+    WriteSteps(recorder, 60_000).flat_map({"verdicts": [], "windows": []})
     assert recorder.calls[-1] == []
 
 

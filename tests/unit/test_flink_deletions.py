@@ -107,7 +107,7 @@ def test_an_upload_replayed_after_its_deletion_keeps_the_image_deleted():
     # deletion was applied: the replayed upload must not set the status back to accepted
     table = Images(**{IMAGE: {"producer": "alice", "status": "deleted"}})
     other = "00000000-0000-4000-8000-000000000002"
-    WriteSteps(table, W).process_element({"verdicts": [_verdict(IMAGE, recheck=True), _verdict(other, recheck=True)],
+    WriteSteps(table, W).flat_map({"verdicts": [_verdict(IMAGE, recheck=True), _verdict(other, recheck=True)],
                                    "windows": []})
     assert table.rows[IMAGE]["status"] == "deleted"
     assert table.rows[other]["status"] == "accepted"  # a live image is rewritten as always

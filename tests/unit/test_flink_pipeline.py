@@ -180,18 +180,14 @@ def _window_rows(out):
 
 @pytest.mark.parametrize("parallelism, overrides", [
     (2, {}), (4, {}), (2, {"batch_max_records": 1}), (2, {"watermark_quantum_ms": 1_000}),
-    (2, {"merge_batches": False}),
-    (2, {"python_catchup_bundle_time_ms": 0}), (2, {"python_catchup_lag_ms": 10**13})])
+    (2, {"merge_batches": False})])
 def test_parallelism_2_and_4_give_the_outputs_of_parallelism_1(scenario, parallelism, overrides):
     """Issue 17: decide's stages at parallelism N, each subtask holding its shards' state:
     the same verdicts (and lateness), window versions and dead letters as one subtask. With
     ``batch_max_records=1`` every record leaves the JVM's batching alone, at once (as before
     it existed): the grouping into batches changes nothing either; nor do watermarks on a grid,
     nor sending the batches between the stages key pair by key pair instead of merged per
-    subtask (``merge_batches=False``); nor where bundles end. The scenario's event times are
-    months old, so by default every Python operator runs its catch-up bundles
-    (``flink_jobs.bundles``); ``python_catchup_bundle_time_ms=0`` gives PyFlink's own
-    operators, and a lag bound of centuries keeps the new operators on their live bundles."""
+    subtask (``merge_batches=False``)."""
     planned, expected, one = scenario
     out = run_pipeline(planned, parallelism=parallelism, **overrides)
     assert _verdict_rows(out) == _verdict_rows(one)

@@ -107,8 +107,8 @@ def test_the_writer_reads_earlier_rows_only_for_verdicts_tagged_for_a_recheck():
 
     writer = Writer()
     steps = WriteSteps(writer, W)
-    steps.process_element({"verdicts": [_verdict(E, 1_000)], "windows": []})
+    steps.flat_map({"verdicts": [_verdict(E, 1_000)], "windows": []})
     assert writer.asked == []  # steady state: no read
-    steps.process_element({"verdicts": [{**_verdict(O, 2_000), "recheck": True}, _verdict(E, 1_000)], "windows": []})
+    steps.flat_map({"verdicts": [{**_verdict(O, 2_000), "recheck": True}, _verdict(E, 1_000)], "windows": []})
     assert writer.asked == [[O]]
     assert ("delete_duplicate", (L, O)) in writer.written[-1]
