@@ -123,7 +123,7 @@ def build(
     batch_type = MERGED_ITEMS_TYPE if config.merge_batches else Types.PICKLED_BYTE_ARRAY()
     near = (
         by_first_field(hop(exact.get_side_output(NEAR_TAG), "merge: near ops", "merge-near-ops"), batch_type)
-        .process(DecideNear(policy), BATCH_TYPE)
+        .process(DecideNear(policy, plan), BATCH_TYPE)
         .name("decide: near")
         .uid("decide-near")
     )

@@ -7,8 +7,8 @@ so each subtask holds the state of its shards only - ``1/N`` of the index at par
       -> [exact shard]  batch: per shard and watermark (JVM)
       -> [exact shard]  clean, decide: exact    cleaning, replay drop + exact dedup
                |  exact duplicates, rejected events, and images that need the near index
-               |  '--> near ops (side output): one per near shard the image visits
-               |        -> [near shard] decide: near   probe + register, best match per shard
+               |  '--> near ops (side output): the image's hash, to each near shard it visits
+               |        -> [near shard] decide: near   its keys: probe + register, best match
                v                 |  matches (only when one is found)
           [window shard] decide: verdicts, windows   <-'
                the best match per image -> verdict; windows of (producer, window) shards;
@@ -29,8 +29,8 @@ per image; an image and its matches meet in the verdict stage's ``pending`` unde
 **One crossing per batch of records.** The records reach Python once: ``decide: exact`` cleans
 them itself (:class:`~flink_jobs.functions.Cleaner`), keyed in the JVM by the source's SQL
 (:func:`flink_jobs.pipeline.exact_shard_sql`) and grouped there into one batch per shard and
-watermark interval (:func:`flink_jobs.pipeline.batched`), so PyFlink's per-element machinery runs
-once per batch (a ``clean`` operator of its own cost every record a second round trip).
+watermark interval (:func:`flink_jobs.pipeline.batched`). A near op carries the image's hash, not
+its keys: the near shard works them out (the keys were ~80 % of the bytes between the stages).
 
 Each operator's state is ``MapState`` mirrored per key in the worker (``MirroredMap.use``).
 """
@@ -55,9 +55,9 @@ from imgstream.domain.sharding import ORDER_BUCKET_MS, ShardPlan, due_of, order_
 from imgstream.domain.windows import Lateness, WindowBook, coalesce, window_start
 
 from flink_jobs.cassandra_sink import maybe_written
+from flink_jobs import worker_gc
 from flink_jobs.functions import BAND_KEYS, PRUNE_EVERY_MS, PRUNE_SLACK_MS, RECHECK, Cleaner, _ref, _ttl, with_lateness
 from flink_jobs.mirror import KeyCodec, MirroredMap
-from flink_jobs import worker_gc
 
 log = logging.getLogger(__name__)
 _first = itemgetter(0)
@@ -108,8 +108,7 @@ def merge(parts: Iterable[list[Any]]) -> tuple[str, list[Any]]:
     sorted, under the first batch's source (``first#source`` stays unique: a source belongs to
     one subtask, and an item reaches a key once)."""
     parts = list(parts)
-    items = parts[0][1] if len(parts) == 1 else sorted((i for _, part in parts for i in part), key=_first)
-    return parts[0][0], items
+    return parts[0][0], parts[0][1] if len(parts) == 1 else sorted((i for _, part in parts for i in part), key=_first)
 
 
 class OrderedStage(KeyedProcessFunction):
@@ -278,8 +277,7 @@ class DecideExact(OrderedStage):
     def __init__(self, policy: DedupPolicy, plan: ShardPlan, window_ms: int, allowed_lateness_ms: int,
                  cleaner: Cleaner | None = None) -> None:  # fmt: skip
         if window_ms % ORDER_BUCKET_MS or allowed_lateness_ms % ORDER_BUCKET_MS:
-            # every window deadline must be a bucket end, so a window never fires in the middle
-            # of a bucket an image of it is still travelling in
+            # every window deadline a bucket end: a window never fires mid-bucket, images of it in flight
             raise ValueError(f"window_ms and allowed_lateness_ms must be multiples of {ORDER_BUCKET_MS}")
         self.policy = policy
         self.plan = plan
@@ -357,9 +355,9 @@ class DecideExact(OrderedStage):
             if verdict is NEEDS_NEAR:
                 image[NEEDS_NEAR_FIELD] = True
                 to_windows.append((wshard, (pk, image)))
-                for shard, route in self.plan.near_routes(ref.phash).items():
-                    to_near.append((shard, (pk, wshard, ref.image_id, ref.producer, ref.phash, ref.event_time,
-                                            route.probe_keys, route.register_keys)))  # fmt: skip
+                op = (pk, wshard, ref.image_id, ref.producer, ref.phash, ref.event_time)
+                for shard in self.plan.near_shards_of(ref.phash):
+                    to_near.append((shard, op))  # the shard works out its keys (DecideNear.step)
                 continue
             to_windows.append((wshard, (pk, {**image, **verdict.to_dict()})))
         source = f"e{self.key}"
@@ -373,13 +371,14 @@ class DecideExact(OrderedStage):
 
 
 class DecideNear(OrderedStage):
-    """``decide: near``: the band keys of one near shard. Per image (in decision order) the
-    closest earlier candidate under the probe keys it owns, then the image registered under
-    the registration keys it owns; per step, one batch of ``(pk, match)`` per window shard of
-    the images that found one (none: the verdict stage reads no match as "accepted")."""
+    """``decide: near``: the band keys of one near shard. Per image (in decision order) the closest
+    earlier candidate under the probe keys it owns (``ShardPlan.near_route``), then the image
+    registered under its own; per step, one batch of ``(pk, match)`` per window shard of the images
+    that found one (none: the verdict stage reads no match as "accepted")."""
 
-    def __init__(self, policy: DedupPolicy) -> None:
+    def __init__(self, policy: DedupPolicy, plan: ShardPlan) -> None:
         self.policy = policy
+        self.plan = plan
 
     def setup(self, runtime_context: RuntimeContext) -> None:
         policy = self.policy
@@ -396,13 +395,14 @@ class DecideNear(OrderedStage):
             log.warning("near shard %r holds %d band keys of another layout (near_bands changed?): they are "
                         "not searched; start the job on fresh state (make flink-reset)", key, foreign)
         for entry, ops in list(self.pending.items()):  # restored ops held since before band keys were ints
-            if any(type(k) is str for op in ops for k in op[6]):
+            if any(type(k) is str for op in ops if len(op) > 6 for k in op[6]):
                 self.pending[entry] = [(*op[:6], *([*map(BAND_KEYS.parse, keys)] for keys in op[6:])) for op in ops]
 
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
-        matches = []
-        for pk, wshard, image_id, producer, phash, event_time, probe_keys, register_keys in items:
+        matches, route = [], self.plan.near_route
+        for pk, wshard, image_id, producer, phash, event_time, *keys in items:
             ref = ImageRef(image_id, producer, "", phash, event_time)
+            probe_keys, register_keys = keys or route(self.key, phash)  # ops held since before 2026-12-06: keys
             match = self.dedups[dedup_realm(producer)].near_step(ref, probe_keys, register_keys)
             if match is not None:
                 matches.append((wshard, (pk, match.to_list())))

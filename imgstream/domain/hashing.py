@@ -262,6 +262,28 @@ class BandPlan:
                 out.append((index, top ^ flip_top, tuple([own ^ flip for flip in flips]), not flip_top))
         return out
 
+    def shard_probes(self, value: HashLike, split_bits: int, index: int, top: int) -> tuple[tuple[BandKey, ...], bool]:
+        """The group of :meth:`routed_probes` that band ``index``'s split ``top`` owns: its keys
+        in probe order (empty when ``value`` probes nothing there) and whether it holds the
+        band's own value. One group's share of the work, for a shard that computes its own."""
+        (base, shift, mask), (_, width) = self._formats[index], self.layout[index]
+        band = (parse_hash(value) >> shift) & mask
+        flip_top = (band >> (width - split_bits)) ^ top
+        for group_top, flips in self._split_masks(split_bits)[index]:
+            if group_top == flip_top:
+                own = base | band
+                return tuple([own ^ flip for flip in flips]), not flip_top
+        return (), False
+
+    def split_tops(self, value: HashLike, split_bits: int) -> list[tuple[int, int]]:
+        """``(band index, top bits)`` of every group :meth:`routed_probes` makes, in its order,
+        without the keys."""
+        h = parse_hash(value)
+        return [(index, ((h >> shift) & mask) >> (width - split_bits) ^ flip_top)
+                for index, ((_, shift, mask), (_, width), groups) in enumerate(
+                    zip(self._formats, self.layout, self._split_masks(split_bits)))
+                for flip_top, _ in groups]
+
     def _split_masks(self, split_bits: int) -> SplitMasks:
         """Per band, its flip masks grouped by their top ``split_bits`` bits (the group of 0, with
         the empty mask, first; masks in probe order within each group); computed once per ``split_bits``."""

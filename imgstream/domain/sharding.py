@@ -204,6 +204,19 @@ class ShardPlan:
             for index, top, keys, own in self.band_plan.routed_probes(phash, bits)
         }
 
+    def near_shards_of(self, phash: int) -> list[int]:
+        """The near shards an image visits: the keys of :meth:`near_routes`, without its keys."""
+        bits = self.near_split_bits
+        return [(index << bits) | top for index, top in self.band_plan.split_tops(phash, bits)]
+
+    def near_route(self, shard: int, phash: int) -> NearRoute:
+        """What near shard ``shard`` owns of an image's keys (``near_routes(phash)[shard]``, or
+        no keys where it does not visit): computed by the shard itself, so that what travels to
+        it is the image's hash, not its keys."""
+        bits = self.near_split_bits
+        keys, own = self.band_plan.shard_probes(phash, bits, shard >> bits, shard & ((1 << bits) - 1))
+        return NearRoute(keys, keys[:1] if own else ())
+
 
 class ShardedDeduplicator:
     """The sharded decision run in one process: one ``Deduplicator`` per exact and near

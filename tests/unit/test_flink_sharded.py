@@ -94,7 +94,7 @@ class Stages:
             ]
             self.ops[name] = []
             for runtime in self.runtimes[name]:
-                op = {"exact": lambda: DecideExact(policy, self.plan, W, L), "near": lambda: DecideNear(policy),
+                op = {"exact": lambda: DecideExact(policy, self.plan, W, L), "near": lambda: DecideNear(policy, self.plan),
                       "windows": lambda: DecideWindows(W, L, kafka, topic)}[name]()  # fmt: skip
                 op.open(runtime)
                 self.ops[name].append(op)
@@ -559,22 +559,23 @@ def test_decide_exact_holds_a_batch_as_one_pending_entry_in_decision_order():
     assert not list(op.on_timer(timer_ts, runtime)) and counters["steps"].count == 1  # nothing due: no step
 
 
-def test_near_ops_held_since_band_keys_were_strings_decide_as_int_keys_do():
-    # a savepoint taken before band keys were ints holds near ops whose keys are text; restored,
-    # they must find (and register under) the same keys as new ops
+def test_near_ops_held_in_older_savepoints_decide_as_new_ops_do():
+    # a new op carries the image's hash and the near shard works out its keys; a savepoint taken
+    # before 2026-12-06 holds ops that carry their keys, and one taken before band keys were ints
+    # holds them as text. Restored, they must find (and register under) the same keys as new ops
     policy = DedupPolicy()
     plan = ShardPlan.for_policy(policy, shards=4)
     outputs = []
-    for spell in (tuple, lambda keys: tuple(map(key_text, keys))):
-        held, before = Runtime(), DecideNear(policy)  # the attempt that held them, then its savepoint
+    for spell in (None, tuple, lambda keys: tuple(map(key_text, keys))):
+        held, before = Runtime(), DecideNear(policy, plan)  # the attempt that held them, then its savepoint
         before.open(held)
         for n, (phash, ts) in enumerate([(0x0123_4567_89AB_CDEF, 1_000), (0x0123_4567_89AB_CDEE, 2_000)]):
             pk = pending_key(order_key(ts, f"id{n}", LONG_MIN), 0, n)
             for shard, route in plan.near_routes(phash).items():
                 held.key = shard
-                before.process_element(["e0", [(pk, 7, f"id{n}", "p", phash, ts, spell(route.probe_keys),
-                                                spell(route.register_keys))]], held)  # fmt: skip
-        runtime, op = Runtime(copy.deepcopy(held.states), set(held.timers)), DecideNear(policy)  # restored
+                keys = (spell(route.probe_keys), spell(route.register_keys)) if spell else ()
+                before.process_element(["e0", [(pk, 7, f"id{n}", "p", phash, ts, *keys)]], held)
+        runtime, op = Runtime(copy.deepcopy(held.states), set(held.timers)), DecideNear(policy, plan)  # restored
         op.open(runtime)
         runtime.watermark, out = 10_000, []
         for key, ts in sorted(runtime.timers, key=lambda t: (t[1], t[0])):
@@ -591,15 +592,14 @@ def test_stored_candidates_share_one_copy_of_the_producers_name():
     # each keep a copy of the producer's name (measured: ~16 % of the near index's memory)
     policy = DedupPolicy()
     plan = ShardPlan.for_policy(policy, shards=4)
-    runtime, op = Runtime(), DecideNear(policy)
+    runtime, op = Runtime(), DecideNear(policy, plan)
     op.open(runtime)
     phash, ts = 0x0123_4567_89AB_CDEF, 1_000
     pk = pending_key(order_key(ts, "id0", LONG_MIN), 0, 0)
-    for shard, route in plan.near_routes(phash).items():
+    for shard in plan.near_shards_of(phash):
         runtime.key = shard
         producer = "".join(["synthetic-", "alice"])  # a new string object per op, as from the wire
-        op.process_element(["e0", [(pk, 7, "id0", producer, phash, ts, tuple(route.probe_keys),
-                                    tuple(route.register_keys))]], runtime)  # fmt: skip
+        op.process_element(["e0", [(pk, 7, "id0", producer, phash, ts)]], runtime)
     runtime.watermark = 10_000
     for key, timer in sorted(runtime.timers, key=lambda t: (t[1], t[0])):
         runtime.key = key

@@ -150,6 +150,10 @@ def test_near_routes_hand_out_every_probe_and_registration_key_exactly_once(phas
     # each band: its home shard and the neighbours within the radius in the split bits
     # (radius 1: one per split bit)
     assert len(routes) <= band_plan.bands * sum(comb(bits, k) for k in range(band_plan.radius + 1))
+    # what the job sends is the hash: each near shard works out its own route from it
+    assert plan.near_shards_of(phash) == list(routes)
+    for shard in range(plan.near_shards):
+        assert plan.near_route(shard, phash) == routes.get(shard, ((), ())), shard
 
 
 def test_shard_functions_are_stable_and_in_range():
