@@ -30,7 +30,7 @@ per image; an image and its matches meet in the verdict stage's ``pending`` unde
 them itself (:class:`~flink_jobs.functions.Cleaner`), keyed in the JVM by the source's SQL
 (:func:`flink_jobs.pipeline.exact_shard_sql`) and grouped there into one batch per shard and
 watermark interval (:func:`flink_jobs.pipeline.batched`). A near op carries the image's hash, not
-its keys: the near shard works them out (the keys were ~80 % of the bytes between the stages).
+its keys: the near shard works them out (the keys were ~40 % of the near ops' bytes).
 
 Each operator's state is ``MapState`` mirrored per key in the worker (``MirroredMap.use``).
 """

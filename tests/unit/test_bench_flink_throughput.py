@@ -62,3 +62,18 @@ def test_checkpoint_sizes_name_each_task_with_state_and_the_size_per_event():
     assert lines[3].endswith("clean, decide: exact") and len(lines) == 4  # a task without state is left out
     assert checkpoint_sizes(job, {"counts": {}}, None, 10) == [
         "checkpoints: 0 completed, 0 failed; end to end avg 0.0s, max 0.0s"]  # none completed: no sizes
+
+
+def test_task_traffic_prints_what_each_task_sent_per_event_and_leaves_out_the_silent_ones():
+    from bench.flink_throughput import task_traffic
+
+    body = {"vertices": [
+        {"name": "clean, decide: exact", "metrics": {"write-records": 6_632, "write-bytes": 160_800_000}},
+        {"name": "cassandra: write steps", "metrics": {"write-records": 0, "write-bytes": 0}},
+        {"name": "decide: near", "metrics": {"write-records": 533, "write-bytes": 4_700_000}},
+    ]}
+    lines = task_traffic(body, 100_000)
+    assert [line.split()[-1] for line in lines] == ["exact", "near"]  # a task that sent nothing is left out
+    assert lines[0].split()[:7] == ["out", "6,632", "records", "160.8", "MB", "1,608", "B/event"]
+    assert "47 B/event" in lines[1]
+    assert task_traffic(body, 0)[0].split()[5] == "160,800,000"  # no events: per event of one, no division by zero
