@@ -174,7 +174,7 @@ def _check_distance(max_distance: int) -> None:
         raise ValueError(f"max_distance must be in 0..{MAX_BANDED_DISTANCE}, got {max_distance}")
 
 
-#: Per band, its flip masks grouped by their top bits: ``((top bits, masks), ...)`` (:meth:`BandPlan.routed_probes`).
+#: Per band, its flip masks grouped by their top bits: ``((top bits, masks), ...)`` (:meth:`BandPlan.shard_probes`).
 SplitMasks = tuple[tuple[tuple[int, tuple[int, ...]], ...], ...]
 
 
@@ -245,44 +245,31 @@ class BandPlan:
             for flip in masks
         ]
 
-    def routed_probes(self, value: HashLike, split_bits: int) -> list[tuple[int, int, tuple[BandKey, ...], bool]]:
-        """:meth:`probe_keys` grouped for a sharded index that splits each band by the top
-        ``split_bits`` bits of its value: ``(band index, top bits of the probed values, keys in
-        probe order, whether the group holds the band's own value)`` per group. A probe's top
-        bits are its band's top bits XOR its flip mask's, so the masks are grouped once per
-        ``split_bits`` and an image costs one key per probe, not a route computed per key."""
+    def split_tops(self, value: HashLike, split_bits: int) -> list[tuple[int, int]]:
+        """Where :meth:`probe_keys` fall in a sharded index that splits each band by the top
+        ``split_bits`` bits of its value: ``(band index, top bits of the probed values)`` per
+        group of them, the group holding the band's own value first."""
         h = parse_hash(value)
-        out = []
-        for index, ((base, shift, mask), (_, width), groups) in enumerate(
-                zip(self._formats, self.layout, self._split_masks(split_bits))):
-            band = (h >> shift) & mask
-            own = base | band
-            top = band >> (width - split_bits)
-            for flip_top, flips in groups:
-                out.append((index, top ^ flip_top, tuple([own ^ flip for flip in flips]), not flip_top))
-        return out
+        return [(index, top ^ flip_top) for index in range(self.bands)
+                for _, top, groups in (self._split(h, index, split_bits),) for flip_top, _ in groups]
 
     def shard_probes(self, value: HashLike, split_bits: int, index: int, top: int) -> tuple[tuple[BandKey, ...], bool]:
-        """The group of :meth:`routed_probes` that band ``index``'s split ``top`` owns: its keys
-        in probe order (empty when ``value`` probes nothing there) and whether it holds the
-        band's own value. One group's share of the work, for a shard that computes its own."""
-        (base, shift, mask), (_, width) = self._formats[index], self.layout[index]
-        band = (parse_hash(value) >> shift) & mask
-        flip_top = (band >> (width - split_bits)) ^ top
-        for group_top, flips in self._split_masks(split_bits)[index]:
-            if group_top == flip_top:
-                own = base | band
+        """The keys of :meth:`probe_keys` in band ``index`` whose values have top bits ``top``,
+        in probe order (empty when there are none), and whether the band's own value is among
+        them (it is then the first). A probe's top bits are its band's top bits XOR its flip
+        mask's, so the masks are grouped once per ``split_bits`` and a key costs one XOR."""
+        own, home, groups = self._split(parse_hash(value), index, split_bits)
+        for flip_top, flips in groups:
+            if home ^ flip_top == top:
                 return tuple([own ^ flip for flip in flips]), not flip_top
         return (), False
 
-    def split_tops(self, value: HashLike, split_bits: int) -> list[tuple[int, int]]:
-        """``(band index, top bits)`` of every group :meth:`routed_probes` makes, in its order,
-        without the keys."""
-        h = parse_hash(value)
-        return [(index, ((h >> shift) & mask) >> (width - split_bits) ^ flip_top)
-                for index, ((_, shift, mask), (_, width), groups) in enumerate(
-                    zip(self._formats, self.layout, self._split_masks(split_bits)))
-                for flip_top, _ in groups]
+    def _split(self, h: int, index: int, split_bits: int) -> tuple[BandKey, int, tuple[tuple[int, tuple[int, ...]], ...]]:
+        """Band ``index`` of hash ``h``: its own key, the top ``split_bits`` bits of its value and
+        its flip masks grouped by their top bits (:meth:`_split_masks`)."""
+        (base, shift, mask), (_, width) = self._formats[index], self.layout[index]
+        band = (h >> shift) & mask
+        return base | band, band >> (width - split_bits), self._split_masks(split_bits)[index]
 
     def _split_masks(self, split_bits: int) -> SplitMasks:
         """Per band, its flip masks grouped by their top ``split_bits`` bits (the group of 0, with

@@ -197,26 +197,20 @@ class ShardPlan:
         """The near shards an image visits, each with the probe and registration keys it owns
         (every key of ``band_plan.probe_keys`` and ``band_plan.keys`` exactly once): a key of
         band ``i`` and value ``v`` goes to :meth:`near_shard` ``(i, v)``."""
-        bits = self.near_split_bits
-        registers = self.band_plan.keys(phash)
-        return {
-            (index << bits) | top: NearRoute(keys, (registers[index],) if own else ())
-            for index, top, keys, own in self.band_plan.routed_probes(phash, bits)
-        }
+        return {shard: self.near_route(shard, phash) for shard in self.near_shards_of(phash)}
 
     def near_shards_of(self, phash: int) -> list[int]:
-        """The near shards an image visits: the keys of :meth:`near_routes`, without its keys."""
+        """The near shards an image visits (the keys of :meth:`near_routes`): what the job sends
+        each of them is the image's hash, and each works out its keys (:meth:`near_route`)."""
         bits = self.near_split_bits
         return [(index << bits) | top for index, top in self.band_plan.split_tops(phash, bits)]
 
     def near_route(self, shard: int, phash: int) -> NearRoute:
-        """What near shard ``shard`` owns of an image's keys (``near_routes(phash)[shard]``, or
-        no keys where it does not visit): computed by the shard itself, so that what travels to
-        it is the image's hash, not its keys."""
+        """The keys of an image near shard ``shard`` owns (none where the image does not visit):
+        those it probes, and the band's own value, registered where it is probed."""
         bits = self.near_split_bits
         keys, own = self.band_plan.shard_probes(phash, bits, shard >> bits, shard & ((1 << bits) - 1))
         return NearRoute(keys, keys[:1] if own else ())
-
 
 class ShardedDeduplicator:
     """The sharded decision run in one process: one ``Deduplicator`` per exact and near
