@@ -67,6 +67,10 @@ class PipelineConfig:
     #: Top bits of a band value that pick its near shard: ``bands x 2**bits`` near shards, each
     #: non-exact image visiting ``bands x (1 + bits)`` of them; fixed for a job's state.
     near_split_bits: int = DEFAULT_NEAR_SPLIT_BITS
+    #: Where ``decide: near`` runs: ``jvm`` (``dev.imgstream.flink.NearIndex``, uid ``decide-near-jvm``)
+    #: or ``python`` (``flink_jobs.sharded.DecideNear``, uid ``decide-near``: what a savepoint written
+    #: before 2026-12-06 holds the near index in). Fixed for a job's state, like the shards.
+    near_stage: str = "jvm"
     checkpoint_interval_ms: int = 10_000
     #: ``file:///...``; the stack passes ``.stack/state/flink/checkpoints``. Empty = cluster default.
     checkpoint_dir: str = ""
@@ -255,6 +259,7 @@ CHOICES: Mapping[str, frozenset[str]] = {
     "python_execution_mode": frozenset({"process"}),
     "state_backend": frozenset({"", "hashmap", "rocksdb"}),
     "dlq_delivery": frozenset({"exactly_once", "at_least_once"}),
+    "near_stage": frozenset({"jvm", "python"}),
 }
 
 

@@ -62,7 +62,8 @@ from imgstream.adapters.kafka import TopicSpec, ensure_topics
 from flink_jobs.cassandra_sink import CassandraWriter
 from flink_jobs import worker_gc
 from flink_jobs.config import PipelineConfig, connector_jars, ops_jar
-from flink_jobs.functions import DLQ_TAG, ApplyDeletions, Cleaner, WriteSteps
+from flink_jobs.functions import DLQ_TAG, PRUNE_EVERY_MS, PRUNE_SLACK_MS, ApplyDeletions, Cleaner, WriteSteps
+from flink_jobs.near_index import NEAR_OP_TYPE, jvm_near_stage, near_index_spec, route_near_ops
 from flink_jobs.sharded import BATCH_TYPE, NEAR_TAG, DecideExact, DecideNear, DecideWindows
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -121,12 +122,13 @@ def build(
         return merged(stream, name, uid, config.decide_slot_group) if config.merge_batches else stream
 
     batch_type = MERGED_ITEMS_TYPE if config.merge_batches else Types.PICKLED_BYTE_ARRAY()
-    near = (
-        by_first_field(hop(exact.get_side_output(NEAR_TAG), "merge: near ops", "merge-near-ops"), batch_type)
-        .process(DecideNear(policy, plan), BATCH_TYPE)
-        .name("decide: near")
-        .uid("decide-near")
-    )
+    near_spec = near_index_spec(policy, plan, PRUNE_EVERY_MS, PRUNE_SLACK_MS)
+    near_ops = by_first_field(route_near_ops(exact.get_side_output(NEAR_TAG), near_spec, config.decide_slot_group),
+                              Types.LIST(NEAR_OP_TYPE))  # fmt: skip
+    if config.near_stage == "jvm":
+        near = jvm_near_stage(near_ops, near_spec, BATCH_TYPE)
+    else:
+        near = near_ops.process(DecideNear(policy, plan), BATCH_TYPE).name("decide: near").uid("decide-near")
     windows = DecideWindows(config.window_ms, config.allowed_lateness_ms, config.kafka, config.topic,
                             config.recheck_written)  # fmt: skip
     to_windows = hop(exact, "merge: exact verdicts", "merge-exact-verdicts").union(

@@ -7,8 +7,8 @@ so each subtask holds the state of its shards only - ``1/N`` of the index at par
       -> [exact shard]  batch: per shard and watermark (JVM)
       -> [exact shard]  clean, decide: exact    cleaning, replay drop + exact dedup
                |  exact duplicates, rejected events, and images that need the near index
-               |  '--> near ops (side output): the image's hash, to each near shard it visits
-               |        -> [near shard] decide: near   its keys: probe + register, best match
+               |  '--> near ops (side output, typed rows): the image's hash, to each near shard it visits
+               |        -> [near shard] decide: near (JVM)   its keys: probe + register, best match
                v                 |  matches (only when one is found)
           [window shard] decide: verdicts, windows   <-'
                the best match per image -> verdict; windows of (producer, window) shards;
@@ -27,12 +27,10 @@ keyed in the JVM by its first field, so the hops cost a round trip per step and 
 per image; an image and its matches meet in the verdict stage's ``pending`` under one key.
 
 **One crossing per batch of records.** The records reach Python once: ``decide: exact`` cleans
-them itself (:class:`~flink_jobs.functions.Cleaner`), keyed in the JVM by the source's SQL
-(:func:`flink_jobs.pipeline.exact_shard_sql`) and grouped there into one batch per shard and
-watermark interval (:func:`flink_jobs.pipeline.batched`). A near op carries the image's hash, not
-its keys: the near shard works them out (the keys were ~40 % of the near ops' bytes).
-
-Each operator's state is ``MapState`` mirrored per key in the worker (``MirroredMap.use``).
+them itself (:class:`~flink_jobs.functions.Cleaner`), keyed and batched per shard and watermark
+in the JVM (:func:`flink_jobs.pipeline.exact_shard_sql`, :func:`flink_jobs.pipeline.batched`).
+``decide: near`` runs in the JVM (``flink_jobs.near_index``); :class:`DecideNear` is the same stage
+in Python (``--near_stage=python``). Python state is ``MapState`` mirrored per key (``MirroredMap.use``).
 """
 
 from __future__ import annotations
@@ -50,14 +48,16 @@ from imgstream.adapters.kafka import end_offsets
 from imgstream.config import KafkaConfig
 from imgstream.domain.dedup import NEEDS_NEAR, STATUS_REJECTED, DedupPolicy, Deduplicator, ImageRef, NearMatch, best_match, near_verdict
 from imgstream.domain.events import TOPIC_UPLOADED, ImageUploaded
-from imgstream.domain.producers import SYNTHETIC_REALM, USER_REALM, dedup_realm
-from imgstream.domain.sharding import ORDER_BUCKET_MS, ShardPlan, due_of, order_key, pending_key
+from imgstream.domain.producers import USER_REALM, dedup_realm
+from imgstream.domain.sharding import ORDER_BUCKET_MS, ShardPlan, bucket_end, bucket_limit, due_of, order_key, pending_key
 from imgstream.domain.windows import Lateness, WindowBook, coalesce, window_start
 
 from flink_jobs.cassandra_sink import maybe_written
 from flink_jobs import worker_gc
 from flink_jobs.functions import BAND_KEYS, PRUNE_EVERY_MS, PRUNE_SLACK_MS, RECHECK, Cleaner, _ref, _ttl, with_lateness
 from flink_jobs.mirror import KeyCodec, MirroredMap
+# each stage keeps one index per dedup realm: a synthetic image is never a user upload's original (issue 20)
+from flink_jobs.near_index import NEAR_OPS_TYPE, REALMS, near_op, op_item
 
 log = logging.getLogger(__name__)
 _first = itemgetter(0)
@@ -65,33 +65,17 @@ _first = itemgetter(0)
 #: What the stages send each other: ``Row(shard, [source, items])``, keyed in the JVM by the
 #: shard (``flink_jobs.pipeline.by_first_field``): no Python function runs to find the key.
 BATCH_TYPE = Types.ROW([Types.INT(), Types.PICKLED_BYTE_ARRAY()])
-#: ``decide: exact``'s side output: the batches of near ops, one per near shard of a step.
-NEAR_TAG = OutputTag("near-ops", BATCH_TYPE)
+#: ``decide: exact``'s side output: a step's near ops (typed rows), sent on to their near shards in the JVM.
+NEAR_TAG = OutputTag("near-ops", NEAR_OPS_TYPE)
 #: Entry of ``decide: exact``'s ``layout`` state: the :attr:`ShardPlan.signature` its state was written by.
 LAYOUT = "plan"
 #: Field of an image that waits for its near matches in ``decide: verdicts, windows``.
 NEEDS_NEAR_FIELD = "needs_near"
 
 
-#: The dedup realms (:func:`~imgstream.domain.producers.dedup_realm`): each stage keeps one
-#: index per realm, so a synthetic image is never the original of a user's upload (issue 20).
-REALMS = (USER_REALM, SYNTHETIC_REALM)
-
-
 def realm_state(name: str, realm: str) -> str:
     """The state name of index ``name`` in ``realm`` (the user realm keeps the plain name)."""
     return name if realm == USER_REALM else f"{name}-{realm}"
-
-
-def bucket_limit(watermark: int) -> int:
-    """The last due time a stage may take at ``watermark``: the end of the last whole 200 ms
-    bucket at or before it (an item due later may still be on its way from the stage before)."""
-    return watermark - (watermark + 1) % ORDER_BUCKET_MS
-
-
-def bucket_end(due: int) -> int:
-    """The timer of the bucket holding ``due``."""
-    return due - due % ORDER_BUCKET_MS + ORDER_BUCKET_MS - 1
 
 
 def batches(items: Iterable[tuple[int, Any]], source: str) -> list[Row]:
@@ -341,7 +325,7 @@ class DecideExact(OrderedStage):
 
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
         to_windows: list[tuple[int, Any]] = []
-        to_near: list[tuple[int, Any]] = []
+        to_near: list[Row] = []
         for pk, image in items:
             wshard = self.plan.window_shard(str(image.get("producer")), window_start(int(image["event_time"]),
                                             self.window_ms), str(image.get("content_type")))  # fmt: skip
@@ -355,15 +339,12 @@ class DecideExact(OrderedStage):
             if verdict is NEEDS_NEAR:
                 image[NEEDS_NEAR_FIELD] = True
                 to_windows.append((wshard, (pk, image)))
-                op = (pk, wshard, ref.image_id, ref.producer, ref.phash, ref.event_time)
-                for shard in self.plan.near_shards_of(ref.phash):
-                    to_near.append((shard, op))  # the shard works out its keys (DecideNear.step)
+                to_near.append(near_op(pk, wshard, ref, self.policy))  # to its near shards: route_near_ops
                 continue
             to_windows.append((wshard, (pk, {**image, **verdict.to_dict()})))
-        source = f"e{self.key}"
-        for batch in batches(to_near, source):
-            yield NEAR_TAG, batch
-        yield from batches(to_windows, source)
+        if to_near:
+            yield NEAR_TAG, Row(self.key, to_near)
+        yield from batches(to_windows, f"e{self.key}")
 
     def prune(self, now: int) -> None:
         for dedup in self.dedups.values():
@@ -397,6 +378,15 @@ class DecideNear(OrderedStage):
         for entry, ops in list(self.pending.items()):  # restored ops held since before band keys were ints
             if any(type(k) is str for op in ops if len(op) > 6 for k in op[6]):
                 self.pending[entry] = [(*op[:6], *([*map(BAND_KEYS.parse, keys)] for keys in op[6:])) for op in ops]
+
+    def process_element(self, batch: list[Any], ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
+        """One exact shard's step of near ops (typed rows), held as one ``pending`` entry: its first
+        key is unique (an image reaches a near shard once), so it needs no source."""
+        self.use_key(ctx.get_current_key())
+        items = [op_item(op) for op in batch]
+        self.counted(items)
+        self.hold(items, "", ctx)
+        return ()
 
     def step(self, items: list[Any], timestamp: int, ctx: Any) -> Iterable[Any]:
         matches, route = [], self.plan.near_route

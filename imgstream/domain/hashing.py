@@ -225,6 +225,12 @@ class BandPlan:
         return cls(max_distance, default_bands(max_distance) if bands is None else bands)
 
     @property
+    def flip_masks(self) -> tuple[tuple[int, ...], ...]:
+        """Per band, the masks its probes flip its value by (the empty mask first): what
+        :meth:`probe_keys` XORs onto each band's own key, in that order."""
+        return self._masks
+
+    @property
     def probes(self) -> int:
         """Lookups per image."""
         return sum(len(masks) for masks in self._masks)

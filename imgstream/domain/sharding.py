@@ -107,6 +107,19 @@ def due_of(key: str) -> int:
     return int(key[:15])
 
 
+def bucket_limit(watermark: int) -> int:
+    """The last due time a stage may take at ``watermark``: the end of the last whole
+    :data:`ORDER_BUCKET_MS` bucket at or before it (an item due later may still be on its way
+    from the stage before)."""
+    return watermark - (watermark + 1) % ORDER_BUCKET_MS
+
+
+def bucket_end(due: int) -> int:
+    """The end of the bucket holding ``due``: when a stage's timer takes it (the JVM near stage's
+    ``NearIndex.bucketEnd`` is the same rule)."""
+    return due - due % ORDER_BUCKET_MS + ORDER_BUCKET_MS - 1
+
+
 class NearRoute(NamedTuple):
     """The keys of one image one near shard owns: those it looks in, those it registers in."""
 

@@ -13,7 +13,8 @@ import pytest
 
 from flink_jobs.functions import DLQ_TAG
 from flink_jobs.sharded import NEAR_TAG, DecideExact, DecideNear, DecideWindows
-from imgstream.domain.dedup import DedupPolicy
+from flink_jobs.near_index import near_op, routed
+from imgstream.domain.dedup import DedupPolicy, ImageRef
 from imgstream.domain.hashing import format_hash, key_text
 from imgstream.domain.sharding import ShardPlan, due_of, order_key, pending_key
 from tests.fixtures.flink_fakes import FakeMetrics
@@ -120,8 +121,9 @@ class Stages:
 
     def _route(self, name, record):
         if name == "exact":
-            if isinstance(record, tuple) and record[0] is NEAR_TAG:
-                self._deliver("near", record[1][0], record[1][1])
+            if isinstance(record, tuple) and record[0] is NEAR_TAG:  # route: near shards, in the JVM
+                for shard, ops in routed(self.plan, record[1][1]).items():
+                    self._deliver("near", shard, ops)
             else:
                 self._deliver("windows", record[0], record[1])
         elif name == "near":
@@ -157,10 +159,10 @@ class Stages:
         merged = {}
         for record in records:
             if isinstance(record, tuple) and record[0] is NEAR_TAG:
-                stage, (key, batch) = "near", record[1]
-            else:
-                stage, (key, batch) = "windows", record
-            merged.setdefault((stage, key), []).append((batch, 0))
+                self._route(name, record)  # near ops go on as they are (typed rows: no merge hop)
+                continue
+            key, batch = record
+            merged.setdefault(("windows", key), []).append((batch, 0))
         for (stage, key), batches in merged.items():
             self._deliver(stage, key, batches)
 
@@ -573,8 +575,12 @@ def test_near_ops_held_in_older_savepoints_decide_as_new_ops_do():
             pk = pending_key(order_key(ts, f"id{n}", LONG_MIN), 0, n)
             for shard, route in plan.near_routes(phash).items():
                 held.key = shard
-                keys = (spell(route.probe_keys), spell(route.register_keys)) if spell else ()
-                before.process_element(["e0", [(pk, 7, f"id{n}", "p", phash, ts, *keys)]], held)
+                if spell is None:  # a new op, as decide: exact sends it
+                    before.process_element([near_op(pk, 7, ImageRef(f"id{n}", "p", "", phash, ts), policy)], held)
+                else:  # an older op, held in pending as that attempt held it
+                    before.use_key(shard)
+                    keys = (spell(route.probe_keys), spell(route.register_keys))
+                    before.hold([(pk, 7, f"id{n}", "p", phash, ts, *keys)], "e0", held)
         runtime, op = Runtime(copy.deepcopy(held.states), set(held.timers)), DecideNear(policy, plan)  # restored
         op.open(runtime)
         runtime.watermark, out = 10_000, []
@@ -599,7 +605,7 @@ def test_stored_candidates_share_one_copy_of_the_producers_name():
     for shard in plan.near_shards_of(phash):
         runtime.key = shard
         producer = "".join(["synthetic-", "alice"])  # a new string object per op, as from the wire
-        op.process_element(["e0", [(pk, 7, "id0", producer, phash, ts)]], runtime)
+        op.process_element([near_op(pk, 7, ImageRef("id0", producer, "", phash, ts), policy)], runtime)
     runtime.watermark = 10_000
     for key, timer in sorted(runtime.timers, key=lambda t: (t[1], t[0])):
         runtime.key = key
