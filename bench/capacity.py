@@ -25,9 +25,9 @@ MEASURED: Mapping[str, tuple[float, str, str]] = {
     "gateway_cpu_ms_small": (7.8, "CPU ms per 50 KB upload, gateway process",
                              "docs/gateway.md, bench/gateway_vs_raw.py 26 Nov 2026"),
     "gateway_cpu_ms_large": (112.0, "CPU ms per 4.9 MB upload, gateway process", "docs/gateway.md, same run"),
-    "pipeline_cpu_ms": (0.78, "CPU ms per event, Flink TaskManager JVM 0.18 + Python workers 0.60 (sharded job, p=2, "
-                              "records batched in the JVM; steady state: rows 20-80 %, no start-up JIT)",
-                        "docs/flink-jobs.md, Batches into decide: exact (2026-12-05, third session), two 100k runs"),
+    "pipeline_cpu_ms": (0.60, "CPU ms per event, Flink TaskManager JVM 0.23 + Python workers 0.37 (sharded job, p=2, "
+                              "decide: near in the JVM; steady state: rows 20-80 %, no start-up JIT)",
+                        "docs/flink-jobs.md, decide: near in the JVM (2026-12-06, tenth session), four 100k runs"),
     "jobmanager_cpu_ms": (0.10, "CPU ms per event, Flink JobManager", "docs/flink-jobs.md, CPU table"),
     "subtask_events_per_s": (990.0, "events/s one subtask of the busiest stage (decide: exact) sustains fully busy: "
                              "100k events in 100.7 busy subtask-seconds at p=2",
@@ -37,14 +37,17 @@ MEASURED: Mapping[str, tuple[float, str, str]] = {
     "kafka_cpu_ms": (0.36, "CPU ms per event, Kafka broker (upload, DLQ, CDC topics)", "docs/flink-jobs.md, CPU table"),
     "sink_rows_per_task_s": (1269.0, "rows/s one JDBC sink task drains", "docs/cdc.md, backlog drain"),
     "stats_cpu_ms": (1.73, "server CPU ms per stats request, the mix below", "docs/stats-api.md, bench table"),
-    "index_state_bytes": (644.0, "bytes of Flink state per event held in the dedup index (the hashmap "
+    "index_state_bytes": (594.0, "bytes of Flink state per event held in the dedup index (the hashmap "
                                  "backend's checkpoint: written whole at each one)",
-                          "docs/flink-jobs.md, State size and checkpoints (2026-12-06), 100k events at p=2"),
+                          "bench/flink_throughput.py's last checkpoint, 100k events at p=2, decide: near in the JVM "
+                          "(644 with it in Python: docs/flink-jobs.md, State size and checkpoints)"),
     "index_worker_bytes": (2400.0, "bytes of Python worker memory per event held (the decide workers' "
-                                   "resident growth: mirrors, PyFlink's caches; ~240 MB over 100k events)",
+                                   "resident growth: mirrors, PyFlink's caches; ~240 MB over 100k events). Measured "
+                                   "with the near index in Python; in the JVM its share is heap, not worker memory: "
+                                   "not re-measured, so an overestimate",
                            "docs/flink-jobs.md, same section: before the interned names (offline -16 % on the near index)"),
-    "near_state_share": (0.59, "share of the index state in decide: near (38.3 of 64.4 MB)",
-                         "docs/flink-jobs.md, same section"),
+    "near_state_share": (0.52, "share of the index state in decide: near (30.9 of 59.4 MB)",
+                         "bench/flink_throughput.py's last checkpoint, as index_state_bytes"),
 }
 #: Stats request mix behind stats_cpu_ms: 50 % image by id (1.02 ms), 20 % minute series (1.74),
 #: 10 % duplicates page (2.87), 10 % summary (2.16), 10 % hourly by producer (3.71).

@@ -8,7 +8,8 @@ the job's parallelism)::
       -> [exact shard] batch: per shard and watermark (JVM: one batch per shard per interval)
          -> clean, decide: exact - cleaning, replay drop + exact dedup, in decision order
               |-- dead letters --> kafka-dead-letters (images.dlq)
-              |-- near ops --> [near shard] decide: near - probe + register band keys
+              |-- near ops (typed rows, one per image) --> route: near shards (JVM, no state)
+              |      --> [near shard] decide: near (JVM: NearIndex) - probe + register band keys
               v                      | best matches
             [window shard] decide: verdicts, windows <-'  (verdicts, upload-stats windows;
                    one record per step) -> cassandra: write steps (in clean's Python workers)

@@ -299,7 +299,9 @@ def up(args: Sequence[str], env: Mapping[str, str]) -> str:
                 failures.append(f"{point}: {head[:800]}" + (f"\n  ...\n{rest[-1000:]}" if rest else ""))
                 if INCOMPATIBLE in text:
                     failures.append("The state does not fit this program: an upgrade changed operator uids or the "
-                                    "max parallelism (issue 17's sharded decide stages did both; choosing decide: exact's shards in the JVM changed its uid).")
+                                    "max parallelism (issue 17's sharded decide stages did both; choosing decide: exact's shards in the JVM changed its uid). "
+                                    "Since 2026-12-06 decide: near runs in the JVM (uid decide-near-jvm): a point taken before "
+                                    "holds the Python stage's index (uid decide-near), which --near_stage=python resumes.")
                     break  # the program changed: an older point of the same program fails alike
                 _cancel_quietly(name, env)
                 continue

@@ -250,6 +250,17 @@ def test_the_pickles_written_in_the_jvm_read_back_in_python(jvm):
                                          ("z", ["z", -(2**63)]), ("", ["", 2**63 - 1])]]  # fmt: skip
 
 
+def test_pending_keys_sort_in_the_jvm_as_in_python(jvm):
+    # ids may hold any character: U+E000-U+FFFF sort below characters above U+FFFF in Python, but
+    # above their surrogates in Java's compareTo
+    rng = random.Random(3)
+    alphabet = ["a", "b", "|", "é", "\ue000", "\uffff", "\U0001d11e", "\U0010ffff", "0"]
+    words = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4))) for _ in range(150)]
+    compare = jvm.dev.imgstream.flink.NearIndex.compareCodePoints
+    for a, b in zip(words, reversed(words)):
+        assert (compare(a, b) > 0) - (compare(a, b) < 0) == (a > b) - (a < b), (a, b)
+
+
 def test_the_spec_carries_the_band_plans_own_probes():
     policy = DedupPolicy()
     spec = dict(part.split("=", 1) for part in near_index_spec(policy, ShardPlan.for_policy(policy), 1, 2).split(";"))

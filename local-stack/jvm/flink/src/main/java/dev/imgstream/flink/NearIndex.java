@@ -255,20 +255,22 @@ public final class NearIndex extends KeyedProcessFunction<Row, Row, Row> {
         }
     }
 
-    /** Python's order of two strings: by code point (Java's {@code compareTo} compares UTF-16 units). */
+    /**
+     * Python's order of two strings: by code point. Java's {@code compareTo} compares UTF-16 units,
+     * which orders the same except where a surrogate (half of a character above U+FFFF) meets a
+     * character from U+E000 to U+FFFF: the surrogate's character is the larger.
+     */
     public static int compareCodePoints(String a, String b) {
-        int i = 0;
-        int j = 0;
-        while (i < a.length() && j < b.length()) {
-            int ca = a.codePointAt(i);
-            int cb = b.codePointAt(j);
+        int n = Math.min(a.length(), b.length());
+        for (int i = 0; i < n; i++) {
+            char ca = a.charAt(i);
+            char cb = b.charAt(i);
             if (ca != cb) {
-                return Integer.compare(ca, cb);
+                boolean sa = Character.isSurrogate(ca);
+                return sa == Character.isSurrogate(cb) ? ca - cb : sa ? 1 : -1;
             }
-            i += Character.charCount(ca);
-            j += Character.charCount(cb);
         }
-        return Integer.compare(a.length() - i, b.length() - j);
+        return a.length() - b.length();
     }
 
     /** A match ({@code imgstream.domain.dedup.NearMatch}); lower ranks better: closest, earliest, smallest id. */
