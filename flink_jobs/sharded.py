@@ -355,7 +355,8 @@ class DecideNear(OrderedStage):
     """``decide: near``: the band keys of one near shard. Per image (in decision order) the closest
     earlier candidate under the probe keys it owns (``ShardPlan.near_route``), then the image
     registered under its own; per step, one batch of ``(pk, match)`` per window shard of the images
-    that found one (none: the verdict stage reads no match as "accepted")."""
+    that found one (none: the verdict stage reads no match as "accepted"). The job runs the same
+    stage in the JVM (``dev.imgstream.flink.NearIndex``) unless ``--near_stage=python``."""
 
     def __init__(self, policy: DedupPolicy, plan: ShardPlan) -> None:
         self.policy = policy
