@@ -25,9 +25,9 @@ MEASURED: Mapping[str, tuple[float, str, str]] = {
     "gateway_cpu_ms_small": (7.8, "CPU ms per 50 KB upload, gateway process",
                              "docs/gateway.md, bench/gateway_vs_raw.py 26 Nov 2026"),
     "gateway_cpu_ms_large": (112.0, "CPU ms per 4.9 MB upload, gateway process", "docs/gateway.md, same run"),
-    "pipeline_cpu_ms": (0.60, "CPU ms per event, Flink TaskManager JVM 0.23 + Python workers 0.37 (sharded job, p=2, "
+    "pipeline_cpu_ms": (0.61, "CPU ms per event, Flink TaskManager JVM 0.23 + Python workers 0.37 (sharded job, p=2, "
                               "decide: near in the JVM; steady state: rows 20-80 %, no start-up JIT)",
-                        "docs/flink-jobs.md, decide: near in the JVM (2026-12-06, tenth session), four 100k runs"),
+                        "docs/flink-jobs.md, decide: near in the JVM (2026-12-06, tenth session): median of five 100k runs"),
     "jobmanager_cpu_ms": (0.10, "CPU ms per event, Flink JobManager", "docs/flink-jobs.md, CPU table"),
     "subtask_events_per_s": (990.0, "events/s one subtask of the busiest stage (decide: exact) sustains fully busy: "
                              "100k events in 100.7 busy subtask-seconds at p=2",
