@@ -41,8 +41,9 @@ SCOPE_NONE, SCOPE_GLOBAL, SCOPE_PRODUCER = 0, 1, 2
 JVM_NEAR_NAME, JVM_NEAR_UID = "decide: near (JVM)", "decide-near-jvm"
 #: Name and uid of the JVM function that sends the ops to their near shards (no state).
 ROUTER_NAME, ROUTER_UID = "route: near shards", "route-near-ops"
-#: Bits of a pHash (a Java ``long``).
+#: Bits of a pHash (a Java ``long``), and the mask that reads a signed one as unsigned again.
 _BITS = 64
+_UNSIGNED = (1 << _BITS) - 1
 
 
 def near_op(pk: str, wshard: int, ref: ImageRef, policy: DedupPolicy) -> Row:
@@ -57,7 +58,7 @@ def near_op(pk: str, wshard: int, ref: ImageRef, policy: DedupPolicy) -> Row:
 def op_item(op: Any) -> tuple[str, int, str, str, int, int]:
     """A near op as the Python stage holds it: ``(pk, wshard, image id, producer, pHash, event time)``,
     the pHash unsigned again (the stage works out the realm and scope itself)."""
-    return op[0], op[1], op[2], op[3], op[4] & ((1 << _BITS) - 1), op[5]
+    return op[0], op[1], op[2], op[3], op[4] & _UNSIGNED, op[5]
 
 
 def near_index_spec(policy: DedupPolicy, plan: ShardPlan, prune_every_ms: int, prune_slack_ms: int) -> str:
@@ -76,7 +77,7 @@ def routed(plan: ShardPlan, ops: list[Any]) -> dict[int, list[Any]]:
     in the ops' order: what ``route: near shards`` (``NearRouter``) emits, as ``{shard: ops}``."""
     out: dict[int, list[Any]] = {}
     for op in ops:
-        for shard in plan.near_shards_of(op[4] & ((1 << _BITS) - 1)):
+        for shard in plan.near_shards_of(op[4] & _UNSIGNED):
             out.setdefault(shard, []).append(op)
     return out
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import pickle
 import random
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -25,24 +24,11 @@ from flink_jobs.near_index import near_index_spec, near_op, routed  # noqa: E402
 from imgstream.domain.dedup import DedupPolicy, Deduplicator, ImageRef, NearMatch, ProducerPolicy, Scope, best_match  # noqa: E402
 from imgstream.domain.producers import dedup_realm  # noqa: E402
 from imgstream.domain.sharding import ShardPlan, due_of, order_key, pending_key  # noqa: E402
+from tests.fixtures.flink_harness import java_row, jvm  # noqa: E402,F401 (jvm: the fixture)
 
-HARNESS_JARS = Path(__file__).resolve().parents[2] / ".stack" / "lib" / "flink-test"
 T0 = 1_764_950_400_000
 #: A watermark below every event: what decide: exact's arrival watermark is before any.
 LONG_MIN = -(2**63)
-
-
-@pytest.fixture(scope="module")
-def jvm() -> Any:
-    from pyflink.java_gateway import get_gateway
-
-    from flink_jobs.config import PipelineConfig
-    from flink_jobs.pipeline import environment
-
-    if not any(HARNESS_JARS.glob("flink-runtime-*-tests.jar")):
-        pytest.fail(f"Flink's operator test harness is missing in {HARNESS_JARS}: `make unit` resolves it")
-    environment(PipelineConfig(), jars=[])  # loads the job's operators into this gateway
-    return get_gateway().jvm
 
 
 @contextlib.contextmanager
@@ -61,15 +47,6 @@ def harness(jvm: Any, spec: str, restore: Any = None) -> Iterator[Any]:
         yield test
     finally:
         test.close()
-
-
-def java_row(jvm: Any, *fields: Any) -> Any:
-    from pyflink.java_gateway import get_gateway
-
-    array = get_gateway().new_array(jvm.Object, len(fields))
-    for i, value in enumerate(fields):
-        array[i] = value
-    return jvm.org.apache.flink.types.Row.of(array)
 
 
 def send(jvm: Any, test: Any, shard: int, ops: list[Any]) -> None:

@@ -10,31 +10,16 @@ leave, and which watermarks go on."""
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 pytest.importorskip("pyflink")
 
-HARNESS_JARS = Path(__file__).resolve().parents[2] / ".stack" / "lib" / "flink-test"
+from tests.fixtures.flink_harness import java_row, jvm  # noqa: E402,F401 (jvm: the fixture)
+
 #: A grid line: a whole second, so ``BASE - 1`` ends the second before it.
 BASE = 1_764_950_400_000
-
-
-@pytest.fixture(scope="module")
-def jvm() -> Any:
-    from pyflink.java_gateway import get_gateway
-
-    from flink_jobs.config import PipelineConfig
-    from flink_jobs.pipeline import environment
-
-    if not any(HARNESS_JARS.glob("flink-runtime-*-tests.jar")):
-        pytest.fail(f"Flink's operator test harness is missing in {HARNESS_JARS}: `make unit` resolves it "
-                    "(local-stack/jvm/flink/pom.xml)")
-    environment(PipelineConfig(), jars=[])  # loads the job's operators into this gateway
-    # the gateway's class path has the harness (tests/conftest.py: FLINK_TEST_LIBS)
-    return get_gateway().jvm
 
 
 @contextlib.contextmanager
@@ -53,11 +38,7 @@ def harness(jvm: Any, max_buffered: int = 100, quantum_ms: int = 1_000) -> Itera
 
 
 def send(jvm: Any, test: Any, key: int, item: str, timestamp: int) -> None:
-    from pyflink.java_gateway import get_gateway
-
-    fields = get_gateway().new_array(jvm.Object, 2)
-    fields[0], fields[1] = key, item
-    row = jvm.org.apache.flink.types.Row.of(fields)
+    row = java_row(jvm, key, item)
     test.processElement(jvm.org.apache.flink.streaming.runtime.streamrecord.StreamRecord(row, timestamp))
 
 

@@ -173,17 +173,24 @@ public final class NearIndex extends KeyedProcessFunction<Row, Row, Row> {
             long value = band.value(hash);
             int home = band.top(value, plan.splitBits);
             Match best = null;
+            Row held = null;  // the candidates under the image's own value, once read
+            boolean heldRead = false;
             if (scope != SCOPE_NONE) {
-                long[] flips = band.flipsByTop[home ^ top];
-                for (long flip : flips) {
+                for (long flip : band.flipsByTop[home ^ top]) {
                     Row candidates = realm.get(value ^ flip);
+                    if (flip == 0) {  // the own value, probed first where this shard owns it
+                        held = candidates;
+                        heldRead = true;
+                    }
                     if (candidates != null) {
                         best = closest(best, Candidates.of(candidates), id, producer, hash, scope);
                     }
                 }
             }
             if (home == top) {
-                Row held = realm.get(value);
+                if (!heldRead) {
+                    held = realm.get(value);
+                }
                 String name = names.computeIfAbsent(producer, p -> p);
                 realm.put(value, (held == null ? new Candidates() : Candidates.of(held))
                         .register(id, name, time, hash, plan.ttlMs, plan.cap).toRow());
