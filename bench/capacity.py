@@ -43,9 +43,14 @@ MEASURED: Mapping[str, tuple[float, str, str]] = {
                           "(644 with it in Python: docs/flink-jobs.md, State size and checkpoints)"),
     "index_worker_bytes": (2400.0, "bytes of Python worker memory per event held (the decide workers' "
                                    "resident growth: mirrors, PyFlink's caches; ~240 MB over 100k events). Measured "
-                                   "with the near index in Python; in the JVM its share is heap, not worker memory: "
-                                   "not re-measured, so an overestimate",
+                                   "with the near index in Python; in the JVM its share is heap (index_heap_bytes counts it "
+                                   "too): not re-measured, so an overestimate",
                            "docs/flink-jobs.md, same section: before the interned names (offline -16 % on the near index)"),
+    "index_heap_bytes": (1860.0, "bytes of TaskManager heap per event held (live heap after a full collection, "
+                                 "jcmd GC.class_histogram: 105.7 MB more at 56,700 images than before the job; "
+                                 "every operator's state on the hashmap backend - the near index's Java objects, the "
+                                 "exact index's and pending entries' pickled values - and in-flight buffers)",
+                         "docs/flink-jobs.md, Measured again (2026-12-06, eleventh session): one 100k run at p=2"),
     "near_state_share": (0.52, "share of the index state in decide: near (30.9 of 59.4 MB)",
                          "bench/flink_throughput.py's last checkpoint, as index_state_bytes"),
 }
@@ -127,6 +132,7 @@ class Plan:
     metadata_tb_per_month: float
     index_events: float
     index_state_gb: float
+    index_heap_gb: float
     index_worker_gb: float
     near_shard_gb: float
     taskmanagers_for_index: int
@@ -177,9 +183,12 @@ def plan(uploads_per_s: float = 1000.0, large_share: float = 0.1, stats_rps: flo
     # the dedup index holds every event of its retention: memory, not CPU, bounds the job at length
     index_events = uploads_per_s * INDEX_RETENTION_S
     index_state_gb = index_events * _m("index_state_bytes") / 1e9
+    # memory: the state as heap objects in the TaskManager plus the Python workers' mirrors (the
+    # checkpoint's bytes per event are the state serialised, 3x smaller than on the heap)
+    index_heap_gb = index_events * _m("index_heap_bytes") / 1e9
     index_worker_gb = index_events * _m("index_worker_bytes") / 1e9
-    near_shard_gb = (index_state_gb + index_worker_gb) * _m("near_state_share") / NEAR_SHARDS
-    taskmanagers_for_index = math.ceil((index_state_gb + index_worker_gb) / TM_INDEX_GB)
+    near_shard_gb = (index_heap_gb + index_worker_gb) * _m("near_state_share") / NEAR_SHARDS
+    taskmanagers_for_index = math.ceil((index_heap_gb + index_worker_gb) / TM_INDEX_GB)
 
     ingest = uploads_per_s * mean_bytes / 1e6
     s3_tb = ingest * SECONDS_PER_MONTH / 1e6
@@ -205,7 +214,7 @@ def plan(uploads_per_s: float = 1000.0, large_share: float = 0.1, stats_rps: flo
                 bytes_target, stats_pods, int(stats_per_pod), partitions, parallelism, slots,
                 taskmanagers, connect_workers, sink_tasks, scylla_nodes, round(scylla_cores, 1), round(ingest, 1),
                 round(s3_tb, 1), rows_month, round(metadata_tb, 2), index_events, round(index_state_gb),
-                round(index_worker_gb), round(near_shard_gb), taskmanagers_for_index,
+                round(index_heap_gb), round(index_worker_gb), round(near_shard_gb), taskmanagers_for_index,
                 {k: round(v, 0) for k, v in bill.items()})
 
 
@@ -228,8 +237,10 @@ def report(p: Plan) -> str:
              f"| TaskManager slots / TaskManagers ({TM_CORES} cores, {TM_SLOTS} slots) | {p.tm_slots} / {p.taskmanagers} | "
              "2 x parallelism: the writer, and decide's slot group (cleaning in it) |",
              f"| dedup index, {INDEX_RETENTION_S // 86_400} days of events | {p.index_events / 1e9:.2f} G events: "
-             f"{p.index_state_gb:,.0f} GB of Flink state + {p.index_worker_gb:,.0f} GB in the Python workers | "
-             f"measured bytes per event ({_m('index_state_bytes'):.0f} + {_m('index_worker_bytes'):.0f}) x load x retention |",
+             f"{p.index_state_gb:,.0f} GB of Flink state checkpointed; in memory {p.index_heap_gb:,.0f} GB of TaskManager "
+             f"heap + {p.index_worker_gb:,.0f} GB in the Python workers | measured bytes per event (checkpoint "
+             f"{_m('index_state_bytes'):.0f}; heap {_m('index_heap_bytes'):.0f} + workers {_m('index_worker_bytes'):.0f}) "
+             "x load x retention |",
              f"| TaskManagers to hold the index | {p.taskmanagers_for_index} | index / {TM_INDEX_GB:.0f} GB per TaskManager: "
              f"{'above' if p.taskmanagers_for_index > p.taskmanagers else 'within'} the CPU's {p.taskmanagers} (the bill counts the larger) |",
              f"| one `decide: near` shard's part | {p.near_shard_gb:,.0f} GB | near share x index / {NEAR_SHARDS} near shards: "
