@@ -56,7 +56,7 @@ from pyflink.datastream.connectors.base import DeliveryGuarantee, Sink
 from pyflink.datastream.connectors.kafka import (KafkaOffsetResetStrategy, KafkaOffsetsInitializer,
                                                  KafkaRecordSerializationSchema, KafkaSink, KafkaSource)
 from pyflink.java_gateway import get_gateway
-from pyflink.table import Schema, StreamTableEnvironment
+from pyflink.table import Schema, StreamTableEnvironment, TableEnvironment
 
 from imgstream.adapters.kafka import TopicSpec, ensure_topics
 
@@ -234,6 +234,7 @@ def kafka_source(t_env: StreamTableEnvironment, config: PipelineConfig) -> DataS
     the others back.
     """
     lag = f"INTERVAL '{config.out_of_orderness_ms / 1000:.3f}' SECOND"
+    register_sql_functions(t_env)
     bounded = "\n  'scan.bounded.mode' = 'latest-offset'," if config.bounded else ""
     t_env.execute_sql(
         f"""
@@ -382,21 +383,37 @@ def exact_shard_sql(text_sql: str, offset_sql: str, shards: int) -> str:
             f"CAST(MOD({offset_sql}, {shards}) AS INT))")
 
 
-#: ``received_at`` of a raw record as TIMESTAMP(3) (NULL when missing or unreadable).
-RECEIVED_AT_SQL = (
-    "TO_TIMESTAMP(REPLACE(REPLACE(JSON_VALUE(CAST(`value` AS STRING), '$.received_at'), 'T', ' '), 'Z', ''), "
-    "'yyyy-MM-dd HH:mm:ss.SSS')"
-)
+#: The SQL name of the source's event-time function (:func:`register_sql_functions`).
+EVENT_TIME_FUNCTION = "IMGSTREAM_EVENT_TIME"
 
 
-def event_time_sql(clock_skew_tolerance_ms: int, value_sql: str = RECEIVED_AT_SQL,
+def register_sql_functions(t_env: TableEnvironment) -> None:
+    """Register the job's SQL functions (Java, in the ops jar, which ``t_env`` must load:
+    ``pipeline.jars``) with ``t_env``: :data:`EVENT_TIME_FUNCTION`."""
+    t_env.create_java_temporary_system_function(EVENT_TIME_FUNCTION, "dev.imgstream.flink.EventTime")
+
+
+def event_time_sql(clock_skew_tolerance_ms: int, value_sql: str = "CAST(`value` AS STRING)",
                    kafka_ts_sql: str = "CAST(`kafka_ts` AS TIMESTAMP(3))") -> str:
-    """The source's event time as SQL: ``received_at``, or the Kafka timestamp when it is
-    unreadable or more than ``clock_skew_tolerance_ms`` ahead of it - the rule of
-    :func:`imgstream.domain.clock.clamp_event_time`, where the watermark is made."""
+    """The source's event time as SQL: ``received_at`` read from the record's JSON (``value_sql``),
+    or the Kafka timestamp when it is unreadable or more than ``clock_skew_tolerance_ms`` ahead
+    of it - the rule of :func:`imgstream.domain.clock.clamp_event_time`, where the watermark is
+    made. One call of ``dev.imgstream.flink.EventTime`` (:func:`register_sql_functions`): the
+    same rule as a ``CASE`` of ``JSON_VALUE``/``TO_TIMESTAMP`` parsed the JSON three times, and
+    the source evaluates the event time twice (watermark, then row)."""
+    return f"{EVENT_TIME_FUNCTION}({value_sql}, {kafka_ts_sql}, CAST({int(clock_skew_tolerance_ms)} AS BIGINT))"
+
+
+def event_time_case_sql(clock_skew_tolerance_ms: int, value_sql: str = "CAST(`value` AS STRING)",
+                        kafka_ts_sql: str = "CAST(`kafka_ts` AS TIMESTAMP(3))") -> str:
+    """:func:`event_time_sql`'s rule in plain SQL, as the source ran it before the function: the
+    reference the function is tested (``tests/unit/test_flink_clock.py``) and measured
+    (``bench/source_sql.py``) against. Each mention of ``received_at`` parses the JSON again."""
+    received_at = (f"TO_TIMESTAMP(REPLACE(REPLACE(JSON_VALUE({value_sql}, '$.received_at'), 'T', ' '), 'Z', ''), "
+                   "'yyyy-MM-dd HH:mm:ss.SSS')")
     tolerance = f"INTERVAL '{clock_skew_tolerance_ms / 1000:.3f}' SECOND"
-    return (f"CASE WHEN {value_sql} IS NULL OR {value_sql} > {kafka_ts_sql} + {tolerance} "
-            f"THEN {kafka_ts_sql} ELSE {value_sql} END")
+    return (f"CASE WHEN {received_at} IS NULL OR {received_at} > {kafka_ts_sql} + {tolerance} "
+            f"THEN {kafka_ts_sql} ELSE {received_at} END")
 
 
 def flink_configuration(config: PipelineConfig, jars: Sequence[str]) -> Configuration:

@@ -53,19 +53,35 @@ def test_an_event_from_a_clock_hours_ahead_takes_the_append_time_and_is_counted(
     assert runtime.metrics.counters["clockSkewClamped"].count == 1
 
 
-@pytest.mark.slow
-def test_the_source_sql_bounds_received_at_by_the_kafka_timestamp():
-    """The SQL expression the Kafka source builds its watermark from, run by Flink."""
+def _table_env():
+    """A batch table environment that knows the job's SQL functions (the ops jar loaded)."""
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
-    from flink_jobs.pipeline import event_time_sql
+    from flink_jobs.config import ops_jar
+    from flink_jobs.pipeline import register_sql_functions
 
     t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
     t_env.get_config().set("table.local-time-zone", "UTC")
     t_env.get_config().set("parallelism.default", "1")
+    t_env.get_config().set("pipeline.jars", ops_jar())
+    register_sql_functions(t_env)
+    return t_env
+
+
+def _literal(text):
+    return "CAST(NULL AS STRING)" if text is None else "'" + text.replace("'", "''") + "'"
+
+
+@pytest.mark.slow
+def test_the_source_sql_bounds_received_at_by_the_kafka_timestamp():
+    """The SQL expression the Kafka source builds its watermark from, run by Flink."""
+    from flink_jobs.pipeline import event_time_sql
+
+    t_env = _table_env()
     cases = {  # received_at -> expected event time, all appended at 2026-01-01 00:00:00.000
         "2026-01-01T03:00:00.000Z": "2026-01-01 00:00:00",  # 3 h ahead: the append time
         "2026-01-01T00:00:05.000Z": "2026-01-01 00:00:05",  # within the tolerance: kept
+        "2026-01-01T00:00:05.001Z": "2026-01-01 00:00:00",  # 1 ms past it: the append time
         "2025-12-31T23:59:58.800Z": "2025-12-31 23:59:58.800",  # behind: kept
     }
     values = ", ".join(
@@ -79,3 +95,48 @@ def test_the_source_sql_bounds_received_at_by_the_kafka_timestamp():
     assert [g.rstrip("0").rstrip(".") if "." in g else g for g in got] == [
         e.rstrip("0").rstrip(".") if "." in e else e for e in expected
     ]
+
+
+#: Values of ``received_at`` (and whole records) that the JSON or the timestamp parser may read
+#: differently: formats, precisions, zones, escapes, types, duplicates, broken JSON.
+_HOSTILE_RECORDS = [
+    *(json.dumps({"received_at": r}) for r in [
+        "2026-01-01T00:00:01.000Z", "2026-01-01T00:00:01Z", "2026-01-01T00:00:01.1Z", "2026-01-01T00:00:01.12Z",
+        "2026-01-01T00:00:01.1234Z", "2026-01-01T00:00:01.000", "2026-01-01 00:00:01.000", "2026-01-01T00:00:01.000+01:00",
+        "2026-01-01t00:00:01.000z", " 2026-01-01T00:00:01.000Z", "2026-01-01T00:00:01.000Z ", "2026-01-01",
+        "2026-02-30T00:00:00.000Z", "2026-01-01T24:00:00.000Z", "2026-01-01T00:00:60.000Z", "0001-01-01T00:00:00.000Z",
+        "9999-12-31T23:59:59.999Z", "-2026-01-01T00:00:00.000Z", "2026-1-1T0:0:1.000Z", "T2026-01-01T00:00:01.000ZZ",
+        "", "null", "2026-01-01T00:00:05.000Z", "2026-01-01T00:00:05.001Z", "2025-12-31T23:59:59.999Z",
+        "2026\u002d01-01T00:00:01.000Z", "２０２６-01-01T00:00:01.000Z", "2026-01-01T00:00:01.000Z" + "x" * 5000,
+    ]),
+    *(json.dumps({"received_at": r}) for r in [20260101, 1.5, True, None, {"at": "2026-01-01T00:00:01.000Z"},
+                                               ["2026-01-01T00:00:01.000Z"]]),
+    '{"received_at": "2026-01-01T00:00:01.000Z", "received_at": "2026-01-01T09:00:00.000Z"}',
+    '{"received_at": "2026-01-01T09:00:00.000Z", "received_at": "2026-01-01T00:00:01.000Z"}',
+    '{"received_at": "2026-01-01T00:00:\u0030\u0031.000\u005a"}',
+    '{"nested": {"received_at": "2026-01-01T00:00:01.000Z"}}',
+    '{"received_at": "2026-01-01T00:00:01.000Z"', "not json", "", "[]", "null", '"2026-01-01T00:00:01.000Z"',
+    "{'received_at': '2026-01-01T00:00:01.000Z'}", '{"RECEIVED_AT": "2026-01-01T00:00:01.000Z"}',
+    None,
+]
+
+
+@pytest.mark.slow
+def test_the_event_time_function_reads_every_record_as_the_sql_it_replaced():
+    """``IMGSTREAM_EVENT_TIME`` equals the ``CASE`` of ``JSON_VALUE``/``TO_TIMESTAMP`` it replaced
+    on hostile records, with and without a Kafka timestamp, both run by Flink."""
+    from flink_jobs.pipeline import event_time_case_sql, event_time_sql
+
+    t_env = _table_env()
+    reference = event_time_case_sql(5_000, kafka_ts_sql="`kafka_ts`")
+    stamps = ["TIMESTAMP '2026-01-01 00:00:00.000'", "CAST(NULL AS TIMESTAMP(3))"]
+    values = ", ".join(f"({i}, {_literal(record)}, {stamp})" for i, record in enumerate(_HOSTILE_RECORDS) for stamp in stamps)
+    query = (f"SELECT n, CAST({reference} AS STRING), CAST({event_time_sql(5_000, kafka_ts_sql='`kafka_ts`')} AS STRING) "
+             f"FROM (VALUES {values}) AS t(n, `value`, `kafka_ts`)")
+    with t_env.execute_sql(query).collect() as rows:
+        got = [(row[0], row[1], row[2]) for row in rows]
+    assert len(got) == 2 * len(_HOSTILE_RECORDS)
+    differ = [(_HOSTILE_RECORDS[n], old, new) for n, old, new in got if old != new]
+    assert not differ, differ
+    # the cases are not all alike: some keep received_at, some take the Kafka time, some are NULL
+    assert {"2026-01-01 00:00:01.000", "2026-01-01 00:00:00.000", None} <= {old for _, old, _ in got}
