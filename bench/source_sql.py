@@ -58,17 +58,10 @@ def main() -> None:
     quiet.add_arguments(parser)
     args = parser.parse_args()
     quiet.wait_as_told(args)
-    from pyflink.table import EnvironmentSettings, TableEnvironment
+    from flink_jobs.pipeline import event_time_case_sql, event_time_sql
+    from flink_jobs.testing import sql_batch_environment
 
-    from flink_jobs.config import ops_jar
-    from flink_jobs.pipeline import event_time_case_sql, event_time_sql, register_sql_functions
-
-    t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
-    config = t_env.get_config()
-    config.set("table.local-time-zone", "UTC")
-    config.set("parallelism.default", "1")
-    config.set("pipeline.jars", ops_jar())
-    register_sql_functions(t_env)
+    t_env = sql_batch_environment()
     # datagen is paced at 10,000 rows/s unless told otherwise: the table sets the pace out of the way
     t_env.execute_sql(f"CREATE TEMPORARY TABLE seq (n BIGINT) WITH ('connector' = 'datagen', "
                       f"'number-of-rows' = '{args.records}', 'rows-per-second' = '1000000000', "

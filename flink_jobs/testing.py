@@ -345,3 +345,21 @@ def flink_get(rest: str, path: str) -> Any:
 def vertex_parallelism(rest: str, job_id: str) -> dict[str, int]:
     """``{vertex name: parallelism}`` of a job, as its graph in the web UI shows it."""
     return {v["name"]: int(v["parallelism"]) for v in flink_get(rest, f"/jobs/{job_id}")["vertices"]}
+
+
+def sql_batch_environment() -> Any:
+    """A batch ``TableEnvironment`` that runs the source's SQL as the job does: UTC, one slot, the
+    ops jar loaded and the job's SQL functions registered (:func:`flink_jobs.pipeline.register_sql_functions`).
+    For tests and benches that run that SQL without a stack."""
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    from flink_jobs.config import ops_jar
+    from flink_jobs.pipeline import register_sql_functions
+
+    t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
+    config = t_env.get_config()
+    config.set("table.local-time-zone", "UTC")
+    config.set("parallelism.default", "1")
+    config.set("pipeline.jars", ops_jar())
+    register_sql_functions(t_env)
+    return t_env

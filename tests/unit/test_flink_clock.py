@@ -8,6 +8,7 @@ import pytest
 from flink_jobs.functions import Cleaner
 from imgstream.domain.events import format_time
 from imgstream.domain.windows import from_millis
+from flink_jobs.testing import sql_batch_environment
 from tests.fixtures.flink_fakes import FakeMetrics
 
 HOUR = 3_600_000
@@ -53,21 +54,6 @@ def test_an_event_from_a_clock_hours_ahead_takes_the_append_time_and_is_counted(
     assert runtime.metrics.counters["clockSkewClamped"].count == 1
 
 
-def _table_env():
-    """A batch table environment that knows the job's SQL functions (the ops jar loaded)."""
-    from pyflink.table import EnvironmentSettings, TableEnvironment
-
-    from flink_jobs.config import ops_jar
-    from flink_jobs.pipeline import register_sql_functions
-
-    t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
-    t_env.get_config().set("table.local-time-zone", "UTC")
-    t_env.get_config().set("parallelism.default", "1")
-    t_env.get_config().set("pipeline.jars", ops_jar())
-    register_sql_functions(t_env)
-    return t_env
-
-
 def _literal(text):
     return "CAST(NULL AS STRING)" if text is None else "'" + text.replace("'", "''") + "'"
 
@@ -77,7 +63,7 @@ def test_the_source_sql_bounds_received_at_by_the_kafka_timestamp():
     """The SQL expression the Kafka source builds its watermark from, run by Flink."""
     from flink_jobs.pipeline import event_time_sql
 
-    t_env = _table_env()
+    t_env = sql_batch_environment()
     cases = {  # received_at -> expected event time, all appended at 2026-01-01 00:00:00.000
         "2026-01-01T03:00:00.000Z": "2026-01-01 00:00:00",  # 3 h ahead: the append time
         "2026-01-01T00:00:05.000Z": "2026-01-01 00:00:05",  # within the tolerance: kept
@@ -127,7 +113,7 @@ def test_the_event_time_function_reads_every_record_as_the_sql_it_replaced():
     on hostile records, with and without a Kafka timestamp, both run by Flink."""
     from flink_jobs.pipeline import event_time_case_sql, event_time_sql
 
-    t_env = _table_env()
+    t_env = sql_batch_environment()
     reference = event_time_case_sql(5_000, kafka_ts_sql="`kafka_ts`")
     stamps = ["TIMESTAMP '2026-01-01 00:00:00.000'", "CAST(NULL AS TIMESTAMP(3))"]
     values = ", ".join(f"({i}, {_literal(record)}, {stamp})" for i, record in enumerate(_HOSTILE_RECORDS) for stamp in stamps)
